@@ -1,0 +1,97 @@
+/** One environment variable of an app: its name, default, meaning and parser. */
+export interface Setting<T = unknown> {
+  env: string;
+  /** Used when the variable is unset or empty; undefined means "no default" (the app decides). */
+  default: string | undefined;
+  description: string;
+  parse: (raw: string) => T;
+}
+
+export class ConfigError extends Error {
+  override readonly name = "ConfigError";
+  readonly code = "config_invalid";
+  constructor(readonly problems: string[]) {
+    super(`invalid configuration:\n  - ${problems.join("\n  - ")}`);
+  }
+}
+
+type Values<S extends Record<string, Setting>> = { [K in keyof S]: S[K] extends Setting<infer T> ? T : never };
+
+/**
+ * Parses every setting of the table; collects all problems instead of stopping at the first.
+ * Settings without a default and without a value are absent from the result.
+ */
+export function readSettings<S extends Record<string, Setting>>(
+  table: S,
+  env: NodeJS.ProcessEnv,
+): { values: Partial<Values<S>>; problems: string[] } {
+  const values: Partial<Record<keyof S, unknown>> = {};
+  const problems: string[] = [];
+  for (const key of Object.keys(table) as (keyof S)[]) {
+    const s = table[key]!;
+    const raw = env[s.env] === "" ? undefined : env[s.env];
+    const value = raw ?? s.default;
+    if (value === undefined) continue;
+    try {
+      values[key] = s.parse(value);
+    } catch (err) {
+      problems.push(`${s.env} ${(err as Error).message}`);
+    }
+  }
+  return { values: values as Partial<Values<S>>, problems };
+}
+
+export const text = (raw: string): string => raw;
+
+export function integer(min: number, max: number): (raw: string) => number {
+  return (raw) => {
+    // Kubernetes injects <SERVICE>_PORT=tcp://10.0.0.1:8000 for every Service; say so instead of NaN.
+    if (!/^\d+$/.test(raw.trim())) throw new Error(`must be an integer between ${min} and ${max}, got "${raw}"`);
+    const n = Number(raw.trim());
+    if (n < min || n > max) throw new Error(`must be between ${min} and ${max}, got ${n}`);
+    return n;
+  };
+}
+
+export function url(...protocols: string[]): (raw: string) => string {
+  return (raw) => {
+    let u: URL;
+    try {
+      u = new URL(raw);
+    } catch {
+      throw new Error("is not a URL");
+    }
+    if (!protocols.includes(u.protocol)) throw new Error(`must use ${protocols.join(" or ")}`);
+    return raw;
+  };
+}
+
+export function oneOf<T extends string>(...allowed: T[]): (raw: string) => T {
+  return (raw) => {
+    if (!(allowed as string[]).includes(raw)) throw new Error(`must be one of ${allowed.join(", ")}`);
+    return raw as T;
+  };
+}
+
+/** Settings both apps share. */
+export const commonSettings = {
+  redisUrl: { env: "REDIS_URL", default: "redis://127.0.0.1:6379", description: "Redis: pub/sub, the message stream, presence", parse: url("redis:", "rediss:") },
+  databaseUrl: { env: "DATABASE_URL", default: "postgres://postgres@127.0.0.1:5432/chat", description: "Postgres database", parse: url("postgres:", "postgresql:") },
+  redisPrefix: {
+    env: "CHAT_REDIS_PREFIX",
+    default: "chat:",
+    description: "Prefix of every Redis key, channel and stream name",
+    parse: (raw: string) => {
+      if (/[\s*?[\]]/.test(raw)) throw new Error("must not contain whitespace or glob characters");
+      return raw;
+    },
+  },
+  logLevel: { env: "LOG_LEVEL", default: "info", description: "Log level", parse: oneOf("trace", "debug", "info", "warn", "error", "fatal", "silent") },
+} satisfies Record<string, Setting>;
+
+/** Markdown table rows of a settings table, for the README. */
+export function settingsTable(table: Record<string, Setting>): string {
+  return Object.values(table)
+    .map((s) => `| \`${s.env}\` | ${s.default === undefined ? "" : `\`${s.default}\``} | ${s.description} |`)
+    .join("\n");
+}
