@@ -1,0 +1,45 @@
+/**
+ * `error.code` values sent in `{"type":"error"}` frames. The socket always stays open after one of
+ * these: the frame that caused it was dropped and nothing was persisted.
+ */
+export const ErrorCode = {
+  /** The frame was not valid UTF-8 JSON. */
+  invalid_json: "invalid_json",
+  /** Binary frames carry nothing in this protocol; send text. */
+  binary_not_supported: "binary_not_supported",
+  /** The frame was larger than the gateway's frame limit (CHAT_MAX_FRAME_BYTES). */
+  frame_too_large: "frame_too_large",
+  /** `type` is missing or names no client event of this endpoint. */
+  unknown_type: "unknown_type",
+  /** The frame has the right `type` but violates its schema (wrong field type, unknown field...). */
+  invalid_frame: "invalid_frame",
+  /** A `chat_message` with neither text nor `multimedia_url`. */
+  empty_message: "empty_message",
+  /** A `chat_message` whose text is longer than CHAT_MAX_MESSAGE_LENGTH characters. */
+  message_too_long: "message_too_long",
+  /** The cluster could not accept the frame (Redis unreachable); nothing was stored, retry later. */
+  unavailable: "unavailable",
+} as const;
+export type ErrorCode = (typeof ErrorCode)[keyof typeof ErrorCode];
+
+/** HTTP statuses with which the gateway refuses a WebSocket upgrade (no socket opens). */
+export const UpgradeRefusal = {
+  /** Bad path: unknown endpoint, invalid username, or a chat with oneself. */
+  bad_request: 400,
+  /** Missing, malformed, wrongly signed, expired or not-yet-valid token. */
+  unauthorized: 401,
+  /** The node is not ready (Redis or Postgres unreachable, or draining); try another node. */
+  unavailable: 503,
+} as const;
+export type UpgradeRefusal = keyof typeof UpgradeRefusal;
+
+/** WebSocket close codes the gateway uses. */
+export const CloseCode = {
+  /** The node is shutting down; reconnect (to any node). */
+  going_away: 1001,
+  /** A frame exceeded the hard transport limit (CHAT_MAX_FRAME_BYTES x 16); uWebSockets.js closes at once. */
+  message_too_big: 1009,
+  /** The node could not set up the socket's subscriptions (Redis refused); reconnect. */
+  try_again_later: 1013,
+} as const;
+export type CloseCode = (typeof CloseCode)[keyof typeof CloseCode];

@@ -1,0 +1,100 @@
+/** Events the server sends. Field names follow ../shared/seed/chat-protocol.md and docs/protocol.md. */
+
+export interface UserRef {
+  username: string;
+}
+
+/** A message as every socket of its conversation receives it. */
+export interface ChatMessageEvent {
+  type: "chat_message";
+  /** UUIDv7 assigned by the gateway before the message is persisted; unique and time-ordered. */
+  id: string;
+  /** "" when only a multimedia_url was sent. */
+  message: string;
+  multimedia_url: string | null;
+  /** ISO 8601 UTC. */
+  date_added: string;
+  from_user: UserRef;
+  to_user: UserRef;
+  /** The recipient's username, as the sender addressed it. */
+  room: string;
+  /** Echoed when the sender gave one. */
+  client_id?: string;
+}
+
+export interface UserJoinEvent {
+  type: "user_join";
+  user: string;
+}
+
+export interface UserLeaveEvent {
+  type: "user_leave";
+  user: string;
+}
+
+export interface OnlineUserListEvent {
+  type: "online_user_list";
+  users: string[];
+}
+
+export interface UnreadCountEvent {
+  type: "unread_count";
+  unread_count: number;
+}
+
+export interface NewMessageNotificationEvent {
+  type: "new_message_notification";
+  unread_count: number;
+}
+
+export interface SingleConversationUnreadCountEvent {
+  type: "single_conversation_unread_count";
+  unread_count: number;
+}
+
+export interface SingleConversationNewMessageNotificationEvent {
+  type: "single_conversation_new_message_notification";
+}
+
+export interface SingleConversationLastMessageEvent {
+  type: "single_conversation_last_message";
+  /** The text of the newest message ("" for a media-only one). */
+  last_message: string;
+  /** Its `date_added`. */
+  last_datetime: string;
+}
+
+export interface ErrorEvent {
+  type: "error";
+  code: string;
+  message: string;
+  client_id?: string;
+}
+
+export type ServerEvent =
+  | ChatMessageEvent
+  | UserJoinEvent
+  | UserLeaveEvent
+  | OnlineUserListEvent
+  | UnreadCountEvent
+  | NewMessageNotificationEvent
+  | SingleConversationUnreadCountEvent
+  | SingleConversationNewMessageNotificationEvent
+  | SingleConversationLastMessageEvent
+  | ErrorEvent;
+
+/** Events a client sends, on the chat socket `/ws/{other}/` only. */
+export interface ChatMessageFrame {
+  type: "chat_message";
+  message?: string;
+  multimedia_url?: string;
+  file_identifier?: string;
+  multimedia_url_expiration?: string;
+  client_id?: string;
+}
+
+export interface ReadMessagesFrame {
+  type: "read_messages";
+}
+
+export type ClientFrame = ChatMessageFrame | ReadMessagesFrame;
