@@ -1,0 +1,51 @@
+/**
+ * What travels on a pub/sub channel: one header line `<origin node>\t<target>` followed by one or more
+ * server frames, each already serialized JSON on its own line (JSON text never holds a raw newline).
+ * A receiving node parses the header once and hands the same frame bytes to every local socket.
+ */
+export interface Envelope {
+  /** Node id of the publisher, for logs. */
+  origin: string;
+  /** Which sockets on the channel want the frames; see Target. */
+  target: string;
+  /** Serialized frames, in the order they must be sent. */
+  frames: Buffer[];
+}
+
+/**
+ * Targets: on a room channel always ALL; on a user channel ALL means the user's `/ws/notifications/`
+ * sockets and `conversationTarget(other)` means their `/ws/notifications/{other}/` sockets.
+ */
+export const ALL = "*";
+export const conversationTarget = (other: string): string => `c:${other}`;
+
+const NL = 0x0a;
+const TAB = 0x09;
+
+export function encodeEnvelope(origin: string, target: string, frames: readonly string[]): string {
+  return `${origin}\t${target}\n${frames.join("\n")}`;
+}
+
+export class EnvelopeDecodeError extends Error {
+  override readonly name = "EnvelopeDecodeError";
+  readonly code = "envelope_invalid";
+}
+
+export function decodeEnvelope(payload: Buffer): Envelope {
+  const headerEnd = payload.indexOf(NL);
+  const tab = payload.indexOf(TAB);
+  if (headerEnd <= 0 || tab <= 0 || tab > headerEnd || headerEnd === payload.length - 1) {
+    throw new EnvelopeDecodeError(`malformed envelope (${payload.length} bytes)`);
+  }
+  const origin = payload.toString("utf8", 0, tab);
+  const target = payload.toString("utf8", tab + 1, headerEnd);
+  const frames: Buffer[] = [];
+  let start = headerEnd + 1;
+  while (start < payload.length) {
+    let end = payload.indexOf(NL, start);
+    if (end === -1) end = payload.length;
+    if (end > start) frames.push(payload.subarray(start, end));
+    start = end + 1;
+  }
+  return { origin, target, frames };
+}

@@ -1,0 +1,6 @@
+export * from "./envelope.js";
+export type { Log } from "./log.js";
+export * from "./names.js";
+export * from "./presence-redis.js";
+export * from "./router.js";
+export * from "./stream.js";

@@ -1,0 +1,38 @@
+/**
+ * Every Redis key, channel and stream name the cluster uses, built from one prefix (CHAT_REDIS_PREFIX)
+ * so that several deployments or test runs share a Redis without seeing each other.
+ * Usernames never contain ':' or '|' (see @chat/protocol USERNAME_PATTERN), so both are safe separators.
+ */
+export interface RedisNames {
+  readonly prefix: string;
+  /** The stream every accepted message and read receipt is appended to. */
+  readonly stream: string;
+  /** The consumer group of the persistence workers on that stream. */
+  readonly group: string;
+  /** Entries the worker could not persist however often it tried (invalid data), kept for an operator. */
+  readonly deadLetterStream: string;
+  /** Identifies a conversation independently of who addresses whom: the two usernames in order. */
+  roomId(a: string, b: string): string;
+  /** Pub/sub channel carrying a conversation's chat events (chat_message, user_join, user_leave). */
+  roomChannel(roomId: string): string;
+  /** Pub/sub channel carrying one user's notification events. */
+  userChannel(username: string): string;
+  /** Sorted set of a conversation's open chat sockets, scored by expiry time (ms). */
+  presenceRoom(roomId: string): string;
+  /** Sorted set of every presence entry of the deployment, scored by expiry, for the expiry sweep. */
+  readonly presenceIndex: string;
+}
+
+export function redisNames(prefix: string): RedisNames {
+  return {
+    prefix,
+    stream: `${prefix}messages`,
+    group: `${prefix}persisters`,
+    deadLetterStream: `${prefix}messages-dead`,
+    roomId: (a, b) => (a < b ? `${a}:${b}` : `${b}:${a}`),
+    roomChannel: (roomId) => `${prefix}room:${roomId}`,
+    userChannel: (username) => `${prefix}user:${username}`,
+    presenceRoom: (roomId) => `${prefix}presence:${roomId}`,
+    presenceIndex: `${prefix}presence-expiry`,
+  };
+}

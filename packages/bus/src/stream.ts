@@ -1,0 +1,193 @@
+import type { Redis } from "ioredis";
+import { encodeEnvelope } from "./envelope.js";
+
+/** A chat message the gateway accepted. The stream entry is the message's source of truth until persisted. */
+export interface MessageEntry {
+  kind: "message";
+  /** UUIDv7, assigned by the gateway; the idempotency key of the write. */
+  id: string;
+  from: string;
+  to: string;
+  message: string;
+  multimedia_url: string | null;
+  file_identifier?: string;
+  multimedia_url_expiration?: string;
+  client_id?: string;
+  /** ISO 8601 UTC, as sent to the sockets. */
+  date_added: string;
+}
+
+/** `reader` read every message `other` sent them that is earlier in the stream than this entry. */
+export interface ReadEntry {
+  kind: "read";
+  reader: string;
+  other: string;
+}
+
+export type StreamEntry = MessageEntry | ReadEntry;
+
+/** One entry read from the stream, with its stream id. */
+export interface ReceivedEntry {
+  streamId: string;
+  /** Undefined when the entry could not be decoded (a poison entry: record and acknowledge it). */
+  entry: StreamEntry | undefined;
+  raw: string;
+}
+
+const FIELD = "e";
+
+export class PoisonEntryError extends Error {
+  override readonly name = "PoisonEntryError";
+  readonly code = "stream_entry_invalid";
+}
+
+const isStr = (v: unknown): v is string => typeof v === "string";
+const isOptStr = (v: unknown): boolean => v === undefined || typeof v === "string";
+
+export function decodeStreamEntry(raw: string): StreamEntry {
+  let value: unknown;
+  try {
+    value = JSON.parse(raw);
+  } catch (cause) {
+    throw new PoisonEntryError("stream entry is not JSON", { cause });
+  }
+  const v = value as Record<string, unknown> | null;
+  if (v?.["kind"] === "message") {
+    if (
+      isStr(v["id"]) && isStr(v["from"]) && isStr(v["to"]) && isStr(v["message"]) && isStr(v["date_added"]) &&
+      (v["multimedia_url"] === null || isStr(v["multimedia_url"])) &&
+      isOptStr(v["file_identifier"]) && isOptStr(v["multimedia_url_expiration"]) && isOptStr(v["client_id"])
+    ) {
+      return v as unknown as MessageEntry;
+    }
+  } else if (v?.["kind"] === "read") {
+    if (isStr(v["reader"]) && isStr(v["other"])) return v as unknown as ReadEntry;
+  }
+  throw new PoisonEntryError(`stream entry has an unknown shape: ${raw.slice(0, 200)}`);
+}
+
+/**
+ * A stream id `<ms>-<seq>` as one integer (ms * 1e6 + seq) that orders like the stream and fits a
+ * Postgres bigint until the year 2262. Read watermarks compare against it.
+ */
+export function streamPosition(streamId: string): bigint {
+  const dash = streamId.indexOf("-");
+  const ms = BigInt(streamId.slice(0, dash));
+  const seq = BigInt(streamId.slice(dash + 1));
+  if (seq >= 1_000_000n) throw new RangeError(`stream sequence too large in ${streamId}`);
+  return ms * 1_000_000n + seq;
+}
+
+type XEntries = [id: string, fields: string[]][];
+
+function toReceived(entries: XEntries): ReceivedEntry[] {
+  const out: ReceivedEntry[] = [];
+  for (const [streamId, fields] of entries) {
+    // XAUTOCLAIM returns deleted entries with null fields; nothing is left to process for those.
+    if (!fields) continue;
+    const at = fields.indexOf(FIELD);
+    const raw = at >= 0 ? (fields[at + 1] ?? "") : "";
+    let entry: StreamEntry | undefined;
+    try {
+      entry = decodeStreamEntry(raw);
+    } catch {
+      entry = undefined;
+    }
+    out.push({ streamId, entry, raw });
+  }
+  return out;
+}
+
+/**
+ * The message stream. Guarantee: at-least-once. An entry stays pending in the group until a
+ * consumer acknowledges it, and an entry pending longer than `claimIdleMs` is handed to another
+ * consumer, so consumers must be idempotent (the message id is the key).
+ */
+export class MessageStream {
+  constructor(
+    private readonly redis: Redis,
+    readonly stream: string,
+    readonly group: string,
+  ) {}
+
+  /**
+   * Appends the entry and publishes the envelope in one MULTI: the message is accepted exactly
+   * when it is in the stream, and then its live event is on the channel too.
+   * Resolves to the stream id.
+   */
+  async appendAndPublish(entry: StreamEntry, channel?: string, origin?: string, frame?: string): Promise<string> {
+    const multi = this.redis.multi().xadd(this.stream, "*", FIELD, JSON.stringify(entry));
+    if (channel && frame !== undefined) multi.publish(channel, encodeEnvelope(origin ?? "", "*", [frame]));
+    const results = await multi.exec();
+    if (!results) throw new Error("MULTI aborted");
+    const [xaddErr, streamId] = results[0] ?? [new Error("no XADD reply"), null];
+    if (xaddErr) throw xaddErr;
+    return streamId as string;
+  }
+
+  /** Creates the consumer group at the start of the stream, so no entry accepted earlier is skipped. */
+  async ensureGroup(): Promise<void> {
+    try {
+      await this.redis.xgroup("CREATE", this.stream, this.group, "0", "MKSTREAM");
+    } catch (err) {
+      if (!(err instanceof Error && err.message.includes("BUSYGROUP"))) throw err;
+    }
+  }
+
+  /** New entries for this consumer; waits up to blockMs when there are none. */
+  async read(consumer: string, count: number, blockMs: number): Promise<ReceivedEntry[]> {
+    const reply = (await this.redis.xreadgroup(
+      "GROUP", this.group, consumer, "COUNT", count, "BLOCK", blockMs, "STREAMS", this.stream, ">",
+    )) as [string, XEntries][] | null;
+    return reply?.[0] ? toReceived(reply[0][1]) : [];
+  }
+
+  /** Takes over entries another consumer left pending for at least minIdleMs. */
+  async claim(consumer: string, minIdleMs: number, count: number): Promise<ReceivedEntry[]> {
+    const reply = (await this.redis.xautoclaim(this.stream, this.group, consumer, minIdleMs, "0-0", "COUNT", count)) as [
+      string,
+      XEntries,
+      string[]?,
+    ];
+    return toReceived(reply[1] ?? []);
+  }
+
+  async ack(streamIds: readonly string[]): Promise<void> {
+    if (streamIds.length > 0) await this.redis.xack(this.stream, this.group, ...streamIds);
+  }
+
+  /**
+   * Deletes entries every consumer is done with: everything before the oldest pending entry, or
+   * before the group's last delivered id when nothing is pending. Never drops an unacknowledged entry.
+   */
+  async trimAcknowledged(): Promise<number> {
+    const groups = (await this.redis.xinfo("GROUPS", this.stream)) as unknown[][];
+    const info = groups.map((g) => {
+      const o: Record<string, unknown> = {};
+      for (let i = 0; i + 1 < g.length; i += 2) o[String(g[i])] = g[i + 1];
+      return o;
+    });
+    let minId: string | undefined;
+    for (const g of info) {
+      const pending = (await this.redis.xpending(this.stream, String(g["name"]))) as [number, string | null, ...unknown[]];
+      // Entries before the oldest pending one are acknowledged; with nothing pending, everything up to
+      // and including last-delivered-id is, and MINID keeps the id given, so step past it.
+      const bound = pending[0] > 0 && pending[1] ? pending[1] : nextId(String(g["last-delivered-id"]));
+      if (minId === undefined || compareIds(bound, minId) < 0) minId = bound;
+    }
+    if (minId === undefined) return 0;
+    return (await this.redis.xtrim(this.stream, "MINID", minId)) as number;
+  }
+}
+
+function nextId(id: string): string {
+  const [ms, seq] = id.split("-");
+  return `${ms}-${BigInt(seq ?? "0") + 1n}`;
+}
+
+function compareIds(a: string, b: string): number {
+  const pa = a.split("-").map(BigInt);
+  const pb = b.split("-").map(BigInt);
+  const d = (pa[0] ?? 0n) - (pb[0] ?? 0n) || (pa[1] ?? 0n) - (pb[1] ?? 0n);
+  return d < 0n ? -1 : d > 0n ? 1 : 0;
+}
