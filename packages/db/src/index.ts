@@ -1,0 +1,5 @@
+export * from "./client.js";
+export * from "./migrate.js";
+export * from "./queries/persist.js";
+export * from "./queries/unread.js";
+export * as schema from "./schema.js";

@@ -1,0 +1,149 @@
+import { and, eq, sql, type SQL } from "drizzle-orm";
+import type { Db } from "../client.js";
+import { conversationMembers, messages } from "../schema.js";
+
+export interface NewMessage {
+  id: string;
+  streamPosition: bigint;
+  fromUser: string;
+  toUser: string;
+  roomId: string;
+  content: string;
+  multimediaUrl: string | null;
+  fileIdentifier: string | null;
+  multimediaUrlExpiration: string | null;
+  clientId: string | null;
+  dateAdded: string;
+}
+
+export interface ReadReceipt {
+  /** Everything `otherUser` sent `reader` before this stream position is read. */
+  streamPosition: bigint;
+  reader: string;
+  otherUser: string;
+}
+
+/** The counters after a batch committed, for the notifications. */
+export interface BatchOutcome {
+  /** Ids of the messages this batch wrote (those already persisted by an earlier attempt are absent). */
+  inserted: Set<string>;
+  /** `${username}\n${other}` -> unread count of that user from that partner. */
+  pairUnread: Map<string, number>;
+  /** username -> total unread count. */
+  totalUnread: Map<string, number>;
+}
+
+export const pairKey = (username: string, other: string): string => `${username}\n${other}`;
+
+interface PairState {
+  username: string;
+  other: string;
+  readTo: bigint | null;
+  newUnread: NewMessage[];
+  last: NewMessage | null;
+}
+
+/**
+ * Persists a batch of stream entries in one transaction, idempotently: a message id already present
+ * is skipped, counters move only for rows actually inserted, and a read recount always runs after
+ * the member row is locked, so concurrent workers keep unread counts exact whatever their order.
+ * Member rows are locked in key order so two workers never deadlock on them.
+ */
+export async function persistBatch(
+  db: Db,
+  newMessages: readonly NewMessage[],
+  reads: readonly ReadReceipt[],
+): Promise<BatchOutcome> {
+  return db.transaction(async (tx) => {
+    const inserted = new Set<string>();
+    if (newMessages.length > 0) {
+      const rows = await tx
+        .insert(messages)
+        .values(newMessages.map((m) => ({ ...m })))
+        .onConflictDoNothing({ target: messages.id })
+        .returning({ id: messages.id });
+      for (const r of rows) inserted.add(r.id);
+    }
+
+    const pairs = new Map<string, PairState>();
+    const pair = (username: string, other: string): PairState => {
+      const key = pairKey(username, other);
+      let p = pairs.get(key);
+      if (!p) pairs.set(key, (p = { username, other, readTo: null, newUnread: [], last: null }));
+      return p;
+    };
+    for (const m of newMessages) {
+      if (!inserted.has(m.id)) continue;
+      const recipient = pair(m.toUser, m.fromUser);
+      recipient.newUnread.push(m);
+      recipient.last = m;
+      pair(m.fromUser, m.toUser).last = m;
+    }
+    for (const r of reads) {
+      const p = pair(r.reader, r.otherUser);
+      if (p.readTo === null || r.streamPosition > p.readTo) p.readTo = r.streamPosition;
+    }
+    const outcome: BatchOutcome = { inserted, pairUnread: new Map(), totalUnread: new Map() };
+    if (pairs.size === 0) return outcome;
+
+    const ordered = [...pairs.values()].sort((a, b) =>
+      a.username < b.username ? -1 : a.username > b.username ? 1 : a.other < b.other ? -1 : a.other > b.other ? 1 : 0,
+    );
+    await tx
+      .insert(conversationMembers)
+      .values(ordered.map((p) => ({ username: p.username, otherUsername: p.other })))
+      .onConflictDoNothing();
+    const keys = sql.join(
+      ordered.map((p) => sql`(${p.username}, ${p.other})`),
+      sql`, `,
+    );
+    const locked = await tx.execute<{ username: string; other_username: string; unread_count: number; read_position: bigint }>(
+      sql`SELECT username, other_username, unread_count, read_position FROM conversation_members
+          WHERE (username, other_username) IN (${keys})
+          ORDER BY username, other_username FOR UPDATE`,
+    );
+    const current = new Map(locked.map((r) => [pairKey(r.username, r.other_username), r]));
+
+    const updates: SQL[] = [];
+    for (const p of ordered) {
+      const row = current.get(pairKey(p.username, p.other));
+      if (!row) throw new Error(`conversation member row missing for ${p.username}/${p.other}`);
+      const oldRead = BigInt(row.read_position);
+      const readTo = p.readTo !== null && p.readTo > oldRead ? p.readTo : oldRead;
+      let unread: number;
+      if (p.readTo !== null) {
+        // A fresh statement after the lock: it sees every message committed before we got the row.
+        const [counted] = await tx
+          .select({ n: sql<string>`count(*)` })
+          .from(messages)
+          .where(and(eq(messages.toUser, p.username), eq(messages.fromUser, p.other), sql`${messages.streamPosition} > ${readTo}`));
+        unread = Number(counted?.n ?? 0);
+      } else {
+        unread = row.unread_count + p.newUnread.filter((m) => m.streamPosition > readTo).length;
+      }
+      outcome.pairUnread.set(pairKey(p.username, p.other), unread);
+      updates.push(
+        sql`(${p.username}, ${p.other}, ${unread}::integer, ${readTo}::bigint, ${p.last?.id ?? null}::uuid, ${p.last?.dateAdded ?? null}::timestamptz)`,
+      );
+    }
+    await tx.execute(sql`
+      UPDATE conversation_members AS cm SET
+        unread_count = v.unread,
+        read_position = v.read_to,
+        last_message_id = CASE WHEN v.last_id IS NOT NULL AND (cm.last_activity_at IS NULL OR v.last_at >= cm.last_activity_at)
+                               THEN v.last_id ELSE cm.last_message_id END,
+        last_activity_at = CASE WHEN v.last_at IS NOT NULL AND (cm.last_activity_at IS NULL OR v.last_at >= cm.last_activity_at)
+                                THEN v.last_at ELSE cm.last_activity_at END
+      FROM (VALUES ${sql.join(updates, sql`, `)}) AS v(username, other_username, unread, read_to, last_id, last_at)
+      WHERE cm.username = v.username AND cm.other_username = v.other_username`);
+
+    const users = [...new Set(ordered.map((p) => p.username))];
+    const totals = await tx
+      .select({ username: conversationMembers.username, total: sql<string>`sum(${conversationMembers.unreadCount})` })
+      .from(conversationMembers)
+      .where(sql`${conversationMembers.username} IN (${sql.join(users.map((u) => sql`${u}`), sql`, `)})`)
+      .groupBy(conversationMembers.username);
+    for (const t of totals) outcome.totalUnread.set(t.username, Number(t.total));
+    return outcome;
+  });
+}

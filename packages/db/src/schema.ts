@@ -1,0 +1,47 @@
+import { sql } from "drizzle-orm";
+import { bigint, index, integer, pgTable, primaryKey, text, timestamp, uuid } from "drizzle-orm/pg-core";
+
+/** Every persisted chat message. Written only by the worker, keyed by the gateway-assigned id. */
+export const messages = pgTable(
+  "messages",
+  {
+    id: uuid("id").primaryKey(),
+    /** The entry's position in the Redis stream (see @chat/bus streamPosition); orders reads against messages. */
+    streamPosition: bigint("stream_position", { mode: "bigint" }).notNull(),
+    /** The conversation: the two usernames in order, `a:b`. */
+    roomId: text("room_id").notNull(),
+    fromUser: text("from_user").notNull(),
+    toUser: text("to_user").notNull(),
+    content: text("content").notNull(),
+    multimediaUrl: text("multimedia_url"),
+    fileIdentifier: text("file_identifier"),
+    multimediaUrlExpiration: timestamp("multimedia_url_expiration", { withTimezone: true, mode: "string" }),
+    clientId: text("client_id"),
+    dateAdded: timestamp("date_added", { withTimezone: true, mode: "string" }).notNull(),
+  },
+  (t) => [
+    // Unread recount after a read: only the messages past the reader's watermark are visited.
+    index("messages_unread_idx").on(t.toUser, t.fromUser, t.streamPosition),
+    index("messages_room_idx").on(t.roomId, t.id),
+  ],
+);
+
+/**
+ * One row per user and conversation partner: the unread counter and the read watermark.
+ * unread_count = messages from other_username to username with stream_position > read_position.
+ */
+export const conversationMembers = pgTable(
+  "conversation_members",
+  {
+    username: text("username").notNull(),
+    otherUsername: text("other_username").notNull(),
+    unreadCount: integer("unread_count").notNull().default(0),
+    readPosition: bigint("read_position", { mode: "bigint" }).notNull().default(sql`0`),
+    lastMessageId: uuid("last_message_id"),
+    lastActivityAt: timestamp("last_activity_at", { withTimezone: true, mode: "string" }),
+  },
+  (t) => [
+    primaryKey({ columns: [t.username, t.otherUsername] }),
+    index("conversation_members_activity_idx").on(t.username, t.lastActivityAt.desc()),
+  ],
+);
