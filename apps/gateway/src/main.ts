@@ -1,0 +1,94 @@
+import { Redis } from "ioredis";
+import { RedisPresence, SubscriptionRouter, redisNames } from "@chat/bus";
+import { createDb, redactUrl, totalUnread, unreadFrom } from "@chat/db";
+import { CloseCode } from "@chat/protocol";
+import { TokenVerifier } from "./auth.js";
+import { loadGatewayConfig, type GatewayConfig } from "./config.js";
+import { createLogger, type Logger } from "@chat/log";
+import { GatewayCore } from "./sessions/core.js";
+
+let config: Readonly<GatewayConfig>;
+try {
+  config = loadGatewayConfig();
+} catch (err) {
+  process.stderr.write(JSON.stringify({ level: "fatal", component: "gateway", msg: (err as Error).message }) + "\n");
+  process.exit(2);
+}
+
+const log = createLogger(config.logLevel, { component: "gateway", node: config.nodeId });
+
+// Fails fast (exit 1) when the native uWebSockets.js binary is missing, before any connection opens.
+const { GatewayServer } = await import("./transport/server.js").catch((err: unknown) => {
+  log.fatal({ err }, "cannot load uWebSockets.js");
+  process.exit(1);
+});
+
+function connectRedis(name: string, enableOfflineQueue: boolean, logger: Logger): Redis {
+  const redis = new Redis(config.redisUrl, {
+    connectionName: `${config.nodeId}:${name}`,
+    enableOfflineQueue,
+    maxRetriesPerRequest: enableOfflineQueue ? null : 1,
+    retryStrategy: (times) => Math.min(times * 200, 2000),
+    lazyConnect: true,
+  });
+  let wasReady = false;
+  redis.on("ready", () => {
+    if (wasReady) logger.info({ client: name }, "redis reconnected");
+    wasReady = true;
+  });
+  redis.on("error", (err: Error) => logger.warn({ client: name, err: err.message, redis: redactUrl(config.redisUrl) }, "redis error"));
+  return redis;
+}
+
+const busLog = log.child({ component: "bus" });
+// Commands fail at once while disconnected (the sender gets `error`), instead of waiting in a queue.
+const redis = connectRedis("commands", false, busLog);
+const subscriber = connectRedis("subscriber", true, busLog);
+const names = redisNames(config.redisPrefix);
+const db = createDb(config.databaseUrl, { max: config.dbPoolSize, applicationName: `gateway ${config.nodeId}` });
+
+let draining = false;
+try {
+  await Promise.all([redis.connect(), subscriber.connect()]);
+} catch (err) {
+  log.fatal({ err, redis: redactUrl(config.redisUrl) }, "redis unreachable at start-up");
+  process.exit(1);
+}
+
+const core = new GatewayCore({
+  nodeId: config.nodeId,
+  names,
+  redis,
+  router: new SubscriptionRouter(subscriber, { log: busLog }),
+  presence: new RedisPresence(redis, names, config.presenceTtlMs),
+  unread: { total: (u) => totalUnread(db.db, u), from: (u, o) => unreadFrom(db.db, u, o) },
+  maxMessageLength: config.maxMessageLength,
+  log: log.child({ component: "gateway:sessions" }),
+});
+core.startPresenceUpkeep();
+
+const server = new GatewayServer(
+  core,
+  new TokenVerifier(config.jwtSecret),
+  { ready: () => !draining && redis.status === "ready" && subscriber.status === "ready" },
+  config,
+  log.child({ component: "gateway:uws" }),
+);
+const port = await server.listen();
+log.info({ host: config.host, port, prefix: config.redisPrefix, development: config.development }, "listening");
+
+async function shutdown(signal: string): Promise<void> {
+  if (draining) return;
+  draining = true;
+  log.info({ signal }, "draining");
+  server.stopListening();
+  server.closeAll(CloseCode.going_away, "server shutting down, reconnect");
+  core.stopPresenceUpkeep();
+  // Give close handlers a moment to release presence before the connections go.
+  await new Promise((r) => setTimeout(r, 300));
+  await Promise.allSettled([redis.quit(), subscriber.quit(), db.close()]);
+  log.info({}, "stopped");
+  process.exit(0);
+}
+process.on("SIGTERM", () => void shutdown("SIGTERM"));
+process.on("SIGINT", () => void shutdown("SIGINT"));

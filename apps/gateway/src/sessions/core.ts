@@ -1,0 +1,106 @@
+import type { Redis } from "ioredis";
+import {
+  ALL,
+  MessageStream,
+  RedisPresence,
+  SubscriptionRouter,
+  encodeEnvelope,
+  type RedisNames,
+} from "@chat/bus";
+import { createFrameParser, type ParseResult } from "@chat/protocol";
+import type { Logger } from "@chat/log";
+
+/** Unread counters as the gateway reads them on connect (never per message). */
+export interface UnreadCounts {
+  total(username: string): Promise<number>;
+  from(username: string, other: string): Promise<number>;
+}
+
+export interface CoreOptions {
+  nodeId: string;
+  names: RedisNames;
+  /** Commands: stream appends, publishes, presence. Must not queue commands while disconnected. */
+  redis: Redis;
+  router: SubscriptionRouter;
+  presence: RedisPresence;
+  unread: UnreadCounts;
+  maxMessageLength: number;
+  log: Logger;
+}
+
+/**
+ * What every session of this node shares. Holds no state another node needs: presence lives in
+ * Redis, so this node may die at any time and its entries expire.
+ */
+export class GatewayCore {
+  readonly nodeId: string;
+  readonly names: RedisNames;
+  readonly redis: Redis;
+  readonly router: SubscriptionRouter;
+  readonly presence: RedisPresence;
+  readonly stream: MessageStream;
+  readonly unread: UnreadCounts;
+  readonly parseFrame: (text: string) => ParseResult;
+  readonly log: Logger;
+  /** Presence entries of this node's open chat sockets, refreshed periodically. */
+  readonly presenceEntries = new Set<import("@chat/bus").PresenceEntry>();
+  private socketSeq = 0;
+  private timers: NodeJS.Timeout[] = [];
+
+  constructor(options: CoreOptions) {
+    this.nodeId = options.nodeId;
+    this.names = options.names;
+    this.redis = options.redis;
+    this.router = options.router;
+    this.presence = options.presence;
+    this.stream = new MessageStream(options.redis, options.names.stream, options.names.group);
+    this.unread = options.unread;
+    this.parseFrame = createFrameParser({ maxMessageLength: options.maxMessageLength });
+    this.log = options.log;
+  }
+
+  nextSocketSeq(): number {
+    return ++this.socketSeq;
+  }
+
+  /** True while Redis answers, i.e. this node can accept and deliver. */
+  get redisReady(): boolean {
+    return this.redis.status === "ready";
+  }
+
+  /** Publishes server frames to every socket of a room or user channel, on every node. */
+  async publish(channel: string, frames: readonly string[], target: string = ALL): Promise<void> {
+    await this.redis.publish(channel, encodeEnvelope(this.nodeId, target, frames));
+  }
+
+  /** Starts presence upkeep: refresh our entries every TTL/3, sweep dead nodes' entries every few seconds. */
+  startPresenceUpkeep(): void {
+    const ttl = this.presence.ttlMs;
+    const refresh = setInterval(() => {
+      if (this.presenceEntries.size === 0 || !this.redisReady) return;
+      this.presence.refresh([...this.presenceEntries]).catch((err: unknown) => this.log.warn({ err }, "presence refresh failed"));
+    }, Math.floor(ttl / 3));
+    const sweep = setInterval(() => void this.sweepPresence(), Math.min(5000, Math.floor(ttl / 6)));
+    refresh.unref();
+    sweep.unref();
+    this.timers.push(refresh, sweep);
+  }
+
+  stopPresenceUpkeep(): void {
+    for (const t of this.timers) clearInterval(t);
+    this.timers = [];
+  }
+
+  private async sweepPresence(): Promise<void> {
+    if (!this.redisReady) return;
+    try {
+      const left = await this.presence.sweepExpired();
+      for (const { roomId, user } of left) {
+        this.log.info({ roomId, user }, "presence expired");
+        await this.publish(this.names.roomChannel(roomId), [JSON.stringify({ type: "user_leave", user })]);
+      }
+    } catch (err) {
+      this.log.warn({ err }, "presence sweep failed");
+    }
+  }
+}

@@ -1,0 +1,17 @@
+/** What session logic sees of a WebSocket: the transport stays in ../transport. */
+export interface SessionSocket {
+  /** Sends one text frame; a no-op once the socket is closed. */
+  send(data: string | Buffer): void;
+  /** Closes with a WebSocket close code; a no-op once closed. */
+  close(code: number, reason: string): void;
+}
+
+/** A socket's lifetime on this node, driven by the transport. */
+export interface Session {
+  /** The socket is open and may start its subscriptions. */
+  start(): Promise<void>;
+  /** A text frame arrived (already size-checked and decoded). */
+  receive(text: string): void;
+  /** The socket is gone; release everything. */
+  stop(): void;
+}

@@ -1,0 +1,69 @@
+import type { ChannelListener, Envelope } from "@chat/bus";
+import { CloseCode, ErrorCode } from "@chat/protocol";
+import type { GatewayCore } from "./core.js";
+import type { Session, SessionSocket } from "./socket.js";
+
+/**
+ * A socket that listens to one channel. Until its first event is sent, channel frames are held
+ * back, so that first event is first; once it is sent the socket is fully subscribed.
+ */
+export abstract class SubscribedSession implements Session, ChannelListener {
+  protected closed = false;
+  private held: Buffer[] | null = [];
+  private subscribed = false;
+
+  constructor(
+    protected readonly core: GatewayCore,
+    protected readonly socket: SessionSocket,
+    protected readonly username: string,
+    private readonly channel: string,
+    /** Envelope target this socket wants (see @chat/bus ALL / conversationTarget). */
+    private readonly target: string,
+  ) {}
+
+  /** Sends the endpoint's first event; runs after the subscription is in place. */
+  protected abstract greet(): Promise<void>;
+
+  /** Releases what the endpoint holds beyond its subscription. */
+  protected abstract release(): void;
+
+  abstract receive(text: string): void;
+
+  async start(): Promise<void> {
+    try {
+      await this.core.router.add(this.channel, this);
+      this.subscribed = true;
+      if (this.closed) return this.stop();
+      await this.greet();
+    } catch (err) {
+      this.core.log.warn({ err, user: this.username, channel: this.channel }, "socket setup failed");
+      this.socket.close(CloseCode.try_again_later, "setup failed, reconnect");
+      return;
+    }
+    const held = this.held ?? [];
+    this.held = null;
+    for (const frame of held) this.socket.send(frame);
+  }
+
+  stop(): void {
+    const first = !this.closed;
+    this.closed = true;
+    if (this.subscribed) {
+      this.subscribed = false;
+      this.core.router.remove(this.channel, this);
+    }
+    if (first) this.release();
+  }
+
+  deliver(envelope: Envelope): void {
+    if (envelope.target !== this.target || this.closed) return;
+    for (const frame of envelope.frames) {
+      if (this.held) this.held.push(frame);
+      else this.socket.send(frame);
+    }
+  }
+
+  protected sendError(code: ErrorCode, message: string, clientId?: string): void {
+    this.socket.send(JSON.stringify(clientId === undefined ? { type: "error", code, message } : { type: "error", code, message, client_id: clientId }));
+  }
+}

@@ -1,0 +1,19 @@
+import { SignJWT } from "jose";
+import { isValidUsername } from "@chat/protocol";
+import { DEVELOPMENT_JWT_SECRET } from "./config.js";
+
+// Prints a token for `npm run token -- <username> [ttl seconds]`, signed with CHAT_JWT_SECRET or the
+// development secret that `npm start` uses, and nothing else on stdout.
+const [username, ttl = "86400"] = process.argv.slice(2);
+if (!isValidUsername(username)) {
+  process.stderr.write("usage: npm run token -- <username> [ttl seconds]\n(username: 1-150 of letters, digits, @.+-_)\n");
+  process.exit(2);
+}
+const secret = process.env["CHAT_JWT_SECRET"] || DEVELOPMENT_JWT_SECRET;
+const token = await new SignJWT({})
+  .setProtectedHeader({ alg: "HS256", typ: "JWT" })
+  .setSubject(username)
+  .setIssuedAt()
+  .setExpirationTime(`${Number(ttl)}s`)
+  .sign(new TextEncoder().encode(secret));
+process.stdout.write(token + "\n");
