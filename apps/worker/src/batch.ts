@@ -1,0 +1,89 @@
+import { ALL, conversationTarget, encodeEnvelope, streamPosition, type RedisNames, type ReceivedEntry } from "@chat/bus";
+import { pairKey, type BatchOutcome, type NewMessage, type ReadReceipt } from "@chat/db";
+
+/** Stream entries split by kind, in stream order, ready for persistBatch. */
+export interface PreparedBatch {
+  messages: NewMessage[];
+  reads: ReadReceipt[];
+  /** Entries that cannot be decoded: recorded in the dead-letter stream and acknowledged. */
+  poison: ReceivedEntry[];
+}
+
+export function prepareBatch(entries: readonly ReceivedEntry[], names: RedisNames): PreparedBatch {
+  const batch: PreparedBatch = { messages: [], reads: [], poison: [] };
+  for (const received of entries) {
+    const { entry, streamId } = received;
+    if (!entry) {
+      batch.poison.push(received);
+      continue;
+    }
+    const position = streamPosition(streamId);
+    if (entry.kind === "message") {
+      batch.messages.push({
+        id: entry.id,
+        streamPosition: position,
+        fromUser: entry.from,
+        toUser: entry.to,
+        roomId: names.roomId(entry.from, entry.to),
+        content: entry.message,
+        multimediaUrl: entry.multimedia_url,
+        fileIdentifier: entry.file_identifier ?? null,
+        multimediaUrlExpiration: entry.multimedia_url_expiration ?? null,
+        clientId: entry.client_id ?? null,
+        dateAdded: entry.date_added,
+      });
+    } else {
+      batch.reads.push({ streamPosition: position, reader: entry.reader, otherUser: entry.other });
+    }
+  }
+  return batch;
+}
+
+/** A publish to a user channel: [channel, envelope]. */
+export type Notification = [channel: string, payload: string];
+
+/**
+ * The notification events of a committed batch, in stream order, with the counts as committed.
+ * Messages that an earlier attempt already persisted are absent from `outcome.inserted` and get none.
+ */
+export function notificationsFor(batch: PreparedBatch, outcome: BatchOutcome, names: RedisNames, origin: string): Notification[] {
+  type Item = { position: bigint; publish: Notification[] };
+  const items: Item[] = [];
+  const total = (u: string) => outcome.totalUnread.get(u) ?? 0;
+  const pair = (u: string, o: string) => outcome.pairUnread.get(pairKey(u, o)) ?? 0;
+  for (const m of batch.messages) {
+    if (!outcome.inserted.has(m.id)) continue;
+    const channel = names.userChannel(m.toUser);
+    items.push({
+      position: m.streamPosition,
+      publish: [
+        [channel, encodeEnvelope(origin, ALL, [JSON.stringify({ type: "new_message_notification", unread_count: total(m.toUser) })])],
+        [
+          channel,
+          encodeEnvelope(origin, conversationTarget(m.fromUser), [
+            JSON.stringify({ type: "single_conversation_new_message_notification" }),
+            JSON.stringify({ type: "single_conversation_unread_count", unread_count: pair(m.toUser, m.fromUser) }),
+            JSON.stringify({ type: "single_conversation_last_message", last_message: m.content, last_datetime: m.dateAdded }),
+          ]),
+        ],
+      ],
+    });
+  }
+  for (const r of batch.reads) {
+    const channel = names.userChannel(r.reader);
+    items.push({
+      position: r.streamPosition,
+      publish: [
+        [channel, encodeEnvelope(origin, ALL, [JSON.stringify({ type: "unread_count", unread_count: total(r.reader) })])],
+        [
+          channel,
+          encodeEnvelope(origin, conversationTarget(r.otherUser), [
+            JSON.stringify({ type: "single_conversation_unread_count", unread_count: pair(r.reader, r.otherUser) }),
+          ]),
+        ],
+      ],
+    });
+  }
+  items.sort((a, b) => (a.position < b.position ? -1 : a.position > b.position ? 1 : 0));
+  return items.flatMap((i) => i.publish);
+}

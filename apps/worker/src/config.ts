@@ -1,0 +1,38 @@
+import { hostname } from "node:os";
+import { randomBytes } from "node:crypto";
+import { ConfigError, commonSettings, integer, readSettings, text } from "@chat/config";
+
+/** Every setting of the worker: variable, default, meaning. The README table follows this list. */
+export const WORKER_SETTINGS = {
+  ...commonSettings,
+  consumerName: { env: "CHAT_WORKER_NAME", default: undefined, description: "Consumer name in the group (default: hostname-pid-random; must be unique per process)", parse: text },
+  batchSize: { env: "CHAT_WORKER_BATCH_SIZE", default: "200", description: "Stream entries written per transaction", parse: integer(1, 5000) },
+  blockMs: { env: "CHAT_WORKER_BLOCK_MS", default: "2000", description: "How long one read waits for new entries (ms)", parse: integer(10, 60000) },
+  claimIdleMs: { env: "CHAT_WORKER_CLAIM_IDLE_MS", default: "5000", description: "Entries pending this long on another consumer are taken over (ms)", parse: integer(1000, 60000) },
+  claimIntervalMs: { env: "CHAT_WORKER_CLAIM_INTERVAL_MS", default: "2000", description: "How often to look for such entries (ms)", parse: integer(100, 60000) },
+  trimIntervalMs: { env: "CHAT_WORKER_TRIM_INTERVAL_MS", default: "5000", description: "How often acknowledged entries are trimmed from the stream (ms)", parse: integer(100, 600000) },
+  dbPoolSize: { env: "CHAT_DB_POOL_SIZE", default: "4", description: "Postgres connections per worker", parse: integer(1, 100) },
+};
+
+export interface WorkerConfig {
+  redisUrl: string;
+  databaseUrl: string;
+  redisPrefix: string;
+  logLevel: string;
+  consumerName: string;
+  batchSize: number;
+  blockMs: number;
+  claimIdleMs: number;
+  claimIntervalMs: number;
+  trimIntervalMs: number;
+  dbPoolSize: number;
+}
+
+export function loadWorkerConfig(env: NodeJS.ProcessEnv = process.env): Readonly<WorkerConfig> {
+  const { values, problems } = readSettings(WORKER_SETTINGS, env);
+  if (problems.length > 0) throw new ConfigError(problems);
+  return Object.freeze({
+    ...(values as Omit<WorkerConfig, "consumerName">),
+    consumerName: values.consumerName ?? `${hostname()}-${process.pid}-${randomBytes(3).toString("hex")}`,
+  });
+}

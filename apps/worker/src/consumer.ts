@@ -1,0 +1,167 @@
+import type { Redis } from "ioredis";
+import { MessageStream, type RedisNames, type ReceivedEntry } from "@chat/bus";
+import { persistBatch, type BatchOutcome, type Db } from "@chat/db";
+import type { Logger } from "@chat/log";
+import { notificationsFor, prepareBatch, type PreparedBatch } from "./batch.js";
+
+export interface ConsumerOptions {
+  consumerName: string;
+  batchSize: number;
+  blockMs: number;
+  claimIdleMs: number;
+  claimIntervalMs: number;
+  trimIntervalMs: number;
+}
+
+/** Postgres SQLSTATE classes that no retry can fix: data exceptions (22) and integrity violations (23). */
+const isPermanentDbError = (err: unknown): boolean => {
+  const code = (err as { code?: unknown } | null)?.code;
+  return typeof code === "string" && (code.startsWith("22") || code.startsWith("23"));
+};
+
+const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));
+
+/**
+ * One loop over the stream's consumer group: read (or claim) a batch, write it in one transaction,
+ * publish its notifications, then acknowledge. Nothing is acknowledged before its commit, so a
+ * worker killed at any point loses nothing: its pending entries are claimed by another worker
+ * after `claimIdleMs`, and the write is idempotent on the message id.
+ */
+export class StreamConsumer {
+  private stopping = false;
+  private stopped: Promise<void> | null = null;
+  private readonly stream: MessageStream;
+
+  constructor(
+    private readonly redis: Redis,
+    private readonly db: Db,
+    private readonly names: RedisNames,
+    private readonly options: ConsumerOptions,
+    private readonly log: Logger,
+  ) {
+    this.stream = new MessageStream(redis, names.stream, names.group);
+  }
+
+  start(): void {
+    this.stopped = this.run();
+  }
+
+  /** Finishes the batch in hand (written, published, acknowledged) and stops reading. */
+  async stop(): Promise<void> {
+    this.stopping = true;
+    await this.stopped;
+  }
+
+  private async run(): Promise<void> {
+    const { consumerName, batchSize, blockMs, claimIdleMs, claimIntervalMs, trimIntervalMs } = this.options;
+    let nextClaim = 0;
+    let nextTrim = Date.now() + trimIntervalMs;
+    let backoff = 0;
+    while (!this.stopping) {
+      try {
+        if (backoff === 0) await this.stream.ensureGroup();
+        const now = Date.now();
+        let entries: ReceivedEntry[];
+        if (now >= nextClaim) {
+          nextClaim = now + claimIntervalMs;
+          entries = await this.stream.claim(consumerName, claimIdleMs, batchSize);
+          if (entries.length > 0) this.log.info({ count: entries.length, first: entries[0]?.streamId }, "claimed pending entries");
+        } else {
+          entries = await this.stream.read(consumerName, batchSize, Math.min(blockMs, Math.max(10, nextClaim - now)));
+        }
+        if (entries.length > 0) await this.handle(entries);
+        if (Date.now() >= nextTrim) {
+          nextTrim = Date.now() + trimIntervalMs;
+          const trimmed = await this.stream.trimAcknowledged();
+          if (trimmed > 0) this.log.debug({ trimmed }, "stream trimmed");
+        }
+        backoff = 0;
+      } catch (err) {
+        backoff = Math.min(backoff === 0 ? 250 : backoff * 2, 5000);
+        this.log.warn({ err, retryInMs: backoff }, "stream read failed");
+        await sleep(backoff);
+      }
+    }
+  }
+
+  /** Writes, publishes and acknowledges one batch, retrying transient failures until it is done or we stop. */
+  private async handle(entries: ReceivedEntry[]): Promise<void> {
+    const batch = prepareBatch(entries, this.names);
+    const ids = entries.map((e) => e.streamId);
+    let outcome: BatchOutcome | null = null;
+    let backoff = 250;
+    for (let attempt = 1; ; attempt++) {
+      try {
+        if (batch.poison.length > 0) await this.deadLetter(batch.poison, "undecodable stream entry");
+        batch.poison = [];
+        // Resume after the commit when only the publish or the ack failed: the write is done.
+        outcome ??= await this.persist(batch);
+        const notifications = notificationsFor(batch, outcome, this.names, this.options.consumerName);
+        if (notifications.length > 0) {
+          const pipeline = this.redis.pipeline();
+          for (const [channel, payload] of notifications) pipeline.publish(channel, payload);
+          await pipeline.exec();
+        }
+        await this.stream.ack(ids);
+        this.log.debug({ entries: ids.length, first: ids[0], last: ids.at(-1), inserted: outcome.inserted.size, attempt }, "batch persisted");
+        return;
+      } catch (err) {
+        this.log.warn({ err, first: ids[0], last: ids.at(-1), attempt, retryInMs: backoff }, "batch failed, will retry");
+        // Left pending: another worker claims it after claimIdleMs.
+        if (this.stopping) return;
+        await sleep(backoff);
+        backoff = Math.min(backoff * 2, 5000);
+      }
+    }
+  }
+
+  /** One transaction for the batch; on a data error, entry by entry so one bad entry cannot block the rest. */
+  private async persist(batch: PreparedBatch): Promise<BatchOutcome> {
+    try {
+      return await persistBatch(this.db, batch.messages, batch.reads);
+    } catch (err) {
+      if (!isPermanentDbError(err) || batch.messages.length + batch.reads.length <= 1) {
+        if (isPermanentDbError(err) && batch.messages[0]) {
+          await this.deadLetterMessage(batch.messages[0].id, err);
+          batch.messages = [];
+          return { inserted: new Set(), pairUnread: new Map(), totalUnread: new Map() };
+        }
+        throw err;
+      }
+      this.log.warn({ err }, "batch has invalid data; writing entries one by one");
+      const merged: BatchOutcome = { inserted: new Set(), pairUnread: new Map(), totalUnread: new Map() };
+      const kept: PreparedBatch["messages"] = [];
+      for (const m of batch.messages) {
+        try {
+          const o = await persistBatch(this.db, [m], []);
+          for (const id of o.inserted) merged.inserted.add(id);
+          for (const [k, v] of o.pairUnread) merged.pairUnread.set(k, v);
+          for (const [k, v] of o.totalUnread) merged.totalUnread.set(k, v);
+          kept.push(m);
+        } catch (one) {
+          if (!isPermanentDbError(one)) throw one;
+          await this.deadLetterMessage(m.id, one);
+        }
+      }
+      if (batch.reads.length > 0) {
+        const o = await persistBatch(this.db, [], batch.reads);
+        for (const [k, v] of o.pairUnread) merged.pairUnread.set(k, v);
+        for (const [k, v] of o.totalUnread) merged.totalUnread.set(k, v);
+      }
+      batch.messages = kept;
+      return merged;
+    }
+  }
+
+  private async deadLetterMessage(id: string, err: unknown): Promise<void> {
+    this.log.error({ err, id }, "message cannot be persisted; moved to the dead-letter stream");
+    await this.redis.xadd(this.names.deadLetterStream, "*", "id", id, "error", String((err as Error).message ?? err));
+  }
+
+  private async deadLetter(entries: ReceivedEntry[], reason: string): Promise<void> {
+    for (const e of entries) {
+      this.log.error({ streamId: e.streamId, reason }, "poison stream entry; moved to the dead-letter stream");
+      await this.redis.xadd(this.names.deadLetterStream, "*", "streamId", e.streamId, "raw", e.raw.slice(0, 65536), "error", reason);
+    }
+  }
+}
