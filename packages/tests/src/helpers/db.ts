@@ -1,0 +1,33 @@
+import postgres from "postgres";
+import { afterAll } from "vitest";
+import { DATABASE_URL } from "./env.js";
+
+let client: postgres.Sql | null = null;
+
+/** A small pool on the test database, closed after the file's tests. */
+export function testSql(): postgres.Sql {
+  if (!client) {
+    client = postgres(DATABASE_URL, { max: 2, onnotice: () => {} });
+    const c = client;
+    afterAll(async () => {
+      await c.end({ timeout: 5 });
+      client = null;
+    });
+  }
+  return client;
+}
+
+export async function messagesBetween(a: string, b: string) {
+  const sql = testSql();
+  return sql<{ id: string; from_user: string; to_user: string; content: string; client_id: string | null }[]>`
+    SELECT id, from_user, to_user, content, client_id FROM messages
+    WHERE (from_user = ${a} AND to_user = ${b}) OR (from_user = ${b} AND to_user = ${a})
+    ORDER BY stream_position`;
+}
+
+export async function unreadOf(username: string, other: string): Promise<number> {
+  const sql = testSql();
+  const rows = await sql<{ unread_count: number }[]>`
+    SELECT unread_count FROM conversation_members WHERE username = ${username} AND other_username = ${other}`;
+  return rows[0]?.unread_count ?? 0;
+}

@@ -1,0 +1,121 @@
+import { spawn, type ChildProcess } from "node:child_process";
+import { once } from "node:events";
+import { createInterface } from "node:readline";
+import { onTestFinished } from "vitest";
+import { DATABASE_URL, JWT_SECRET, REDIS_URL, REPO_ROOT } from "./env.js";
+
+export interface RunningProcess {
+  readonly child: ChildProcess;
+  /** Every JSON log line so far. */
+  readonly logs: Record<string, unknown>[];
+  /** Sends a signal and waits for the exit; resolves to the exit code (null when killed by signal). */
+  stop(signal?: NodeJS.Signals): Promise<number | null>;
+  readonly exited: Promise<number | null>;
+}
+
+export interface Gateway extends RunningProcess {
+  port: number;
+  url: string;
+}
+
+interface SpawnOptions {
+  env?: Record<string, string | undefined>;
+  /** Resolve when a log line with this msg appears. */
+  readyMessage: string;
+  timeoutMs?: number;
+}
+
+const running = new Set<ChildProcess>();
+process.on("exit", () => {
+  for (const c of running) c.kill("SIGKILL");
+});
+
+function spawnNode(script: string, options: SpawnOptions): Promise<RunningProcess & { ready: Record<string, unknown> }> {
+  const child = spawn(process.execPath, [script], {
+    cwd: REPO_ROOT,
+    env: {
+      PATH: process.env["PATH"],
+      REDIS_URL,
+      DATABASE_URL,
+      CHAT_JWT_SECRET: JWT_SECRET,
+      LOG_LEVEL: "info",
+      ...options.env,
+    } as NodeJS.ProcessEnv,
+    stdio: ["ignore", "pipe", "pipe"],
+  });
+  running.add(child);
+  const logs: Record<string, unknown>[] = [];
+  const stderr: string[] = [];
+  const exited = new Promise<number | null>((resolve) => {
+    child.on("exit", (code) => {
+      running.delete(child);
+      resolve(code);
+    });
+  });
+  const stop = async (signal: NodeJS.Signals = "SIGTERM") => {
+    if (child.exitCode === null && child.signalCode === null) child.kill(signal);
+    return exited;
+  };
+  onTestFinished(async () => {
+    await stop("SIGKILL");
+  });
+  child.stderr!.on("data", (d: Buffer) => stderr.push(d.toString()));
+  return new Promise((resolve, reject) => {
+    const timer = setTimeout(() => {
+      child.kill("SIGKILL");
+      reject(new Error(`${script} not ready after ${options.timeoutMs ?? 10000} ms; stderr: ${stderr.join("")}; logs: ${JSON.stringify(logs.slice(-5))}`));
+    }, options.timeoutMs ?? 10000);
+    createInterface({ input: child.stdout! }).on("line", (line) => {
+      let entry: Record<string, unknown>;
+      try {
+        entry = JSON.parse(line) as Record<string, unknown>;
+      } catch {
+        entry = { msg: "<non-json>", line };
+      }
+      logs.push(entry);
+      if (entry["msg"] === options.readyMessage) {
+        clearTimeout(timer);
+        resolve({ child, logs, stop, exited, ready: entry });
+      }
+    });
+    void exited.then((code) => {
+      clearTimeout(timer);
+      reject(new Error(`${script} exited with ${code} before ready; stderr: ${stderr.join("")}; logs: ${JSON.stringify(logs)}`));
+    });
+  });
+}
+
+/** Starts a gateway process on a free port; it is killed when the test ends. */
+export async function startGateway(prefix: string, env: Record<string, string | undefined> = {}): Promise<Gateway> {
+  const p = await spawnNode("apps/gateway/dist/main.js", {
+    env: { PORT: "0", HOST: "127.0.0.1", CHAT_REDIS_PREFIX: prefix, ...env },
+    readyMessage: "listening",
+  });
+  const port = Number(p.ready["port"]);
+  return Object.assign(p, { port, url: `ws://127.0.0.1:${port}` });
+}
+
+/** Starts a worker process; it is killed when the test ends. */
+export async function startWorker(prefix: string, env: Record<string, string | undefined> = {}): Promise<RunningProcess> {
+  return spawnNode("apps/worker/dist/main.js", {
+    env: { CHAT_REDIS_PREFIX: prefix, CHAT_WORKER_CLAIM_IDLE_MS: "1000", CHAT_WORKER_CLAIM_INTERVAL_MS: "500", ...env },
+    readyMessage: "consuming",
+  });
+}
+
+/** Runs a script to completion and returns its exit code and output. */
+export async function runScript(script: string, args: string[] = [], env: Record<string, string | undefined> = {}, timeoutMs = 15000) {
+  const child = spawn(process.execPath, [script, ...args], {
+    cwd: REPO_ROOT,
+    env: { PATH: process.env["PATH"], REDIS_URL, DATABASE_URL, ...env } as NodeJS.ProcessEnv,
+    stdio: ["ignore", "pipe", "pipe"],
+  });
+  let stdout = "";
+  let stderr = "";
+  child.stdout.on("data", (d: Buffer) => (stdout += d.toString()));
+  child.stderr.on("data", (d: Buffer) => (stderr += d.toString()));
+  const timer = setTimeout(() => child.kill("SIGKILL"), timeoutMs);
+  const [code] = (await once(child, "exit")) as [number | null];
+  clearTimeout(timer);
+  return { code, stdout, stderr };
+}
