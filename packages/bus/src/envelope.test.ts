@@ -1,0 +1,36 @@
+import { describe, expect, it } from "vitest";
+import { EnvelopeDecodeError, decodeEnvelope, encodeEnvelope } from "./envelope.js";
+import { redisNames } from "./names.js";
+import { streamPosition } from "./stream.js";
+
+describe("envelope", () => {
+  it("round-trips frames, keeping their bytes and order", () => {
+    const frames = [JSON.stringify({ type: "a", text: "multi\nline é" }), JSON.stringify({ type: "b" })];
+    const env = decodeEnvelope(Buffer.from(encodeEnvelope("node-1", "c:bob", frames)));
+    expect(env.origin).toBe("node-1");
+    expect(env.target).toBe("c:bob");
+    expect(env.frames.map((f) => f.toString())).toEqual(frames);
+  });
+
+  it.each(["", "no header", "origin\ttarget", "\ttarget\n{}", "origin\n{}"])("refuses %j", (raw) => {
+    expect(() => decodeEnvelope(Buffer.from(raw))).toThrow(EnvelopeDecodeError);
+  });
+});
+
+describe("names", () => {
+  it("names a conversation the same whoever addresses whom, under the prefix", () => {
+    const n = redisNames("p:");
+    expect(n.roomId("bob", "alice")).toBe(n.roomId("alice", "bob"));
+    expect(n.roomChannel(n.roomId("bob", "alice"))).toBe("p:room:alice:bob");
+    expect(n.userChannel("alice")).toBe("p:user:alice");
+    for (const name of [n.stream, n.group, n.presenceIndex, n.deadLetterStream]) expect(name.startsWith("p:")).toBe(true);
+  });
+});
+
+describe("stream positions", () => {
+  it("orders like stream ids", () => {
+    const ids = ["1-0", "1-1", "1-999999", "2-0", "1700000000000-5"];
+    const positions = ids.map(streamPosition);
+    expect([...positions].sort((a, b) => (a < b ? -1 : 1))).toEqual(positions);
+  });
+});
