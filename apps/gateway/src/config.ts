@@ -21,6 +21,12 @@ export const GATEWAY_SETTINGS = {
   maxBackpressureBytes: { env: "CHAT_MAX_BACKPRESSURE_BYTES", default: "4194304", description: "Bytes queued to a socket that does not read before it is closed", parse: integer(65536, 1 << 30) },
   idleTimeoutSeconds: { env: "CHAT_IDLE_TIMEOUT_SECONDS", default: "120", description: "A silent socket is closed after this; the server pings before", parse: integer(8, 960) },
   presenceTtlMs: { env: "CHAT_PRESENCE_TTL_MS", default: "30000", description: "Presence of a node that stops refreshing it expires after this (ms)", parse: integer(3000, 30000) },
+  drainWindowMs: {
+    env: "CHAT_DRAIN_WINDOW_MS",
+    default: "10000",
+    description: "On SIGTERM, sockets are closed (1001) spread over this window so clients do not reconnect all at once (ms)",
+    parse: integer(0, 600000),
+  },
   dbPoolSize: { env: "CHAT_DB_POOL_SIZE", default: "10", description: "Postgres connections per gateway (unread counts on connect)", parse: integer(1, 200) },
 };
 
@@ -37,6 +43,7 @@ export interface GatewayConfig {
   maxBackpressureBytes: number;
   idleTimeoutSeconds: number;
   presenceTtlMs: number;
+  drainWindowMs: number;
   dbPoolSize: number;
   jwtSecret: string;
   development: boolean;

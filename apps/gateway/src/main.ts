@@ -5,6 +5,7 @@ import { CloseCode } from "@chat/protocol";
 import { TokenVerifier } from "./auth.js";
 import { loadGatewayConfig, type GatewayConfig } from "./config.js";
 import { createLogger, type Logger } from "@chat/log";
+import { GatewayMetrics } from "./metrics.js";
 import { GatewayCore } from "./sessions/core.js";
 
 let config: Readonly<GatewayConfig>;
@@ -55,11 +56,18 @@ try {
   process.exit(1);
 }
 
+// The gauge reads the router at scrape time; the router exists by then.
+const metrics = new GatewayMetrics(() => router.channelCount);
+const router: SubscriptionRouter = new SubscriptionRouter(subscriber, {
+  log: busLog,
+  observe: (envelope) => metrics.deliverLatency.observe(Math.max(0, Date.now() - envelope.sentAt) / 1000),
+});
 const core = new GatewayCore({
   nodeId: config.nodeId,
   names,
   redis,
-  router: new SubscriptionRouter(subscriber, { log: busLog }),
+  router,
+  metrics,
   presence: new RedisPresence(redis, names, config.presenceTtlMs),
   unread: { total: (u) => totalUnread(db.db, u), from: (u, o) => unreadFrom(db.db, u, o) },
   maxMessageLength: config.maxMessageLength,
@@ -73,19 +81,25 @@ const server = new GatewayServer(
   { ready: () => !draining && redis.status === "ready" && subscriber.status === "ready" },
   config,
   log.child({ component: "gateway:uws" }),
+  metrics,
 );
 const port = await server.listen();
 log.info({ host: config.host, port, prefix: config.redisPrefix, development: config.development }, "listening");
 
+/**
+ * SIGTERM: turn not-ready at once (upgrades and /readyz answer 503), close sockets with 1001 spread
+ * over the drain window, let their presence go, then disconnect and exit. Kubernetes'
+ * terminationGracePeriodSeconds must exceed CHAT_DRAIN_WINDOW_MS plus a few seconds.
+ */
 async function shutdown(signal: string): Promise<void> {
   if (draining) return;
   draining = true;
-  log.info({ signal }, "draining");
-  server.stopListening();
-  server.closeAll(CloseCode.going_away, "server shutting down, reconnect");
+  metrics.drains.inc();
+  log.info({ signal, sockets: server.socketCount, windowMs: config.drainWindowMs }, "draining");
+  await server.closeGradually(CloseCode.going_away, "server shutting down, reconnect", config.drainWindowMs);
   core.stopPresenceUpkeep();
-  // Give close handlers a moment to release presence before the connections go.
-  await new Promise((r) => setTimeout(r, 300));
+  await Promise.allSettled([...core.pendingReleases]);
+  server.stopListening();
   await Promise.allSettled([redis.quit(), subscriber.quit(), db.close()]);
   log.info({}, "stopped");
   process.exit(0);

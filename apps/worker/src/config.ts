@@ -11,6 +11,8 @@ export const WORKER_SETTINGS = {
   claimIdleMs: { env: "CHAT_WORKER_CLAIM_IDLE_MS", default: "5000", description: "Entries pending this long on another consumer are taken over (ms)", parse: integer(1000, 60000) },
   claimIntervalMs: { env: "CHAT_WORKER_CLAIM_INTERVAL_MS", default: "2000", description: "How often to look for such entries (ms)", parse: integer(100, 60000) },
   trimIntervalMs: { env: "CHAT_WORKER_TRIM_INTERVAL_MS", default: "5000", description: "How often acknowledged entries are trimmed from the stream (ms)", parse: integer(100, 600000) },
+  httpPort: { env: "CHAT_WORKER_HTTP_PORT", default: "9100", description: "Port of the worker's /metrics, /healthz and /readyz (0 picks a free one)", parse: integer(0, 65535) },
+  httpHost: { env: "CHAT_WORKER_HTTP_HOST", default: "0.0.0.0", description: "Address of that HTTP server", parse: text },
   dbPoolSize: { env: "CHAT_DB_POOL_SIZE", default: "4", description: "Postgres connections per worker", parse: integer(1, 100) },
 };
 
@@ -25,6 +27,8 @@ export interface WorkerConfig {
   claimIdleMs: number;
   claimIntervalMs: number;
   trimIntervalMs: number;
+  httpPort: number;
+  httpHost: string;
   dbPoolSize: number;
 }
 

@@ -2,6 +2,7 @@ import type { Redis } from "ioredis";
 import { MessageStream, type RedisNames, type ReceivedEntry } from "@chat/bus";
 import { persistBatch, type BatchOutcome, type Db } from "@chat/db";
 import type { Logger } from "@chat/log";
+import type { WorkerMetrics } from "./metrics.js";
 import { notificationsFor, prepareBatch, type PreparedBatch } from "./batch.js";
 
 export interface ConsumerOptions {
@@ -38,6 +39,7 @@ export class StreamConsumer {
     private readonly names: RedisNames,
     private readonly options: ConsumerOptions,
     private readonly log: Logger,
+    private readonly metrics: WorkerMetrics,
   ) {
     this.stream = new MessageStream(redis, names.stream, names.group);
   }
@@ -50,6 +52,22 @@ export class StreamConsumer {
   async stop(): Promise<void> {
     this.stopping = true;
     await this.stopped;
+  }
+
+  /** The stream's backlog for the metrics: not yet delivered (lag) and delivered but unacknowledged. */
+  async streamState(): Promise<{ lag: number; pending: number }> {
+    const groups = (await this.redis.xinfo("GROUPS", this.names.stream)) as unknown[][];
+    for (const g of groups) {
+      const o: Record<string, unknown> = {};
+      for (let i = 0; i + 1 < g.length; i += 2) o[String(g[i])] = g[i + 1];
+      if (o["name"] === this.names.group) return { lag: Number(o["lag"] ?? 0), pending: Number(o["pending"] ?? 0) };
+    }
+    return { lag: 0, pending: 0 };
+  }
+
+  /** True while the loop runs (not stopping). */
+  get running(): boolean {
+    return this.stopped !== null && !this.stopping;
   }
 
   private async run(): Promise<void> {
@@ -86,6 +104,7 @@ export class StreamConsumer {
 
   /** Writes, publishes and acknowledges one batch, retrying transient failures until it is done or we stop. */
   private async handle(entries: ReceivedEntry[]): Promise<void> {
+    const startedAt = process.hrtime.bigint();
     const batch = prepareBatch(entries, this.names);
     const ids = entries.map((e) => e.streamId);
     let outcome: BatchOutcome | null = null;
@@ -101,11 +120,17 @@ export class StreamConsumer {
           const pipeline = this.redis.pipeline();
           for (const [channel, payload] of notifications) pipeline.publish(channel, payload);
           await pipeline.exec();
+          this.metrics.notificationsPublished.inc(notifications.length);
         }
         await this.stream.ack(ids);
+        this.metrics.batchSize.observe(ids.length);
+        this.metrics.batchDuration.observe(Number(process.hrtime.bigint() - startedAt) / 1e9);
+        this.metrics.messagesPersisted.inc(outcome.inserted.size);
+        this.metrics.readsApplied.inc(batch.reads.length);
         this.log.debug({ entries: ids.length, first: ids[0], last: ids.at(-1), inserted: outcome.inserted.size, attempt }, "batch persisted");
         return;
       } catch (err) {
+        this.metrics.writeErrors.inc();
         this.log.warn({ err, first: ids[0], last: ids.at(-1), attempt, retryInMs: backoff }, "batch failed, will retry");
         // Left pending: another worker claims it after claimIdleMs.
         if (this.stopping) return;
@@ -154,12 +179,14 @@ export class StreamConsumer {
   }
 
   private async deadLetterMessage(id: string, err: unknown): Promise<void> {
+    this.metrics.deadLettered.inc();
     this.log.error({ err, id }, "message cannot be persisted; moved to the dead-letter stream");
     await this.redis.xadd(this.names.deadLetterStream, "*", "id", id, "error", String((err as Error).message ?? err));
   }
 
   private async deadLetter(entries: ReceivedEntry[], reason: string): Promise<void> {
     for (const e of entries) {
+      this.metrics.deadLettered.inc();
       this.log.error({ streamId: e.streamId, reason }, "poison stream entry; moved to the dead-letter stream");
       await this.redis.xadd(this.names.deadLetterStream, "*", "streamId", e.streamId, "raw", e.raw.slice(0, 65536), "error", reason);
     }

@@ -5,6 +5,7 @@ import { createDb, redactUrl } from "@chat/db";
 import { createLogger } from "@chat/log";
 import { loadWorkerConfig, type WorkerConfig } from "./config.js";
 import { StreamConsumer } from "./consumer.js";
+import { WorkerMetrics } from "./metrics.js";
 
 let config: Readonly<WorkerConfig>;
 try {
@@ -23,9 +24,25 @@ const redis = new Redis(config.redisUrl, {
 redis.on("error", (err: Error) => log.warn({ err: err.message, redis: redactUrl(config.redisUrl) }, "redis error"));
 const db = createDb(config.databaseUrl, { max: config.dbPoolSize, applicationName: `worker ${config.consumerName}` });
 
-const consumer = new StreamConsumer(redis, db.db, redisNames(config.redisPrefix), config, log.child({ component: "worker:consumer" }));
+const metrics = new WorkerMetrics(() => consumer.streamState());
+const consumer: StreamConsumer = new StreamConsumer(
+  redis,
+  db.db,
+  redisNames(config.redisPrefix),
+  config,
+  log.child({ component: "worker:consumer" }),
+  metrics,
+);
+let httpPort: number;
+try {
+  const http = await metrics.serve(config.httpPort, config.httpHost, () => consumer.running && redis.status === "ready");
+  httpPort = (http.address() as import("node:net").AddressInfo).port;
+} catch (err) {
+  log.fatal({ err, port: config.httpPort }, "cannot open the metrics port");
+  process.exit(1);
+}
 consumer.start();
-log.info({ prefix: config.redisPrefix, database: redactUrl(config.databaseUrl) }, "consuming");
+log.info({ prefix: config.redisPrefix, database: redactUrl(config.databaseUrl), httpPort }, "consuming");
 
 let stopping = false;
 async function shutdown(signal: string): Promise<void> {

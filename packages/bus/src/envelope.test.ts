@@ -9,10 +9,11 @@ describe("envelope", () => {
     const env = decodeEnvelope(Buffer.from(encodeEnvelope("node-1", "c:bob", frames)));
     expect(env.origin).toBe("node-1");
     expect(env.target).toBe("c:bob");
+    expect(Math.abs(env.sentAt - Date.now())).toBeLessThan(5000);
     expect(env.frames.map((f) => f.toString())).toEqual(frames);
   });
 
-  it.each(["", "no header", "origin\ttarget", "\ttarget\n{}", "origin\n{}"])("refuses %j", (raw) => {
+  it.each(["", "no header", "origin\ttarget\t1", "\ttarget\t1\n{}", "origin\n{}", "origin\ttarget\n{}", "o\tt\tnot-a-time\n{}"])("refuses %j", (raw) => {
     expect(() => decodeEnvelope(Buffer.from(raw))).toThrow(EnvelopeDecodeError);
   });
 });

@@ -1,5 +1,5 @@
 /**
- * What travels on a pub/sub channel: one header line `<origin node>\t<target>` followed by one or more
+ * What travels on a pub/sub channel: one header line `<origin node>\t<target>\t<sent at ms>` followed by one or more
  * server frames, each already serialized JSON on its own line (JSON text never holds a raw newline).
  * A receiving node parses the header once and hands the same frame bytes to every local socket.
  */
@@ -8,6 +8,8 @@ export interface Envelope {
   origin: string;
   /** Which sockets on the channel want the frames; see Target. */
   target: string;
+  /** Publisher's clock at publish (epoch ms), for the publish-to-deliver latency metric. */
+  sentAt: number;
   /** Serialized frames, in the order they must be sent. */
   frames: Buffer[];
 }
@@ -23,7 +25,7 @@ const NL = 0x0a;
 const TAB = 0x09;
 
 export function encodeEnvelope(origin: string, target: string, frames: readonly string[]): string {
-  return `${origin}\t${target}\n${frames.join("\n")}`;
+  return `${origin}\t${target}\t${Date.now()}\n${frames.join("\n")}`;
 }
 
 export class EnvelopeDecodeError extends Error {
@@ -34,11 +36,14 @@ export class EnvelopeDecodeError extends Error {
 export function decodeEnvelope(payload: Buffer): Envelope {
   const headerEnd = payload.indexOf(NL);
   const tab = payload.indexOf(TAB);
-  if (headerEnd <= 0 || tab <= 0 || tab > headerEnd || headerEnd === payload.length - 1) {
+  const tab2 = payload.indexOf(TAB, tab + 1);
+  if (headerEnd <= 0 || tab <= 0 || tab2 <= tab || tab2 > headerEnd || headerEnd === payload.length - 1) {
     throw new EnvelopeDecodeError(`malformed envelope (${payload.length} bytes)`);
   }
   const origin = payload.toString("utf8", 0, tab);
-  const target = payload.toString("utf8", tab + 1, headerEnd);
+  const target = payload.toString("utf8", tab + 1, tab2);
+  const sentAt = Number(payload.toString("latin1", tab2 + 1, headerEnd));
+  if (!Number.isFinite(sentAt)) throw new EnvelopeDecodeError("envelope timestamp is not a number");
   const frames: Buffer[] = [];
   let start = headerEnd + 1;
   while (start < payload.length) {
@@ -47,5 +52,5 @@ export function decodeEnvelope(payload: Buffer): Envelope {
     if (end > start) frames.push(payload.subarray(start, end));
     start = end + 1;
   }
-  return { origin, target, frames };
+  return { origin, target, sentAt, frames };
 }

@@ -17,6 +17,8 @@ export interface RouterOptions {
   /** How long an empty channel stays subscribed, so a quick reconnect does not flap. @default 2000 */
   unsubscribeDelayMs?: number;
   log: Log;
+  /** Called once per dispatched envelope with the number of local listeners, for metrics. */
+  observe?: (envelope: Envelope, listeners: number) => void;
 }
 
 /**
@@ -30,6 +32,7 @@ export class SubscriptionRouter {
   private readonly channels = new Map<string, ChannelEntry>();
   private readonly unsubscribeDelayMs: number;
   private readonly log: Log;
+  private readonly observe: RouterOptions["observe"];
   /** Envelopes that could not be decoded, for metrics. */
   decodeErrors = 0;
 
@@ -39,6 +42,7 @@ export class SubscriptionRouter {
   ) {
     this.unsubscribeDelayMs = options.unsubscribeDelayMs ?? 2000;
     this.log = options.log;
+    this.observe = options.observe;
     subscriber.on("messageBuffer", (channel: Buffer, payload: Buffer) => this.dispatch(channel.toString(), payload));
   }
 
@@ -93,6 +97,7 @@ export class SubscriptionRouter {
       return;
     }
     for (const listener of entry.listeners) listener.deliver(envelope);
+    this.observe?.(envelope, entry.listeners.size);
   }
 }
 

@@ -44,7 +44,7 @@ export class ChatSession extends SubscribedSession {
     if (!entry) return;
     this.presence = null;
     this.core.presenceEntries.delete(entry);
-    this.core.presence
+    const leaving = this.core.presence
       .leave(entry)
       .then(({ last }) =>
         last ? this.core.publish(this.roomChannel, [JSON.stringify({ type: "user_leave", user: this.username })]) : undefined,
@@ -53,6 +53,7 @@ export class ChatSession extends SubscribedSession {
         // The entry expires by TTL and the sweep of a live node sends user_leave then.
         this.core.log.warn({ err, user: this.username, roomId: this.roomId }, "presence leave failed");
       });
+    this.core.track(leaving);
   }
 
   receive(text: string): void {
@@ -92,7 +93,10 @@ export class ChatSession extends SubscribedSession {
     if (frame.multimedia_url_expiration !== undefined) entry.multimedia_url_expiration = frame.multimedia_url_expiration;
     if (frame.client_id !== undefined) entry.client_id = frame.client_id;
     this.core.stream.appendAndPublish(entry, this.roomChannel, this.core.nodeId, JSON.stringify(event)).then(
-      (streamId) => this.core.log.debug({ id, streamId, user: this.username, client_id: frame.client_id }, "message accepted"),
+      (streamId) => {
+        this.core.metrics.messagesReceived.inc();
+        this.core.log.debug({ id, streamId, user: this.username, client_id: frame.client_id }, "message accepted");
+      },
       (err: unknown) => {
         this.core.log.warn({ err, user: this.username, client_id: frame.client_id }, "message refused by redis");
         if (!this.closed) this.sendError(ErrorCode.unavailable, "message not accepted: the cluster's Redis refused it", frame.client_id);
@@ -102,7 +106,7 @@ export class ChatSession extends SubscribedSession {
 
   private markRead(): void {
     if (!this.core.redisReady) return this.sendError(ErrorCode.unavailable, "read not recorded: the cluster's Redis is unreachable");
-    this.core.stream.appendAndPublish({ kind: "read", reader: this.username, other: this.other }).catch((err: unknown) => {
+    this.core.stream.appendAndPublish({ kind: "read", reader: this.username, other: this.other }).then(() => this.core.metrics.readsReceived.inc(), (err: unknown) => {
       this.core.log.warn({ err, user: this.username }, "read receipt refused by redis");
       if (!this.closed) this.sendError(ErrorCode.unavailable, "read not recorded: the cluster's Redis refused it");
     });

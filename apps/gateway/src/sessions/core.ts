@@ -9,6 +9,7 @@ import {
 } from "@chat/bus";
 import { createFrameParser, type ParseResult } from "@chat/protocol";
 import type { Logger } from "@chat/log";
+import type { GatewayMetrics } from "../metrics.js";
 
 /** Unread counters as the gateway reads them on connect (never per message). */
 export interface UnreadCounts {
@@ -26,6 +27,7 @@ export interface CoreOptions {
   unread: UnreadCounts;
   maxMessageLength: number;
   log: Logger;
+  metrics: GatewayMetrics;
 }
 
 /**
@@ -42,8 +44,11 @@ export class GatewayCore {
   readonly unread: UnreadCounts;
   readonly parseFrame: (text: string) => ParseResult;
   readonly log: Logger;
+  readonly metrics: GatewayMetrics;
   /** Presence entries of this node's open chat sockets, refreshed periodically. */
   readonly presenceEntries = new Set<import("@chat/bus").PresenceEntry>();
+  /** Presence removals in flight, awaited before a draining node disconnects from Redis. */
+  readonly pendingReleases = new Set<Promise<unknown>>();
   private socketSeq = 0;
   private timers: NodeJS.Timeout[] = [];
 
@@ -57,6 +62,13 @@ export class GatewayCore {
     this.unread = options.unread;
     this.parseFrame = createFrameParser({ maxMessageLength: options.maxMessageLength });
     this.log = options.log;
+    this.metrics = options.metrics;
+  }
+
+  /** Keeps track of a background Redis operation that must finish before shutdown. */
+  track(work: Promise<unknown>): void {
+    this.pendingReleases.add(work);
+    void work.finally(() => this.pendingReleases.delete(work));
   }
 
   nextSocketSeq(): number {

@@ -61,9 +61,11 @@ export abstract class SubscribedSession implements Session, ChannelListener {
       if (this.held) this.held.push(frame);
       else this.socket.send(frame);
     }
+    this.core.metrics.framesFannedOut.inc(envelope.frames.length);
   }
 
   protected sendError(code: ErrorCode, message: string, clientId?: string): void {
+    this.core.metrics.framesRejected.inc({ reason: code });
     this.socket.send(JSON.stringify(clientId === undefined ? { type: "error", code, message } : { type: "error", code, message, client_id: clientId }));
   }
 }

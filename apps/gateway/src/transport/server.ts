@@ -2,6 +2,7 @@ import type { HttpResponse, TemplatedApp, us_listen_socket, WebSocket } from "uW
 import { CloseCode, ErrorCode, UpgradeRefusal } from "@chat/protocol";
 import { AuthError, extractToken, type TokenVerifier } from "../auth.js";
 import type { Logger } from "@chat/log";
+import type { GatewayMetrics } from "../metrics.js";
 import { parseWebSocketPath, type Endpoint } from "../routes.js";
 import { ChatSession } from "../sessions/chat-session.js";
 import type { GatewayCore } from "../sessions/core.js";
@@ -33,7 +34,8 @@ export interface Readiness {
 
 const STATUS_TEXT: Record<number, string> = { 400: "400 Bad Request", 401: "401 Unauthorized", 404: "404 Not Found", 503: "503 Service Unavailable" };
 
-function refuse(res: HttpResponse, status: number, code: string, message: string): void {
+function refuse(res: HttpResponse, status: number, code: string, message: string, metrics?: GatewayMetrics): void {
+  metrics?.upgradesRefused.inc({ status: String(status) });
   res.cork(() => {
     res
       .writeStatus(STATUS_TEXT[status] ?? `${status} Error`)
@@ -47,8 +49,7 @@ export class GatewayServer {
   private readonly app: TemplatedApp;
   private listenSocket: us_listen_socket | null = null;
   private readonly sockets = new Set<WebSocket<SocketData>>();
-  /** Open sockets by endpoint kind, for logs and metrics. */
-  readonly openSockets = { chat: 0, notifications: 0, "conversation-notifications": 0 };
+  private allClosed: (() => void) | null = null;
 
   constructor(
     private readonly core: GatewayCore,
@@ -56,6 +57,7 @@ export class GatewayServer {
     private readonly readiness: Readiness,
     private readonly options: ServerOptions,
     private readonly log: Logger,
+    private readonly metrics: GatewayMetrics,
   ) {
     this.app = uws.App();
     this.app.ws<SocketData>("/ws/*", {
@@ -74,6 +76,16 @@ export class GatewayServer {
     this.app.get("/readyz", (res) => {
       if (this.readiness.ready()) res.end("ready");
       else refuse(res, 503, "not_ready", "redis unreachable or draining");
+    });
+    this.app.get("/metrics", (res) => {
+      let aborted = false;
+      res.onAborted(() => {
+        aborted = true;
+      });
+      void this.metrics.registry.metrics().then((body) => {
+        if (aborted) return;
+        res.cork(() => res.writeHeader("content-type", this.metrics.registry.contentType).end(body));
+      });
     });
     this.app.any("/*", (res) => refuse(res, 404, "not_found", "no such endpoint"));
   }
@@ -94,8 +106,25 @@ export class GatewayServer {
     this.listenSocket = null;
   }
 
-  closeAll(code: number, reason: string): void {
-    for (const ws of [...this.sockets]) ws.end(code, reason);
+  get socketCount(): number {
+    return this.sockets.size;
+  }
+
+  /**
+   * Closes every socket with `code`, spread evenly over `windowMs` so that their clients do not all
+   * reconnect to the other nodes at the same instant. Resolves once all are closed.
+   */
+  async closeGradually(code: number, reason: string, windowMs: number): Promise<void> {
+    const sockets = [...this.sockets];
+    if (sockets.length === 0) return;
+    const done = new Promise<void>((resolve) => (this.allClosed = resolve));
+    const ticks = Math.max(1, Math.min(sockets.length, Math.floor(windowMs / 50)));
+    const perTick = Math.ceil(sockets.length / ticks);
+    for (let i = 0; i < sockets.length; i += perTick) {
+      for (const ws of sockets.slice(i, i + perTick)) if (!ws.getUserData().closed) ws.end(code, reason);
+      if (i + perTick < sockets.length) await new Promise((r) => setTimeout(r, windowMs / ticks));
+    }
+    if (this.sockets.size > 0) await done;
   }
 
   private upgrade(res: HttpResponse, req: import("uWebSockets.js").HttpRequest, context: import("uWebSockets.js").us_socket_context_t): void {
@@ -110,17 +139,17 @@ export class GatewayServer {
     res.onAborted(() => {
       aborted = true;
     });
-    if (!this.readiness.ready()) return refuse(res, UpgradeRefusal.unavailable, "unavailable", "node not ready; try another");
+    if (!this.readiness.ready()) return refuse(res, UpgradeRefusal.unavailable, "unavailable", "node not ready; try another", this.metrics);
     const route = parseWebSocketPath(url);
-    if (!route.ok) return refuse(res, UpgradeRefusal.bad_request, "bad_path", route.reason);
+    if (!route.ok) return refuse(res, UpgradeRefusal.bad_request, "bad_path", route.reason, this.metrics);
     this.verifier.verify(extractToken(query, authorization)).then(
       (username) => {
         if (aborted) return;
         const endpoint = route.endpoint;
         if (endpoint.kind !== "notifications" && endpoint.other === username) {
-          return refuse(res, UpgradeRefusal.bad_request, "bad_path", "cannot open a conversation with yourself");
+          return refuse(res, UpgradeRefusal.bad_request, "bad_path", "cannot open a conversation with yourself", this.metrics);
         }
-        if (!this.readiness.ready()) return refuse(res, UpgradeRefusal.unavailable, "unavailable", "node not ready; try another");
+        if (!this.readiness.ready()) return refuse(res, UpgradeRefusal.unavailable, "unavailable", "node not ready; try another", this.metrics);
         const data: SocketData = { username, endpoint, session: null, closed: false };
         res.cork(() => res.upgrade(data, key, protocol, extensions, context));
       },
@@ -128,7 +157,7 @@ export class GatewayServer {
         if (aborted) return;
         const code = err instanceof AuthError ? err.code : "token_invalid";
         this.log.info({ code, path: url }, "upgrade refused: unauthorized");
-        refuse(res, UpgradeRefusal.unauthorized, code, err instanceof AuthError ? err.message : "invalid token");
+        refuse(res, UpgradeRefusal.unauthorized, code, err instanceof AuthError ? err.message : "invalid token", this.metrics);
       },
     );
   }
@@ -136,7 +165,7 @@ export class GatewayServer {
   private open(ws: WebSocket<SocketData>): void {
     const data = ws.getUserData();
     this.sockets.add(ws);
-    this.openSockets[data.endpoint.kind]++;
+    this.metrics.openSockets.inc({ endpoint: data.endpoint.kind });
     const socket: SessionSocket = {
       send: (frame) => {
         if (!data.closed) ws.cork(() => void ws.send(frame, false, false));
@@ -156,6 +185,7 @@ export class GatewayServer {
   private message(ws: WebSocket<SocketData>, message: ArrayBuffer, isBinary: boolean): void {
     const data = ws.getUserData();
     const send = (code: ErrorCode, text: string): void => {
+      this.metrics.framesRejected.inc({ reason: code });
       ws.send(JSON.stringify({ type: "error", code, message: text }), false, false);
     };
     if (isBinary) return send(ErrorCode.binary_not_supported, "binary frames are not supported; send JSON text");
@@ -170,8 +200,9 @@ export class GatewayServer {
     const data = ws.getUserData();
     data.closed = true;
     this.sockets.delete(ws);
-    this.openSockets[data.endpoint.kind]--;
+    this.metrics.openSockets.dec({ endpoint: data.endpoint.kind });
     data.session?.stop();
+    if (this.sockets.size === 0) this.allClosed?.();
   }
 }
 

@@ -98,7 +98,7 @@ export async function startGateway(prefix: string, env: Record<string, string | 
 /** Starts a worker process; it is killed when the test ends. */
 export async function startWorker(prefix: string, env: Record<string, string | undefined> = {}): Promise<RunningProcess> {
   return spawnNode("apps/worker/dist/main.js", {
-    env: { CHAT_REDIS_PREFIX: prefix, CHAT_WORKER_CLAIM_IDLE_MS: "1000", CHAT_WORKER_CLAIM_INTERVAL_MS: "500", ...env },
+    env: { CHAT_REDIS_PREFIX: prefix, CHAT_WORKER_HTTP_PORT: "0", CHAT_WORKER_HTTP_HOST: "127.0.0.1", CHAT_WORKER_CLAIM_IDLE_MS: "1000", CHAT_WORKER_CLAIM_INTERVAL_MS: "500", ...env },
     readyMessage: "consuming",
   });
 }

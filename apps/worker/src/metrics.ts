@@ -1,0 +1,107 @@
+import { createServer, type Server } from "node:http";
+import { Counter, Gauge, Histogram, Registry, collectDefaultMetrics } from "prom-client";
+
+export interface StreamState {
+  /** Entries in the stream not yet delivered to the group (XINFO GROUPS lag). */
+  lag: number;
+  /** Entries delivered to a consumer and not yet acknowledged. */
+  pending: number;
+}
+
+/** The worker's Prometheus series, served with its health on CHAT_WORKER_HTTP_PORT. */
+export class WorkerMetrics {
+  readonly registry = new Registry();
+  readonly batchSize = new Histogram({
+    name: "chat_worker_batch_entries",
+    help: "Stream entries per persisted batch",
+    buckets: [1, 2, 5, 10, 20, 50, 100, 200, 500, 1000],
+    registers: [this.registry],
+  });
+  readonly batchDuration = new Histogram({
+    name: "chat_worker_batch_duration_seconds",
+    help: "From read to acknowledgement of a batch (write, publish, ack)",
+    buckets: [0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5],
+    registers: [this.registry],
+  });
+  readonly messagesPersisted = new Counter({
+    name: "chat_worker_messages_persisted_total",
+    help: "Messages inserted into Postgres (re-deliveries of stored messages excluded)",
+    registers: [this.registry],
+  });
+  readonly readsApplied = new Counter({
+    name: "chat_worker_reads_applied_total",
+    help: "read_messages entries applied",
+    registers: [this.registry],
+  });
+  readonly writeErrors = new Counter({
+    name: "chat_worker_write_errors_total",
+    help: "Batches whose write, publish or acknowledgement failed (and were retried)",
+    registers: [this.registry],
+  });
+  readonly deadLettered = new Counter({
+    name: "chat_worker_dead_lettered_total",
+    help: "Entries moved to the dead-letter stream",
+    registers: [this.registry],
+  });
+  readonly notificationsPublished = new Counter({
+    name: "chat_worker_notifications_published_total",
+    help: "Notification envelopes published on user channels",
+    registers: [this.registry],
+  });
+  readonly streamLag: Gauge;
+  readonly pendingEntries: Gauge;
+
+  /** @param readStream reads the stream's state at scrape time. */
+  constructor(readStream: () => Promise<StreamState>) {
+    let last: Promise<StreamState> | null = null;
+    // One Redis round trip per scrape for both gauges.
+    const state = () => (last ??= readStream().finally(() => setTimeout(() => (last = null), 0)));
+    this.streamLag = new Gauge({
+      name: "chat_worker_stream_lag",
+      help: "Stream entries not yet delivered to any worker",
+      registers: [this.registry],
+      async collect() {
+        this.set((await state()).lag);
+      },
+    });
+    this.pendingEntries = new Gauge({
+      name: "chat_worker_pending_entries",
+      help: "Stream entries delivered to a worker and not yet acknowledged",
+      registers: [this.registry],
+      async collect() {
+        this.set((await state()).pending);
+      },
+    });
+    collectDefaultMetrics({ register: this.registry, prefix: "chat_worker_" });
+  }
+
+  /** GET /metrics, /healthz (alive) and /readyz (the consumer loop runs and Redis answers). */
+  serve(port: number, host: string, ready: () => boolean): Promise<Server> {
+    const server = createServer((req, res) => {
+      if (req.url === "/healthz") return void res.end("ok");
+      if (req.url === "/readyz") {
+        res.statusCode = ready() ? 200 : 503;
+        return void res.end(ready() ? "ready" : "not ready");
+      }
+      if (req.url === "/metrics") {
+        this.registry.metrics().then(
+          (body) => {
+            res.setHeader("content-type", this.registry.contentType);
+            res.end(body);
+          },
+          (err: unknown) => {
+            res.statusCode = 500;
+            res.end(String(err));
+          },
+        );
+        return;
+      }
+      res.statusCode = 404;
+      res.end("not found");
+    });
+    return new Promise((resolve, reject) => {
+      server.once("error", reject);
+      server.listen(port, host, () => resolve(server));
+    });
+  }
+}
