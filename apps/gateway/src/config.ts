@@ -1,6 +1,6 @@
 import { hostname } from "node:os";
 import { randomBytes } from "node:crypto";
-import { ConfigError, commonSettings, integer, readSettings, text } from "@chat/config";
+import { ConfigError, commonSettings, integer, oneOf, readSettings, text } from "@chat/config";
 
 /** Signs and verifies tokens in development mode only (NODE_ENV=development without CHAT_JWT_SECRET). */
 export const DEVELOPMENT_JWT_SECRET = "chat-cluster-development-secret-never-use-in-production";
@@ -21,13 +21,28 @@ export const GATEWAY_SETTINGS = {
   maxBackpressureBytes: { env: "CHAT_MAX_BACKPRESSURE_BYTES", default: "4194304", description: "Bytes queued to a socket that does not read before it is closed", parse: integer(65536, 1 << 30) },
   idleTimeoutSeconds: { env: "CHAT_IDLE_TIMEOUT_SECONDS", default: "120", description: "A silent socket is closed after this; the server pings before", parse: integer(8, 960) },
   presenceTtlMs: { env: "CHAT_PRESENCE_TTL_MS", default: "30000", description: "Presence of a node that stops refreshing it expires after this (ms)", parse: integer(3000, 30000) },
+  maxReplay: { env: "CHAT_MAX_REPLAY", default: "500", description: "Most missed messages replayed to a chat socket opened with ?since=", parse: integer(0, 10000) },
   drainWindowMs: {
     env: "CHAT_DRAIN_WINDOW_MS",
     default: "10000",
     description: "On SIGTERM, sockets are closed (1001) spread over this window so clients do not reconnect all at once (ms)",
     parse: integer(0, 600000),
   },
-  dbPoolSize: { env: "CHAT_DB_POOL_SIZE", default: "10", description: "Postgres connections per gateway (unread counts on connect)", parse: integer(1, 200) },
+  dbPoolSize: { env: "CHAT_DB_POOL_SIZE", default: "10", description: "Postgres connections per gateway (counts on connect, HTTP API)", parse: integer(1, 200) },
+  mediaStorage: { env: "CHAT_MEDIA_STORAGE", default: "local", description: "Where uploads go: `local` (CHAT_MEDIA_DIR, served under /chat-media/) or `s3`", parse: oneOf("local", "s3") },
+  mediaDir: { env: "CHAT_MEDIA_DIR", default: "./.data/media", description: "Upload directory of local storage (a volume in Kubernetes)", parse: text },
+  uploadMaxBytes: { env: "CHAT_UPLOAD_MAX_BYTES", default: "26214400", description: "Largest upload (bytes); larger gets 413", parse: integer(1, 5 * 1024 * 1024 * 1024) },
+  uploadContentTypes: {
+    env: "CHAT_UPLOAD_CONTENT_TYPES",
+    default: "image/*,video/*,audio/*,application/pdf,text/plain",
+    description: "Allowed upload content types, comma-separated (`type/*` for a family); others get 415",
+    parse: (raw: string) => raw.split(",").map((t) => t.trim().toLowerCase()).filter(Boolean),
+  },
+  s3Bucket: { env: "CHAT_S3_BUCKET", default: undefined, description: "S3 bucket (required with CHAT_MEDIA_STORAGE=s3); credentials come from the AWS SDK's default chain", parse: text },
+  s3Region: { env: "CHAT_S3_REGION", default: "us-east-1", description: "S3 region", parse: text },
+  s3Endpoint: { env: "CHAT_S3_ENDPOINT", default: undefined, description: "Endpoint of an S3-compatible store (MinIO, R2...)", parse: text },
+  s3ForcePathStyle: { env: "CHAT_S3_FORCE_PATH_STYLE", default: "false", description: "Path-style bucket addressing (most S3-compatible stores)", parse: (raw: string) => oneOf("true", "false")(raw) === "true" },
+  s3UrlTtlSeconds: { env: "CHAT_S3_URL_TTL_SECONDS", default: "3600", description: "Lifetime of presigned media URLs (s)", parse: integer(60, 7 * 24 * 3600) },
 };
 
 export interface GatewayConfig {
@@ -44,7 +59,17 @@ export interface GatewayConfig {
   idleTimeoutSeconds: number;
   presenceTtlMs: number;
   drainWindowMs: number;
+  maxReplay: number;
   dbPoolSize: number;
+  mediaStorage: "local" | "s3";
+  mediaDir: string;
+  uploadMaxBytes: number;
+  uploadContentTypes: string[];
+  s3Bucket?: string;
+  s3Region: string;
+  s3Endpoint?: string;
+  s3ForcePathStyle: boolean;
+  s3UrlTtlSeconds: number;
   jwtSecret: string;
   development: boolean;
 }
@@ -55,6 +80,7 @@ export function loadGatewayConfig(env: NodeJS.ProcessEnv = process.env): Readonl
   const development = env["NODE_ENV"] === "development";
   const jwtSecret = env["CHAT_JWT_SECRET"] || (development ? DEVELOPMENT_JWT_SECRET : undefined);
   if (!jwtSecret) problems.push("CHAT_JWT_SECRET is required (the HS256 secret) unless NODE_ENV=development");
+  if (values.mediaStorage === "s3" && !values.s3Bucket) problems.push("CHAT_S3_BUCKET is required when CHAT_MEDIA_STORAGE=s3");
   if (problems.length > 0) throw new ConfigError(problems);
   return Object.freeze({
     ...(values as Omit<GatewayConfig, "jwtSecret" | "development" | "nodeId">),

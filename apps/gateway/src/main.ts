@@ -1,10 +1,15 @@
 import { Redis } from "ioredis";
 import { RedisPresence, SubscriptionRouter, redisNames } from "@chat/bus";
-import { createDb, redactUrl, totalUnread, unreadFrom } from "@chat/db";
+import { createDb, latestMessagesAfter, messageById, redactUrl, totalUnread, unreadFrom } from "@chat/db";
+import { messageEvent } from "./api/serialize.js";
 import { CloseCode } from "@chat/protocol";
 import { TokenVerifier } from "./auth.js";
 import { loadGatewayConfig, type GatewayConfig } from "./config.js";
 import { createLogger, type Logger } from "@chat/log";
+import { HttpApi } from "./api/http-api.js";
+import { LocalMediaStorage } from "./media/local-storage.js";
+import { S3MediaStorage } from "./media/s3-storage.js";
+import type { MediaStorage } from "./media/storage.js";
 import { GatewayMetrics } from "./metrics.js";
 import { GatewayCore } from "./sessions/core.js";
 
@@ -70,18 +75,47 @@ const core = new GatewayCore({
   metrics,
   presence: new RedisPresence(redis, names, config.presenceTtlMs),
   unread: { total: (u) => totalUnread(db.db, u), from: (u, o) => unreadFrom(db.db, u, o) },
+  history: {
+    positionOf: async (id, roomId) => {
+      const row = await messageById(db.db, id);
+      return row && row.roomId === roomId ? row.streamPosition : null;
+    },
+    latestAfter: async (roomId, position, limit) =>
+      (await latestMessagesAfter(db.db, roomId, position, limit)).map((row) => ({ position: row.streamPosition, event: messageEvent(row) })),
+  },
+  maxReplay: config.maxReplay,
   maxMessageLength: config.maxMessageLength,
   log: log.child({ component: "gateway:sessions" }),
 });
 core.startPresenceUpkeep();
 
+const verifier = new TokenVerifier(config.jwtSecret);
+const storage: MediaStorage =
+  config.mediaStorage === "s3"
+    ? new S3MediaStorage({
+        bucket: config.s3Bucket!,
+        region: config.s3Region,
+        endpoint: config.s3Endpoint,
+        forcePathStyle: config.s3ForcePathStyle,
+        urlTtlSeconds: config.s3UrlTtlSeconds,
+      })
+    : new LocalMediaStorage(config.mediaDir);
+const api = new HttpApi({
+  db: db.db,
+  verifier,
+  storage,
+  upload: { maxBytes: config.uploadMaxBytes, contentTypes: config.uploadContentTypes },
+  roomId: names.roomId,
+  log: log.child({ component: "gateway:api" }),
+});
 const server = new GatewayServer(
   core,
-  new TokenVerifier(config.jwtSecret),
+  verifier,
   { ready: () => !draining && redis.status === "ready" && subscriber.status === "ready" },
   config,
   log.child({ component: "gateway:uws" }),
   metrics,
+  api,
 );
 const port = await server.listen();
 log.info({ host: config.host, port, prefix: config.redisPrefix, development: config.development }, "listening");

@@ -78,6 +78,11 @@ export function streamPosition(streamId: string): bigint {
   return ms * 1_000_000n + seq;
 }
 
+/** The stream id of a position (inverse of streamPosition). */
+export function streamIdOf(position: bigint): string {
+  return `${position / 1_000_000n}-${position % 1_000_000n}`;
+}
+
 type XEntries = [id: string, fields: string[]][];
 
 function toReceived(entries: XEntries): ReceivedEntry[] {
@@ -123,6 +128,15 @@ export class MessageStream {
     const [xaddErr, streamId] = results[0] ?? [new Error("no XADD reply"), null];
     if (xaddErr) throw xaddErr;
     return streamId as string;
+  }
+
+  /**
+   * Entries after `afterId` (exclusive), oldest first, at most `count`. The stream still holds every
+   * entry not yet persisted, so this plus Postgres covers every accepted message.
+   */
+  async rangeAfter(afterId: string, count: number): Promise<ReceivedEntry[]> {
+    const start = afterId === "-" ? "-" : `(${afterId}`;
+    return toReceived((await this.redis.xrange(this.stream, start, "+", "COUNT", count)) as XEntries);
   }
 
   /** Creates the consumer group at the start of the stream, so no entry accepted earlier is skipped. */

@@ -3,3 +3,5 @@ export * from "./migrate.js";
 export * from "./queries/persist.js";
 export * from "./queries/unread.js";
 export * as schema from "./schema.js";
+export * from "./queries/history.js";
+export * from "./queries/uploads.js";

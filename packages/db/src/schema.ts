@@ -22,7 +22,10 @@ export const messages = pgTable(
   (t) => [
     // Unread recount after a read: only the messages past the reader's watermark are visited.
     index("messages_unread_idx").on(t.toUser, t.fromUser, t.streamPosition),
-    index("messages_room_idx").on(t.roomId, t.id),
+    // Media access: which conversations reference a file.
+    index("messages_file_idx").on(t.fileIdentifier),
+    // History pages and catch-up walk a conversation in stream order.
+    index("messages_room_position_idx").on(t.roomId, t.streamPosition),
   ],
 );
 
@@ -44,4 +47,19 @@ export const conversationMembers = pgTable(
     primaryKey({ columns: [t.username, t.otherUsername] }),
     index("conversation_members_activity_idx").on(t.username, t.lastActivityAt.desc()),
   ],
+);
+
+/** Files uploaded through POST /api/rooms/upload; who may read one is decided from this and messages. */
+export const uploads = pgTable(
+  "uploads",
+  {
+    /** Server-chosen, safe file name: `<uuidv7>.<ext>`. */
+    identifier: text("identifier").primaryKey(),
+    uploader: text("uploader").notNull(),
+    contentType: text("content_type").notNull(),
+    sizeBytes: bigint("size_bytes", { mode: "number" }).notNull(),
+    /** `local` or `s3`. */
+    storage: text("storage").notNull(),
+    createdAt: timestamp("created_at", { withTimezone: true, mode: "string" }).notNull().defaultNow(),
+  },
 );

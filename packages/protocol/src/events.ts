@@ -64,6 +64,14 @@ export interface SingleConversationLastMessageEvent {
   last_datetime: string;
 }
 
+/** Ends the replay of a chat socket opened with `?since=`: recovered false means page the HTTP history. */
+export interface CatchUpEndEvent {
+  type: "catch_up_end";
+  recovered: boolean;
+  /** Messages replayed before this event. */
+  count: number;
+}
+
 export interface ErrorEvent {
   type: "error";
   code: string;
@@ -81,6 +89,7 @@ export type ServerEvent =
   | SingleConversationUnreadCountEvent
   | SingleConversationNewMessageNotificationEvent
   | SingleConversationLastMessageEvent
+  | CatchUpEndEvent
   | ErrorEvent;
 
 /** Events a client sends, on the chat socket `/ws/{other}/` only. */

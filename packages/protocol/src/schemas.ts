@@ -77,6 +77,7 @@ export const serverEventSchemas = {
     { last_message: { type: "string" }, last_datetime: isoDate },
     ["last_message", "last_datetime"],
   ),
+  catch_up_end: event("catch_up_end", { recovered: { type: "boolean" }, count: count }, ["recovered", "count"]),
   error: event(
     "error",
     { code: { type: "string" }, message: { type: "string" }, client_id: clientId },

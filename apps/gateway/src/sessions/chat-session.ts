@@ -1,10 +1,13 @@
-import { RedisPresence, type MessageEntry, type PresenceEntry } from "@chat/bus";
+import { ALL, RedisPresence, streamIdOf, streamPosition, type MessageEntry, type PresenceEntry } from "@chat/bus";
 import { ErrorCode, type AcceptedChatMessage, type ChatMessageEvent } from "@chat/protocol";
 import { v7 as uuidv7 } from "uuid";
+import { chatMessageEvent } from "./chat-message.js";
 import type { GatewayCore } from "./core.js";
 import type { SessionSocket } from "./socket.js";
 import { SubscribedSession } from "./subscribed-session.js";
-import { ALL } from "@chat/bus";
+
+/** Stream entries a replay scans at most (the stream only holds what workers have not yet trimmed). */
+const REPLAY_STREAM_SCAN = 20_000;
 
 /** `/ws/{other}/`: the conversation between `username` and `other`. */
 export class ChatSession extends SubscribedSession {
@@ -17,6 +20,8 @@ export class ChatSession extends SubscribedSession {
     socket: SessionSocket,
     username: string,
     private readonly other: string,
+    /** Last message id the client saw, from `?since=`: replay what it missed. */
+    private readonly since?: string,
   ) {
     const roomId = core.names.roomId(username, other);
     const roomChannel = core.names.roomChannel(roomId);
@@ -36,7 +41,50 @@ export class ChatSession extends SubscribedSession {
     this.core.presenceEntries.add(entry);
     if (this.closed) return this.release();
     this.socket.send(JSON.stringify({ type: "online_user_list", users }));
+    if (this.since !== undefined) await this.replay(this.since);
     if (first) await this.core.publish(this.roomChannel, [JSON.stringify({ type: "user_join", user: this.username })]);
+  }
+
+  /**
+   * Sends the messages after `since` that this socket missed, oldest first, then `catch_up_end`.
+   * Runs while live frames are held back, so nothing live comes before it; live frames the replay
+   * already covered are dropped, so nothing arrives twice. The stream is read before Postgres: an
+   * entry trimmed from the stream in between was committed first, so it is in the second read.
+   */
+  private async replay(since: string): Promise<void> {
+    const sincePosition = await this.core.history.positionOf(since, this.roomId);
+    const pending = await this.core.stream.rangeAfter(sincePosition === null ? "-" : streamIdOf(sincePosition), REPLAY_STREAM_SCAN);
+    let from = sincePosition;
+    const fromStream = new Map<string, { position: bigint; event: ChatMessageEvent }>();
+    for (const { streamId, entry } of pending) {
+      if (entry?.kind !== "message" || this.core.names.roomId(entry.from, entry.to) !== this.roomId) continue;
+      const position = streamPosition(streamId);
+      if (entry.id === since) from = position;
+      fromStream.set(entry.id, { position, event: chatMessageEvent(entry) });
+    }
+    if (from === null) {
+      // The id is neither persisted nor pending here: we cannot tell what the client missed.
+      this.socket.send(JSON.stringify({ type: "catch_up_end", recovered: false, count: 0 }));
+      return;
+    }
+    const stored = await this.core.history.latestAfter(this.roomId, from, this.core.maxReplay + 1);
+    const merged = new Map<string, { position: bigint; event: ChatMessageEvent }>();
+    for (const m of stored) merged.set(m.event.id, m);
+    for (const [id, m] of fromStream) if (m.position > from && !merged.has(id)) merged.set(id, m);
+    const all = [...merged.values()].sort((a, b) => (a.position < b.position ? -1 : a.position > b.position ? 1 : 0));
+    const recovered = all.length <= this.core.maxReplay && pending.length < REPLAY_STREAM_SCAN;
+    const replayed = all.slice(-this.core.maxReplay);
+    const ids = new Set<string>();
+    for (const m of replayed) {
+      ids.add(m.event.id);
+      this.socket.send(JSON.stringify(m.event));
+    }
+    this.socket.send(JSON.stringify({ type: "catch_up_end", recovered, count: replayed.length }));
+    // A live chat_message frame starts with {"type":"chat_message","id":"<uuid>" (see chatMessageEvent).
+    this.dropHeld((frame) => {
+      const head = frame.toString("latin1", 0, 80);
+      return head.startsWith('{"type":"chat_message","id":"') && ids.has(head.slice(29, 65));
+    });
   }
 
   protected release(): void {
@@ -68,31 +116,19 @@ export class ChatSession extends SubscribedSession {
       return this.sendError(ErrorCode.unavailable, "message not accepted: the cluster's Redis is unreachable", frame.client_id);
     }
     const id = uuidv7();
-    const dateAdded = new Date().toISOString();
-    const event: ChatMessageEvent = {
-      type: "chat_message",
-      id,
-      message: frame.message,
-      multimedia_url: frame.multimedia_url ?? null,
-      date_added: dateAdded,
-      from_user: { username: this.username },
-      to_user: { username: this.other },
-      room: this.other,
-    };
-    if (frame.client_id !== undefined) event.client_id = frame.client_id;
     const entry: MessageEntry = {
       kind: "message",
       id,
       from: this.username,
       to: this.other,
       message: frame.message,
-      multimedia_url: event.multimedia_url,
-      date_added: dateAdded,
+      multimedia_url: frame.multimedia_url ?? null,
+      date_added: new Date().toISOString(),
     };
     if (frame.file_identifier !== undefined) entry.file_identifier = frame.file_identifier;
     if (frame.multimedia_url_expiration !== undefined) entry.multimedia_url_expiration = frame.multimedia_url_expiration;
     if (frame.client_id !== undefined) entry.client_id = frame.client_id;
-    this.core.stream.appendAndPublish(entry, this.roomChannel, this.core.nodeId, JSON.stringify(event)).then(
+    this.core.stream.appendAndPublish(entry, this.roomChannel, this.core.nodeId, JSON.stringify(chatMessageEvent(entry))).then(
       (streamId) => {
         this.core.metrics.messagesReceived.inc();
         this.core.log.debug({ id, streamId, user: this.username, client_id: frame.client_id }, "message accepted");

@@ -7,7 +7,7 @@ import {
   encodeEnvelope,
   type RedisNames,
 } from "@chat/bus";
-import { createFrameParser, type ParseResult } from "@chat/protocol";
+import { createFrameParser, type ChatMessageEvent, type ParseResult } from "@chat/protocol";
 import type { Logger } from "@chat/log";
 import type { GatewayMetrics } from "../metrics.js";
 
@@ -15,6 +15,20 @@ import type { GatewayMetrics } from "../metrics.js";
 export interface UnreadCounts {
   total(username: string): Promise<number>;
   from(username: string, other: string): Promise<number>;
+}
+
+/** A persisted message of a conversation, as a replay needs it. */
+export interface StoredMessage {
+  position: bigint;
+  event: ChatMessageEvent;
+}
+
+/** Conversation history as a catch-up replay reads it (on reconnect only, never per message). */
+export interface History {
+  /** The stream position of a message of this conversation, or null when it is not persisted (or not this conversation's). */
+  positionOf(messageId: string, roomId: string): Promise<bigint | null>;
+  /** The newest `limit` messages after `position`, oldest first. */
+  latestAfter(roomId: string, position: bigint, limit: number): Promise<StoredMessage[]>;
 }
 
 export interface CoreOptions {
@@ -25,6 +39,9 @@ export interface CoreOptions {
   router: SubscriptionRouter;
   presence: RedisPresence;
   unread: UnreadCounts;
+  history: History;
+  /** Most messages a reconnecting socket is replayed. */
+  maxReplay: number;
   maxMessageLength: number;
   log: Logger;
   metrics: GatewayMetrics;
@@ -42,6 +59,8 @@ export class GatewayCore {
   readonly presence: RedisPresence;
   readonly stream: MessageStream;
   readonly unread: UnreadCounts;
+  readonly history: History;
+  readonly maxReplay: number;
   readonly parseFrame: (text: string) => ParseResult;
   readonly log: Logger;
   readonly metrics: GatewayMetrics;
@@ -60,6 +79,8 @@ export class GatewayCore {
     this.presence = options.presence;
     this.stream = new MessageStream(options.redis, options.names.stream, options.names.group);
     this.unread = options.unread;
+    this.history = options.history;
+    this.maxReplay = options.maxReplay;
     this.parseFrame = createFrameParser({ maxMessageLength: options.maxMessageLength });
     this.log = options.log;
     this.metrics = options.metrics;

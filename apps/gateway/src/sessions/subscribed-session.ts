@@ -64,6 +64,11 @@ export abstract class SubscribedSession implements Session, ChannelListener {
     this.core.metrics.framesFannedOut.inc(envelope.frames.length);
   }
 
+  /** Removes held-back frames (e.g. live messages a replay already sent). */
+  protected dropHeld(drop: (frame: Buffer) => boolean): void {
+    if (this.held) this.held = this.held.filter((f) => !drop(f));
+  }
+
   protected sendError(code: ErrorCode, message: string, clientId?: string): void {
     this.core.metrics.framesRejected.inc({ reason: code });
     this.socket.send(JSON.stringify(clientId === undefined ? { type: "error", code, message } : { type: "error", code, message, client_id: clientId }));

@@ -8,6 +8,8 @@ import { ChatSession } from "../sessions/chat-session.js";
 import type { GatewayCore } from "../sessions/core.js";
 import { NotificationSession } from "../sessions/notification-session.js";
 import type { Session, SessionSocket } from "../sessions/socket.js";
+import type { HttpApi } from "../api/http-api.js";
+import { registerApiRoutes } from "./http.js";
 import { loadNativeUws } from "./uws.js";
 
 const uws = loadNativeUws();
@@ -15,6 +17,7 @@ const uws = loadNativeUws();
 interface SocketData {
   username: string;
   endpoint: Endpoint;
+  since: string | undefined;
   session: Session | null;
   closed: boolean;
 }
@@ -58,6 +61,7 @@ export class GatewayServer {
     private readonly options: ServerOptions,
     private readonly log: Logger,
     private readonly metrics: GatewayMetrics,
+    api: HttpApi,
   ) {
     this.app = uws.App();
     this.app.ws<SocketData>("/ws/*", {
@@ -87,6 +91,7 @@ export class GatewayServer {
         res.cork(() => res.writeHeader("content-type", this.metrics.registry.contentType).end(body));
       });
     });
+    registerApiRoutes(this.app, api);
     this.app.any("/*", (res) => refuse(res, 404, "not_found", "no such endpoint"));
   }
 
@@ -142,6 +147,10 @@ export class GatewayServer {
     if (!this.readiness.ready()) return refuse(res, UpgradeRefusal.unavailable, "unavailable", "node not ready; try another", this.metrics);
     const route = parseWebSocketPath(url);
     if (!route.ok) return refuse(res, UpgradeRefusal.bad_request, "bad_path", route.reason, this.metrics);
+    const since = new URLSearchParams(query).get("since") || undefined;
+    if (since !== undefined && (route.endpoint.kind !== "chat" || !/^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$/.test(since))) {
+      return refuse(res, UpgradeRefusal.bad_request, "bad_since", "since must be a message id, on a chat socket", this.metrics);
+    }
     this.verifier.verify(extractToken(query, authorization)).then(
       (username) => {
         if (aborted) return;
@@ -150,7 +159,7 @@ export class GatewayServer {
           return refuse(res, UpgradeRefusal.bad_request, "bad_path", "cannot open a conversation with yourself", this.metrics);
         }
         if (!this.readiness.ready()) return refuse(res, UpgradeRefusal.unavailable, "unavailable", "node not ready; try another", this.metrics);
-        const data: SocketData = { username, endpoint, session: null, closed: false };
+        const data: SocketData = { username, endpoint, since, session: null, closed: false };
         res.cork(() => res.upgrade(data, key, protocol, extensions, context));
       },
       (err: unknown) => {
@@ -177,7 +186,7 @@ export class GatewayServer {
     const endpoint = data.endpoint;
     data.session =
       endpoint.kind === "chat"
-        ? new ChatSession(this.core, socket, data.username, endpoint.other)
+        ? new ChatSession(this.core, socket, data.username, endpoint.other, data.since)
         : new NotificationSession(this.core, socket, data.username, endpoint.kind === "notifications" ? undefined : endpoint.other);
     void data.session.start();
   }

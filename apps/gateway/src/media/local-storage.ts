@@ -1,0 +1,47 @@
+import { createReadStream, createWriteStream } from "node:fs";
+import { mkdir, rm, stat } from "node:fs/promises";
+import { join, resolve } from "node:path";
+import type { Readable } from "node:stream";
+import { pipeline } from "node:stream/promises";
+import { IDENTIFIER_PATTERN, type MediaStorage } from "./storage.js";
+
+/** Files in one directory, served back by the gateway under /chat-media/<identifier>. */
+export class LocalMediaStorage implements MediaStorage {
+  readonly kind = "local" as const;
+  private readonly dir: string;
+
+  constructor(dir: string) {
+    this.dir = resolve(dir);
+  }
+
+  private path(identifier: string): string {
+    // Defence in depth: callers validate too, but nothing outside the pattern ever reaches the disk.
+    if (!IDENTIFIER_PATTERN.test(identifier)) throw new Error(`invalid media identifier ${JSON.stringify(identifier)}`);
+    return join(this.dir, identifier);
+  }
+
+  async save(identifier: string, _contentType: string, body: Readable): Promise<number> {
+    await mkdir(this.dir, { recursive: true });
+    const out = createWriteStream(this.path(identifier), { flags: "wx" });
+    await pipeline(body, out);
+    return out.bytesWritten;
+  }
+
+  locate(identifier: string): Promise<{ url: string; expiresAt: Date | null }> {
+    return Promise.resolve({ url: `/chat-media/${identifier}`, expiresAt: null });
+  }
+
+  async open(identifier: string): Promise<{ readable: Readable; size: number } | null> {
+    const path = this.path(identifier);
+    try {
+      const s = await stat(path);
+      return { readable: createReadStream(path), size: s.size };
+    } catch {
+      return null;
+    }
+  }
+
+  async remove(identifier: string): Promise<void> {
+    await rm(this.path(identifier), { force: true });
+  }
+}

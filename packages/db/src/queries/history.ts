@@ -1,0 +1,115 @@
+import { and, asc, desc, eq, gt, lt, or, sql } from "drizzle-orm";
+import type { Db } from "../client.js";
+import { conversationMembers, messages } from "../schema.js";
+
+export type MessageRow = typeof messages.$inferSelect;
+
+export interface ConversationRow {
+  otherUsername: string;
+  unreadCount: number;
+  lastActivityAt: string;
+  lastMessage: MessageRow | null;
+}
+
+/** Opaque keyset cursor of the conversation list: the last row's activity time and partner. */
+export function encodeConversationCursor(row: ConversationRow): string {
+  return Buffer.from(JSON.stringify([row.lastActivityAt, row.otherUsername])).toString("base64url");
+}
+
+export function decodeConversationCursor(cursor: string): { at: string; other: string } | null {
+  try {
+    const value = JSON.parse(Buffer.from(cursor, "base64url").toString("utf8")) as unknown;
+    if (Array.isArray(value) && typeof value[0] === "string" && typeof value[1] === "string" && !Number.isNaN(Date.parse(value[0]))) {
+      return { at: value[0], other: value[1] };
+    }
+  } catch {
+    // fall through
+  }
+  return null;
+}
+
+/** A user's conversations, most recent activity first (index conversation_members_activity_idx). */
+export async function listConversations(
+  db: Db,
+  username: string,
+  page: { limit: number; after?: { at: string; other: string } | undefined },
+): Promise<ConversationRow[]> {
+  const rows = await db
+    .select({ member: conversationMembers, message: messages })
+    .from(conversationMembers)
+    .leftJoin(messages, eq(messages.id, conversationMembers.lastMessageId))
+    .where(
+      and(
+        eq(conversationMembers.username, username),
+        sql`${conversationMembers.lastActivityAt} IS NOT NULL`,
+        page.after
+          ? sql`(${conversationMembers.lastActivityAt}, ${conversationMembers.otherUsername}) < (${page.after.at}::timestamptz, ${page.after.other})`
+          : undefined,
+      ),
+    )
+    .orderBy(desc(conversationMembers.lastActivityAt), desc(conversationMembers.otherUsername))
+    .limit(page.limit);
+  return rows.map((r) => ({
+    otherUsername: r.member.otherUsername,
+    unreadCount: r.member.unreadCount,
+    lastActivityAt: r.member.lastActivityAt!,
+    lastMessage: r.message,
+  }));
+}
+
+export async function messageById(db: Db, id: string): Promise<MessageRow | undefined> {
+  const [row] = await db.select().from(messages).where(eq(messages.id, id)).limit(1);
+  return row;
+}
+
+/**
+ * One page of a conversation in stream order (index messages_room_position_idx). Without a pivot or
+ * with `before`: newest first. With `after`: oldest first, starting right after the pivot.
+ */
+export async function listMessages(
+  db: Db,
+  roomId: string,
+  page: { limit: number; before?: bigint | undefined; after?: bigint | undefined },
+): Promise<MessageRow[]> {
+  if (page.after !== undefined) {
+    return db
+      .select()
+      .from(messages)
+      .where(and(eq(messages.roomId, roomId), gt(messages.streamPosition, page.after)))
+      .orderBy(asc(messages.streamPosition))
+      .limit(page.limit);
+  }
+  return db
+    .select()
+    .from(messages)
+    .where(and(eq(messages.roomId, roomId), page.before !== undefined ? lt(messages.streamPosition, page.before) : undefined))
+    .orderBy(desc(messages.streamPosition))
+    .limit(page.limit);
+}
+
+/** The newest `limit` messages of a conversation after a position, returned oldest first. */
+export async function latestMessagesAfter(db: Db, roomId: string, after: bigint, limit: number): Promise<MessageRow[]> {
+  const rows = await db
+    .select()
+    .from(messages)
+    .where(and(eq(messages.roomId, roomId), gt(messages.streamPosition, after)))
+    .orderBy(desc(messages.streamPosition))
+    .limit(limit);
+  return rows.reverse();
+}
+
+/** Replaces a message's media URL after a presigned URL was renewed. */
+export async function updateMessageMedia(db: Db, id: string, url: string, expiration: string | null): Promise<void> {
+  await db.update(messages).set({ multimediaUrl: url, multimediaUrlExpiration: expiration }).where(eq(messages.id, id));
+}
+
+/** Whether `username` may read an uploaded file: its uploader, or a participant of a conversation whose message references it. */
+export async function canReadUpload(db: Db, identifier: string, uploader: string | undefined, username: string): Promise<boolean> {
+  if (uploader === username) return true;
+  const [row] = await db
+    .select({ id: messages.id })
+    .from(messages)
+    .where(and(eq(messages.fileIdentifier, identifier), or(eq(messages.fromUser, username), eq(messages.toUser, username))))
+    .limit(1);
+  return row !== undefined;
+}
