@@ -45,7 +45,8 @@ export const conversationMembers = pgTable(
   },
   (t) => [
     primaryKey({ columns: [t.username, t.otherUsername] }),
-    index("conversation_members_activity_idx").on(t.username, t.lastActivityAt.desc()),
+    // The conversation list's keyset order, whole: no sort of a user's conversations per page.
+    index("conversation_members_activity_idx").on(t.username, t.lastActivityAt.desc(), t.otherUsername.desc()),
   ],
 );
 

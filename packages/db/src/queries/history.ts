@@ -47,7 +47,8 @@ export async function listConversations(
           : undefined,
       ),
     )
-    .orderBy(desc(conversationMembers.lastActivityAt), desc(conversationMembers.otherUsername))
+    // NULLS LAST as in conversation_members_activity_idx, so the index gives the order.
+    .orderBy(sql`${conversationMembers.lastActivityAt} DESC NULLS LAST`, sql`${conversationMembers.otherUsername} DESC NULLS LAST`)
     .limit(page.limit);
   return rows.map((r) => ({
     otherUsername: r.member.otherUsername,

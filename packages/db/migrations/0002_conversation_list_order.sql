@@ -1,0 +1,2 @@
+DROP INDEX "conversation_members_activity_idx";--> statement-breakpoint
+CREATE INDEX "conversation_members_activity_idx" ON "conversation_members" USING btree ("username","last_activity_at" DESC NULLS LAST,"other_username" DESC NULLS LAST);
