@@ -15,7 +15,7 @@ export const GATEWAY_SETTINGS = {
   maxFrameBytes: {
     env: "CHAT_MAX_FRAME_BYTES",
     default: "65536",
-    description: "Largest client frame answered normally; larger gets error `frame_too_large`, 16x larger closes the socket (1009)",
+    description: "Largest client frame answered normally; larger gets error `frame_too_large`, 16x larger drops the connection (1006)",
     parse: integer(1024, 16 * 1024 * 1024),
   },
   maxBackpressureBytes: { env: "CHAT_MAX_BACKPRESSURE_BYTES", default: "4194304", description: "Bytes queued to a socket that does not read before it is closed", parse: integer(65536, 1 << 30) },

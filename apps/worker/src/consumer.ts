@@ -107,21 +107,12 @@ export class StreamConsumer {
     const startedAt = process.hrtime.bigint();
     const batch = prepareBatch(entries, this.names);
     const ids = entries.map((e) => e.streamId);
-    let outcome: BatchOutcome | null = null;
     let backoff = 250;
     for (let attempt = 1; ; attempt++) {
       try {
         if (batch.poison.length > 0) await this.deadLetter(batch.poison, "undecodable stream entry");
         batch.poison = [];
-        // Resume after the commit when only the publish or the ack failed: the write is done.
-        outcome ??= await this.persist(batch);
-        const notifications = notificationsFor(batch, outcome, this.names, this.options.consumerName);
-        if (notifications.length > 0) {
-          const pipeline = this.redis.pipeline();
-          for (const [channel, payload] of notifications) pipeline.publish(channel, payload);
-          await pipeline.exec();
-          this.metrics.notificationsPublished.inc(notifications.length);
-        }
+        const outcome = await this.persist(batch);
         await this.stream.ack(ids);
         this.metrics.batchSize.observe(ids.length);
         this.metrics.batchDuration.observe(Number(process.hrtime.bigint() - startedAt) / 1e9);
@@ -140,42 +131,51 @@ export class StreamConsumer {
     }
   }
 
+  /**
+   * Publishes a batch's notifications from inside its transaction, while the users' total rows are
+   * locked: two workers announcing counts of the same user do so in commit order, so the last
+   * count a client sees is the persisted one. Should the commit then fail, the batch is retried
+   * and announces again.
+   */
+  private publishNotifications(batch: PreparedBatch): (outcome: BatchOutcome) => Promise<void> {
+    return async (outcome) => {
+      const notifications = notificationsFor(batch, outcome, this.names, this.options.consumerName);
+      if (notifications.length === 0) return;
+      const pipeline = this.redis.pipeline();
+      for (const [channel, payload] of notifications) pipeline.publish(channel, payload);
+      const results = await pipeline.exec();
+      const failed = results?.find(([err]) => err);
+      if (failed) throw failed[0];
+      this.metrics.notificationsPublished.inc(notifications.length);
+    };
+  }
+
   /** One transaction for the batch; on a data error, entry by entry so one bad entry cannot block the rest. */
   private async persist(batch: PreparedBatch): Promise<BatchOutcome> {
     try {
-      return await persistBatch(this.db, batch.messages, batch.reads);
+      return await persistBatch(this.db, batch.messages, batch.reads, this.publishNotifications(batch));
     } catch (err) {
-      if (!isPermanentDbError(err) || batch.messages.length + batch.reads.length <= 1) {
-        if (isPermanentDbError(err) && batch.messages[0]) {
-          await this.deadLetterMessage(batch.messages[0].id, err);
-          batch.messages = [];
-          return { inserted: new Set(), pairUnread: new Map(), totalUnread: new Map() };
-        }
-        throw err;
-      }
+      if (!isPermanentDbError(err)) throw err;
       this.log.warn({ err }, "batch has invalid data; writing entries one by one");
-      const merged: BatchOutcome = { inserted: new Set(), pairUnread: new Map(), totalUnread: new Map() };
-      const kept: PreparedBatch["messages"] = [];
-      for (const m of batch.messages) {
-        try {
-          const o = await persistBatch(this.db, [m], []);
-          for (const id of o.inserted) merged.inserted.add(id);
-          for (const [k, v] of o.pairUnread) merged.pairUnread.set(k, v);
-          for (const [k, v] of o.totalUnread) merged.totalUnread.set(k, v);
-          kept.push(m);
-        } catch (one) {
-          if (!isPermanentDbError(one)) throw one;
-          await this.deadLetterMessage(m.id, one);
-        }
-      }
-      if (batch.reads.length > 0) {
-        const o = await persistBatch(this.db, [], batch.reads);
-        for (const [k, v] of o.pairUnread) merged.pairUnread.set(k, v);
-        for (const [k, v] of o.totalUnread) merged.totalUnread.set(k, v);
-      }
-      batch.messages = kept;
-      return merged;
     }
+    const merged: BatchOutcome = { inserted: new Set(), pairUnread: new Map(), totalUnread: new Map() };
+    const kept: PreparedBatch["messages"] = [];
+    const singles: PreparedBatch[] = [
+      ...batch.messages.map((m) => ({ messages: [m], reads: [], poison: [] })),
+      ...(batch.reads.length > 0 ? [{ messages: [], reads: batch.reads, poison: [] }] : []),
+    ];
+    for (const single of singles) {
+      try {
+        const o = await persistBatch(this.db, single.messages, single.reads, this.publishNotifications(single));
+        for (const id of o.inserted) merged.inserted.add(id);
+        kept.push(...single.messages);
+      } catch (err) {
+        if (!isPermanentDbError(err) || !single.messages[0]) throw err;
+        await this.deadLetterMessage(single.messages[0].id, err);
+      }
+    }
+    batch.messages = kept;
+    return merged;
   }
 
   private async deadLetterMessage(id: string, err: unknown): Promise<void> {

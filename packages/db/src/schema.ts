@@ -64,3 +64,13 @@ export const uploads = pgTable(
     createdAt: timestamp("created_at", { withTimezone: true, mode: "string" }).notNull().defaultNow(),
   },
 );
+
+/**
+ * A user's unread total over all conversations: the sum of their conversation_members.unread_count,
+ * kept in step in the same transactions. Its row lock orders concurrent writers per user, so the
+ * total each of them announces is the persisted one.
+ */
+export const userUnread = pgTable("user_unread", {
+  username: text("username").primaryKey(),
+  total: integer("total").notNull().default(0),
+});

@@ -37,8 +37,12 @@ export type UpgradeRefusal = keyof typeof UpgradeRefusal;
 export const CloseCode = {
   /** The node is shutting down; reconnect (to any node). */
   going_away: 1001,
-  /** A frame exceeded the hard transport limit (CHAT_MAX_FRAME_BYTES x 16); uWebSockets.js closes at once. */
-  message_too_big: 1009,
+  /**
+   * Not sent but seen by clients: uWebSockets.js drops the connection without a close frame when a
+   * frame exceeds the hard transport limit (16 x CHAT_MAX_FRAME_BYTES) or more than
+   * CHAT_MAX_BACKPRESSURE_BYTES queue up for a socket that does not read. Reconnect.
+   */
+  dropped: 1006,
   /** The node could not set up the socket's subscriptions (Redis refused); reconnect. */
   try_again_later: 1013,
 } as const;

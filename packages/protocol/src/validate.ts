@@ -55,6 +55,15 @@ function echoableClientId(value: unknown): string | undefined {
   return typeof id === "string" && id.length > 0 && id.length <= 128 ? id : undefined;
 }
 
+/** The client_id of a frame, if it is a JSON object with a usable one; for errors about frames that are otherwise refused. */
+export function clientIdOf(text: string): string | undefined {
+  try {
+    return echoableClientId(JSON.parse(text));
+  } catch {
+    return undefined;
+  }
+}
+
 /**
  * Builds the parser for client frames on a chat socket. Synchronous, never throws: every bad input
  * maps to an ErrorCode with a human-readable message.

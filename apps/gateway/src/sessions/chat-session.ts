@@ -39,7 +39,12 @@ export class ChatSession extends SubscribedSession {
     const { first, users } = await this.core.presence.join(entry);
     this.presence = entry;
     this.core.presenceEntries.add(entry);
-    if (this.closed) return this.release();
+    if (this.closed) {
+      // Others may already list this user (their online_user_list saw the entry): announce the join
+      // so that the user_leave release() sends next has a matching user_join.
+      if (first) await this.core.publish(this.roomChannel, [JSON.stringify({ type: "user_join", user: this.username })]);
+      return this.release();
+    }
     this.socket.send(JSON.stringify({ type: "online_user_list", users }));
     if (this.since !== undefined) await this.replay(this.since);
     if (first) await this.core.publish(this.roomChannel, [JSON.stringify({ type: "user_join", user: this.username })]);

@@ -1,5 +1,5 @@
 import { ALL, conversationTarget } from "@chat/bus";
-import { ErrorCode } from "@chat/protocol";
+import { ErrorCode, clientIdOf } from "@chat/protocol";
 import type { GatewayCore } from "./core.js";
 import type { SessionSocket } from "./socket.js";
 import { SubscribedSession } from "./subscribed-session.js";
@@ -30,7 +30,7 @@ export class NotificationSession extends SubscribedSession {
 
   protected release(): void {}
 
-  receive(): void {
-    this.sendError(ErrorCode.unknown_type, "notification sockets accept no client frames");
+  receive(text: string): void {
+    this.sendError(ErrorCode.unknown_type, "notification sockets accept no client frames", clientIdOf(text));
   }
 }

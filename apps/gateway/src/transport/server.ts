@@ -1,5 +1,5 @@
 import type { HttpResponse, TemplatedApp, us_listen_socket, WebSocket } from "uWebSockets.js";
-import { CloseCode, ErrorCode, UpgradeRefusal } from "@chat/protocol";
+import { CloseCode, ErrorCode, UpgradeRefusal, clientIdOf } from "@chat/protocol";
 import { AuthError, extractToken, type TokenVerifier } from "../auth.js";
 import type { Logger } from "@chat/log";
 import type { GatewayMetrics } from "../metrics.js";
@@ -193,13 +193,16 @@ export class GatewayServer {
 
   private message(ws: WebSocket<SocketData>, message: ArrayBuffer, isBinary: boolean): void {
     const data = ws.getUserData();
-    const send = (code: ErrorCode, text: string): void => {
+    const send = (code: ErrorCode, text: string, clientId?: string): void => {
       this.metrics.framesRejected.inc({ reason: code });
-      ws.send(JSON.stringify({ type: "error", code, message: text }), false, false);
+      const error = clientId === undefined ? { type: "error", code, message: text } : { type: "error", code, message: text, client_id: clientId };
+      ws.send(JSON.stringify(error), false, false);
     };
     if (isBinary) return send(ErrorCode.binary_not_supported, "binary frames are not supported; send JSON text");
     if (message.byteLength > this.options.maxFrameBytes) {
-      return send(ErrorCode.frame_too_large, `frame is larger than ${this.options.maxFrameBytes} bytes`);
+      // Bounded by maxPayloadLength; parsed only to echo the client_id on this error path.
+      const clientId = clientIdOf(Buffer.from(message).toString("utf8"));
+      return send(ErrorCode.frame_too_large, `frame is larger than ${this.options.maxFrameBytes} bytes`, clientId);
     }
     // The ArrayBuffer is only valid during this callback: decode it now.
     data.session?.receive(Buffer.from(message).toString("utf8"));

@@ -18,4 +18,12 @@ local prefix = ARGV[3] .. '|'
 for _, m in ipairs(redis.call('ZRANGEBYSCORE', KEYS[1], '(' .. now, '+inf')) do
   if string.sub(m, 1, #prefix) == prefix then return 0 end
 end
+-- This user is gone from the room: drop their expired, not yet swept entries (of a dead node) too,
+-- or the sweep would report the same departure a second time.
+for _, m in ipairs(redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', now)) do
+  if string.sub(m, 1, #prefix) == prefix then
+    redis.call('ZREM', KEYS[1], m)
+    redis.call('ZREM', KEYS[2], ARGV[2] .. '\n' .. m)
+  end
+end
 return 1

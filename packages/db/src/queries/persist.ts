@@ -1,6 +1,6 @@
 import { and, eq, sql, type SQL } from "drizzle-orm";
 import type { Db } from "../client.js";
-import { conversationMembers, messages } from "../schema.js";
+import { conversationMembers, messages, userUnread } from "../schema.js";
 
 export interface NewMessage {
   id: string;
@@ -47,12 +47,17 @@ interface PairState {
  * Persists a batch of stream entries in one transaction, idempotently: a message id already present
  * is skipped, counters move only for rows actually inserted, and a read recount always runs after
  * the member row is locked, so concurrent workers keep unread counts exact whatever their order.
- * Member rows are locked in key order so two workers never deadlock on them.
+ * Member rows, then user totals, are locked in key order so two workers never deadlock on them.
+ *
+ * `beforeCommit` runs inside the transaction once the counts are final, while the affected users'
+ * total rows are still locked: whatever it announces is announced in commit order per user. If it
+ * throws, nothing is committed.
  */
 export async function persistBatch(
   db: Db,
   newMessages: readonly NewMessage[],
   reads: readonly ReadReceipt[],
+  beforeCommit?: (outcome: BatchOutcome) => Promise<void>,
 ): Promise<BatchOutcome> {
   return db.transaction(async (tx) => {
     const inserted = new Set<string>();
@@ -84,7 +89,10 @@ export async function persistBatch(
       if (p.readTo === null || r.streamPosition > p.readTo) p.readTo = r.streamPosition;
     }
     const outcome: BatchOutcome = { inserted, pairUnread: new Map(), totalUnread: new Map() };
-    if (pairs.size === 0) return outcome;
+    if (pairs.size === 0) {
+      await beforeCommit?.(outcome);
+      return outcome;
+    }
 
     const ordered = [...pairs.values()].sort((a, b) =>
       a.username < b.username ? -1 : a.username > b.username ? 1 : a.other < b.other ? -1 : a.other > b.other ? 1 : 0,
@@ -105,6 +113,7 @@ export async function persistBatch(
     const current = new Map(locked.map((r) => [pairKey(r.username, r.other_username), r]));
 
     const updates: SQL[] = [];
+    const totalDelta = new Map<string, number>();
     for (const p of ordered) {
       const row = current.get(pairKey(p.username, p.other));
       if (!row) throw new Error(`conversation member row missing for ${p.username}/${p.other}`);
@@ -122,6 +131,7 @@ export async function persistBatch(
         unread = row.unread_count + p.newUnread.filter((m) => m.streamPosition > readTo).length;
       }
       outcome.pairUnread.set(pairKey(p.username, p.other), unread);
+      totalDelta.set(p.username, (totalDelta.get(p.username) ?? 0) + unread - row.unread_count);
       updates.push(
         sql`(${p.username}, ${p.other}, ${unread}::integer, ${readTo}::bigint, ${p.last?.id ?? null}::uuid, ${p.last?.dateAdded ?? null}::timestamptz)`,
       );
@@ -137,13 +147,17 @@ export async function persistBatch(
       FROM (VALUES ${sql.join(updates, sql`, `)}) AS v(username, other_username, unread, read_to, last_id, last_at)
       WHERE cm.username = v.username AND cm.other_username = v.other_username`);
 
-    const users = [...new Set(ordered.map((p) => p.username))];
-    const totals = await tx
-      .select({ username: conversationMembers.username, total: sql<string>`sum(${conversationMembers.unreadCount})` })
-      .from(conversationMembers)
-      .where(sql`${conversationMembers.username} IN (${sql.join(users.map((u) => sql`${u}`), sql`, `)})`)
-      .groupBy(conversationMembers.username);
-    for (const t of totals) outcome.totalUnread.set(t.username, Number(t.total));
+    // One upsert per user, in key order: it waits for any other writer of that user's total and
+    // returns the total including what that writer committed.
+    for (const [username, delta] of [...totalDelta].sort(([a], [b]) => (a < b ? -1 : a > b ? 1 : 0))) {
+      const [row] = await tx
+        .insert(userUnread)
+        .values({ username, total: delta })
+        .onConflictDoUpdate({ target: userUnread.username, set: { total: sql`${userUnread.total} + ${delta}` } })
+        .returning({ total: userUnread.total });
+      outcome.totalUnread.set(username, row!.total);
+    }
+    await beforeCommit?.(outcome);
     return outcome;
   });
 }

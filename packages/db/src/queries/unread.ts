@@ -1,14 +1,11 @@
-import { and, eq, sql } from "drizzle-orm";
+import { and, eq } from "drizzle-orm";
 import type { Db } from "../client.js";
-import { conversationMembers } from "../schema.js";
+import { conversationMembers, userUnread } from "../schema.js";
 
-/** A user's unread messages over all conversations (one indexed row per conversation partner). */
+/** A user's unread messages over all conversations (one row, kept by the worker). */
 export async function totalUnread(db: Db, username: string): Promise<number> {
-  const [row] = await db
-    .select({ total: sql<string | null>`sum(${conversationMembers.unreadCount})` })
-    .from(conversationMembers)
-    .where(eq(conversationMembers.username, username));
-  return Number(row?.total ?? 0);
+  const [row] = await db.select({ total: userUnread.total }).from(userUnread).where(eq(userUnread.username, username));
+  return row?.total ?? 0;
 }
 
 /** A user's unread messages from one partner. */
