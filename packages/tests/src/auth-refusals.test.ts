@@ -1,0 +1,235 @@
+import WebSocket from "ws";
+import { describe, expect, it, onTestFinished } from "vitest";
+import {
+  JWT_SECRET,
+  TestClient,
+  connectReady,
+  freshPrefix,
+  refusedUpgrade,
+  startGateway,
+  tokenFor,
+  uniqueUser,
+  unsignedToken,
+} from "./helpers/index.js";
+
+/** Opens a socket with extra request headers (the ws client's `headers` option); resolves once open. */
+async function connectWithHeaders(url: string, headers: Record<string, string>): Promise<TestClient> {
+  const ws = new WebSocket(url, { headers });
+  const client = new TestClient(ws);
+  onTestFinished(() => {
+    if (ws.readyState === WebSocket.OPEN || ws.readyState === WebSocket.CONNECTING) ws.terminate();
+  });
+  await new Promise<void>((resolve, reject) => {
+    ws.once("open", () => resolve());
+    ws.once("error", reject);
+    ws.once("unexpected-response", (_req, res) => reject(new Error(`upgrade refused with ${res.statusCode}`)));
+  });
+  return client;
+}
+
+function expectRefusalBody(body: Record<string, unknown>): void {
+  expect(typeof body["error"], `body ${JSON.stringify(body)} has a string "error"`).toBe("string");
+  expect(String(body["error"]).length).toBeGreaterThan(0);
+  expect(typeof body["message"], `body ${JSON.stringify(body)} has a string "message"`).toBe("string");
+  expect(String(body["message"]).length).toBeGreaterThan(0);
+}
+
+const OTHER_SECRET = "a-completely-different-secret-0123456789";
+
+/** Tokens that must never open a socket; each builder gets the username the token claims to be. */
+const badTokens: [string, (user: string) => Promise<string> | string][] = [
+  ["a malformed token (not a JWT)", () => "not-a-jwt"],
+  ["a malformed token (three garbage segments)", () => "abc.def.ghi"],
+  ["a token with a truncated signature", async (u) => (await tokenFor(u)).slice(0, -6)],
+  ["a token signed with the wrong secret", (u) => tokenFor(u, { secret: OTHER_SECRET })],
+  ["an expired token", (u) => tokenFor(u, { expiresInSeconds: -60 })],
+  ["a not-yet-valid token (nbf in the future)", (u) => tokenFor(u, { notBeforeSeconds: 3600 })],
+  ["an unsigned token (alg none)", (u) => unsignedToken(u)],
+  ["an HS512 token with the right secret", (u) => tokenFor(u, { alg: "HS512" })],
+  ["an HS384 token with the right secret", (u) => tokenFor(u, { alg: "HS384" })],
+  ["a token without sub", () => tokenFor(undefined)],
+  ['a token whose sub is "a b"', () => tokenFor("a b")],
+  ['a token whose sub is "x:y"', () => tokenFor("x:y")],
+  ["a token whose sub is 151 characters", () => tokenFor("A".repeat(151))],
+  ['a token whose sub is "notifications"', () => tokenFor("notifications")],
+  ["a token whose sub is empty", () => tokenFor("")],
+];
+
+describe("upgrade authentication", () => {
+  it("refuses an upgrade without any token with 401 and a JSON body", async () => {
+    const g = await startGateway(freshPrefix("auth-missing"));
+    const bob = uniqueUser("bob");
+    for (const [url, headers] of [
+      [`${g.url}/ws/${bob}/`, {}],
+      [`${g.url}/ws/${bob}/?token=`, {}],
+      [`${g.url}/ws/${bob}/?other=1`, {}],
+      [`${g.url}/ws/${bob}/`, { Authorization: "Bearer " }],
+      [`${g.url}/ws/${bob}/`, { Authorization: "Basic dXNlcjpwYXNz" }],
+      [`${g.url}/ws/notifications/`, {}],
+      [`${g.url}/ws/notifications/${bob}/`, {}],
+    ] as [string, Record<string, string>][]) {
+      const r = await refusedUpgrade(url, headers);
+      expect(r.status, `${url} ${JSON.stringify(headers)}`).toBe(401);
+      expectRefusalBody(r.body);
+    }
+  });
+
+  it.each(badTokens)("refuses %s with 401, given as ?token= or as Authorization: Bearer", async (_what, build) => {
+    const g = await startGateway(freshPrefix("auth-bad"));
+    const alice = uniqueUser("alice");
+    const bob = uniqueUser("bob");
+    const token = await build(alice);
+    for (const path of [`/ws/${bob}/`, "/ws/notifications/", `/ws/notifications/${bob}/`]) {
+      const viaQuery = await refusedUpgrade(`${g.url}${path}?token=${encodeURIComponent(token)}`);
+      expect(viaQuery.status, `${path} ?token=`).toBe(401);
+      expectRefusalBody(viaQuery.body);
+      const viaHeader = await refusedUpgrade(`${g.url}${path}`, { Authorization: `Bearer ${token}` });
+      expect(viaHeader.status, `${path} Authorization`).toBe(401);
+      expectRefusalBody(viaHeader.body);
+    }
+    // The same gateway takes a good token on the same path: the refusal was about the token.
+    const ok = await connectReady(g.url, `/ws/${bob}/`, await tokenFor(alice));
+    expect(ok.frames[0]).toMatchObject({ type: "online_user_list" });
+  });
+
+  it("accepts a token given as ?token= and identifies the user by its sub", async () => {
+    const g = await startGateway(freshPrefix("auth-query"));
+    const alice = uniqueUser("alice");
+    const bob = uniqueUser("bob");
+    const a = await connectReady(g.url, `/ws/${bob}/`, await tokenFor(alice));
+    expect(a.frames[0]).toEqual({ type: "online_user_list", users: [alice] });
+    a.send({ type: "chat_message", message: "via query", client_id: "q1" });
+    expect(await a.next("chat_message")).toMatchObject({ from_user: { username: alice }, to_user: { username: bob }, client_id: "q1" });
+    expect(a.schemaViolations).toEqual([]);
+  });
+
+  it("accepts a token given as Authorization: Bearer on every endpoint", async () => {
+    const g = await startGateway(freshPrefix("auth-header"));
+    const alice = uniqueUser("alice");
+    const bob = uniqueUser("bob");
+    const headers = { Authorization: `Bearer ${await tokenFor(alice)}` };
+    const chat = await connectWithHeaders(`${g.url}/ws/${bob}/`, headers);
+    await chat.until((f) => f.length > 0, 5000, "first event");
+    expect(chat.frames[0]).toEqual({ type: "online_user_list", users: [alice] });
+    chat.send({ type: "chat_message", message: "via header", client_id: "h1" });
+    expect(await chat.next("chat_message")).toMatchObject({ from_user: { username: alice }, to_user: { username: bob }, client_id: "h1" });
+
+    const all = await connectWithHeaders(`${g.url}/ws/notifications/`, headers);
+    expect(await all.next()).toMatchObject({ type: "unread_count" });
+    const one = await connectWithHeaders(`${g.url}/ws/notifications/${bob}/`, headers);
+    expect(await one.next()).toMatchObject({ type: "single_conversation_unread_count" });
+    // A lower-case scheme is still a Bearer token.
+    const lower = await connectWithHeaders(`${g.url}/ws/${bob}`, { Authorization: `bearer ${await tokenFor(alice)}` });
+    await lower.until((f) => f.length > 0, 5000, "first event");
+    for (const c of [chat, all, one, lower]) expect(c.schemaViolations).toEqual([]);
+  });
+
+  it("accepts usernames at the edge of the rules (150 characters, @.+-_)", async () => {
+    const g = await startGateway(freshPrefix("auth-edge"));
+    const long = `L${uniqueUser("x")}`.padEnd(150, "z");
+    const odd = uniqueUser("john.doe+chat@x-y");
+    expect(long).toHaveLength(150);
+    const a = await connectReady(g.url, `/ws/${encodeURIComponent(odd)}/`, await tokenFor(long));
+    expect(a.frames[0]).toEqual({ type: "online_user_list", users: [long] });
+    const b = await connectReady(g.url, `/ws/${long}/`, await tokenFor(odd));
+    expect(b.frames[0]).toMatchObject({ type: "online_user_list" });
+    expect((b.frames[0]!["users"] as string[]).sort()).toEqual([long, odd].sort());
+  });
+});
+
+describe("upgrade paths", () => {
+  it.each([
+    ["an invalid username (space)", () => "/ws/a%20b/"],
+    ["an invalid username (colon)", () => "/ws/x:y/"],
+    ["an invalid username (151 characters)", () => `/ws/${"A".repeat(151)}/`],
+    ["an invalid username (non-ASCII)", () => "/ws/%C3%BC/"],
+    ["the reserved username as a conversation", () => "/ws/notifications/notifications/"],
+    ["an invalid username on the conversation notifications", () => "/ws/notifications/a%20b/"],
+    ["a 151-character username on the conversation notifications", () => `/ws/notifications/${"B".repeat(151)}`],
+    ["a chat with oneself", (self: string) => `/ws/${self}/`],
+    ["a chat with oneself without trailing slash", (self: string) => `/ws/${self}`],
+    ["conversation notifications with oneself", (self: string) => `/ws/notifications/${self}/`],
+    ["conversation notifications with oneself without trailing slash", (self: string) => `/ws/notifications/${self}`],
+    ["/ws/", () => "/ws/"],
+    ["/ws/a/b/c", () => "/ws/a/b/c"],
+    ["/ws/a/b/c/", () => "/ws/a/b/c/"],
+    ["/ws/notifications/a/b", () => "/ws/notifications/a/b"],
+  ])("refuses %s with 400 and a JSON body, even with a valid token", async (_what, path) => {
+    const g = await startGateway(freshPrefix("paths"));
+    const alice = uniqueUser("alice");
+    const token = await tokenFor(alice);
+    const p = path(alice);
+    const viaQuery = await refusedUpgrade(`${g.url}${p}?token=${token}`);
+    expect(viaQuery.status).toBe(400);
+    expectRefusalBody(viaQuery.body);
+    const viaHeader = await refusedUpgrade(`${g.url}${p}`, { Authorization: `Bearer ${token}` });
+    expect(viaHeader.status).toBe(400);
+    expectRefusalBody(viaHeader.body);
+  });
+
+  it("makes the trailing slash optional on all three endpoints", async () => {
+    const g = await startGateway(freshPrefix("slash"));
+    const alice = uniqueUser("alice");
+    const bob = uniqueUser("bob");
+    const token = await tokenFor(alice);
+    const cases: [string, string][] = [
+      [`/ws/${bob}/`, "online_user_list"],
+      [`/ws/${bob}`, "online_user_list"],
+      ["/ws/notifications/", "unread_count"],
+      ["/ws/notifications", "unread_count"],
+      [`/ws/notifications/${bob}/`, "single_conversation_unread_count"],
+      [`/ws/notifications/${bob}`, "single_conversation_unread_count"],
+    ];
+    for (const [path, first] of cases) {
+      const c = await connectReady(g.url, path, token);
+      expect(c.frames[0]?.type, path).toBe(first);
+      expect(c.schemaViolations).toEqual([]);
+    }
+  });
+});
+
+describe("secrets in logs", () => {
+  it("never logs the JWT secret or any token, refused or accepted", async () => {
+    const g = await startGateway(freshPrefix("logs"), { LOG_LEVEL: "debug", CHAT_DRAIN_WINDOW_MS: "0" });
+    const alice = uniqueUser("alice");
+    const bob = uniqueUser("bob");
+    const tokens = [
+      await tokenFor(alice),
+      await tokenFor(bob),
+      await tokenFor(alice, { secret: OTHER_SECRET }),
+      await tokenFor(alice, { expiresInSeconds: -60 }),
+      await tokenFor(alice, { notBeforeSeconds: 3600 }),
+      await tokenFor(alice, { alg: "HS512" }),
+      await tokenFor("a b"),
+      unsignedToken(alice),
+    ];
+    const [good, goodBob, ...bad] = tokens as [string, string, ...string[]];
+    for (const t of bad) {
+      expect((await refusedUpgrade(`${g.url}/ws/${bob}/?token=${encodeURIComponent(t)}`)).status).toBe(401);
+      expect((await refusedUpgrade(`${g.url}/ws/${bob}/`, { Authorization: `Bearer ${t}` })).status).toBe(401);
+    }
+    expect((await refusedUpgrade(`${g.url}/ws/${alice}/?token=${good}`)).status).toBe(400);
+    expect((await refusedUpgrade(`${g.url}/ws/a%20b/`, { Authorization: `Bearer ${good}` })).status).toBe(400);
+    const a = await connectReady(g.url, `/ws/${bob}/`, good);
+    const b = await connectWithHeaders(`${g.url}/ws/${alice}/`, { Authorization: `Bearer ${goodBob}` });
+    await b.until((f) => f.length > 0, 5000, "first event");
+    a.send({ type: "chat_message", message: "hi", client_id: "log-1" });
+    await b.next("chat_message");
+    a.send("not json");
+    await a.next("error");
+    await a.close();
+    await b.close();
+    expect(await g.stop("SIGTERM")).toBe(0);
+
+    expect(g.logs.some((l) => l["msg"] === "listening")).toBe(true);
+    expect(g.logs.length).toBeGreaterThan(3);
+    const text = JSON.stringify(g.logs);
+    expect(text).not.toContain(JWT_SECRET);
+    expect(text).not.toContain(OTHER_SECRET);
+    for (const t of tokens) {
+      expect(text).not.toContain(t);
+      // No part of a token either: its payload or its signature.
+      for (const part of t.split(".").slice(1)) if (part.length > 8) expect(text).not.toContain(part);
+    }
+  });
+});

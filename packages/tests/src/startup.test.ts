@@ -1,0 +1,227 @@
+import { spawn, type ChildProcess } from "node:child_process";
+import { randomBytes } from "node:crypto";
+import { createServer, type AddressInfo } from "node:net";
+import { Redis } from "ioredis";
+import postgres from "postgres";
+import { describe, expect, it, onTestFinished } from "vitest";
+import {
+  DATABASE_URL,
+  connectReady,
+  freshPrefix,
+  refusedUpgrade,
+  runScript,
+  startGateway,
+  testSql,
+  tokenFor,
+  uniqueUser,
+  waitFor,
+} from "./helpers/index.js";
+
+// Register the pool's teardown at file level (the first query happens inside a test).
+testSql();
+
+const GATEWAY = "apps/gateway/dist/main.js";
+
+/** Runs the gateway to completion (it should refuse to start); a gateway that does start is killed after timeoutMs. */
+async function runGateway(env: Record<string, string>, timeoutMs = 8000) {
+  const r = await runScript(GATEWAY, [], { PORT: "0", HOST: "127.0.0.1", CHAT_REDIS_PREFIX: freshPrefix("startup"), ...env }, timeoutMs);
+  const lines = r.stdout
+    .split("\n")
+    .filter((l) => l.trim() !== "")
+    .map((l) => {
+      try {
+        return JSON.parse(l) as Record<string, unknown>;
+      } catch {
+        return { msg: "<non-json>", line: l };
+      }
+    });
+  return { ...r, lines, listened: lines.some((l) => l["msg"] === "listening") };
+}
+
+async function freePort(): Promise<number> {
+  const srv = createServer();
+  await new Promise<void>((resolve) => srv.listen(0, "127.0.0.1", resolve));
+  const { port } = srv.address() as AddressInfo;
+  await new Promise<void>((resolve) => srv.close(() => resolve()));
+  return port;
+}
+
+interface RedisServer {
+  child: ChildProcess;
+  kill(): Promise<void>;
+}
+
+/** Starts a private redis-server on the port; killed by its pid when the test ends. */
+async function startRedis(port: number): Promise<RedisServer> {
+  const child = spawn("redis-server", ["--port", String(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"], {
+    stdio: ["ignore", "pipe", "pipe"],
+  });
+  const output: string[] = [];
+  child.stdout!.on("data", (d: Buffer) => output.push(d.toString()));
+  child.stderr!.on("data", (d: Buffer) => output.push(d.toString()));
+  const exited = new Promise<void>((resolve) => child.once("exit", () => resolve()));
+  const kill = async () => {
+    if (child.exitCode === null && child.signalCode === null) process.kill(child.pid!, "SIGKILL");
+    await exited;
+  };
+  onTestFinished(kill);
+  await waitFor(
+    async () => {
+      if (child.exitCode !== null) throw new Error(`redis-server exited: ${output.join("")}`);
+      const probe = new Redis({ host: "127.0.0.1", port, lazyConnect: true, retryStrategy: () => null, maxRetriesPerRequest: 0 });
+      probe.on("error", () => {});
+      try {
+        await probe.connect();
+        return (await probe.ping()) === "PONG";
+      } finally {
+        probe.disconnect();
+      }
+    },
+    10000,
+    50,
+  );
+  return { child, kill };
+}
+
+async function readyz(port: number): Promise<number> {
+  const res = await fetch(`http://127.0.0.1:${port}/readyz`);
+  await res.arrayBuffer();
+  return res.status;
+}
+
+describe("gateway start-up", () => {
+  it.each([
+    ["CHAT_JWT_SECRET empty", { CHAT_JWT_SECRET: "" }],
+    ["CHAT_JWT_SECRET unset", {}],
+    ["CHAT_JWT_SECRET empty and NODE_ENV=production", { CHAT_JWT_SECRET: "", NODE_ENV: "production" }],
+    ["CHAT_JWT_SECRET empty and NODE_ENV=test", { CHAT_JWT_SECRET: "", NODE_ENV: "test" }],
+  ])("exits non-zero without listening when %s", async (_what, env) => {
+    const r = await runGateway(env);
+    expect(r.listened, r.stdout).toBe(false);
+    expect(r.code, `killed after the timeout, so it kept running; stdout: ${r.stdout}`).not.toBeNull();
+    expect(r.code).not.toBe(0);
+    expect(r.stderr + r.stdout).toContain("CHAT_JWT_SECRET");
+  });
+
+  it("starts in development mode without a secret and accepts a token from the token CLI", async () => {
+    const user = uniqueUser("newcomer");
+    const other = uniqueUser("friend");
+    const cli = await runScript("apps/gateway/dist/token-cli.js", [user]);
+    expect(cli.code, cli.stderr).toBe(0);
+    expect(cli.stdout).toMatch(/^[A-Za-z0-9_-]+\.[A-Za-z0-9_-]+\.[A-Za-z0-9_-]+\n$/);
+    const token = cli.stdout.trim();
+
+    const g = await startGateway(freshPrefix("dev"), { NODE_ENV: "development", CHAT_JWT_SECRET: "" });
+    const c = await connectReady(g.url, `/ws/${other}/`, token);
+    expect(c.frames[0]).toEqual({ type: "online_user_list", users: [user] });
+    c.send({ type: "chat_message", message: "hello", client_id: "dev-1" });
+    expect(await c.next("chat_message")).toMatchObject({ from_user: { username: user }, client_id: "dev-1" });
+    // The development secret is the only one it takes: a token with another secret is still refused.
+    expect((await refusedUpgrade(`${g.url}/ws/${other}/?token=${await tokenFor(user)}`)).status).toBe(401);
+    // And a gateway with a real secret refuses the development token.
+    const prod = await startGateway(freshPrefix("prod"));
+    expect((await refusedUpgrade(`${prod.url}/ws/${other}/?token=${token}`)).status).toBe(401);
+  });
+
+  it("token CLI refuses an invalid username without printing a token", async () => {
+    const r = await runScript("apps/gateway/dist/token-cli.js", ["a b"]);
+    expect(r.code).not.toBe(0);
+    expect(r.stdout).toBe("");
+  });
+
+  it.each([
+    ["PORT=abc", { PORT: "abc" }, "PORT"],
+    ["PORT=tcp://10.0.0.1:8000", { PORT: "tcp://10.0.0.1:8000" }, "PORT"],
+    ["PORT=70000", { PORT: "70000" }, "PORT"],
+    ["CHAT_MAX_FRAME_BYTES=10", { CHAT_MAX_FRAME_BYTES: "10" }, "CHAT_MAX_FRAME_BYTES"],
+    ["CHAT_MAX_MESSAGE_LENGTH=ten", { CHAT_MAX_MESSAGE_LENGTH: "ten" }, "CHAT_MAX_MESSAGE_LENGTH"],
+    ["REDIS_URL=http://127.0.0.1:6379", { REDIS_URL: "http://127.0.0.1:6379" }, "REDIS_URL"],
+  ])("exits non-zero on invalid configuration %s, naming the variable", async (_what, env, variable) => {
+    const r = await runGateway({ CHAT_JWT_SECRET: "a-valid-secret", ...env });
+    expect(r.listened, r.stdout).toBe(false);
+    expect(r.code, `killed after the timeout, so it kept running; stdout: ${r.stdout}`).not.toBeNull();
+    expect(r.code).not.toBe(0);
+    expect(r.stderr + r.stdout).toContain(variable);
+  });
+
+  it.each(["1", "true"])("exits non-zero instead of running on the JS fallback when UWS_USE_FALLBACK=%s", async (value) => {
+    const r = await runGateway({ CHAT_JWT_SECRET: "a-valid-secret", UWS_USE_FALLBACK: value });
+    expect(r.listened, r.stdout).toBe(false);
+    expect(r.code, `killed after the timeout, so it kept running; stdout: ${r.stdout}`).not.toBeNull();
+    expect(r.code).not.toBe(0);
+    expect(r.stderr + r.stdout).toMatch(/uWebSockets/);
+  });
+});
+
+describe("Redis outage", () => {
+  it("refuses upgrades and messages while Redis is down, and recovers without a restart when it is back", async () => {
+    const port = await freePort();
+    let redis = await startRedis(port);
+    const g = await startGateway(freshPrefix("outage"), { REDIS_URL: `redis://127.0.0.1:${port}` });
+    const alice = uniqueUser("alice");
+    const bob = uniqueUser("bob");
+    const [ta, tb] = await Promise.all([tokenFor(alice), tokenFor(bob)]);
+    expect(await readyz(g.port)).toBe(200);
+    const a = await connectReady(g.url, `/ws/${bob}/`, ta);
+
+    await redis.kill();
+    await waitFor(async () => (await readyz(g.port)) === 503);
+    const refused = await refusedUpgrade(`${g.url}/ws/${alice}/?token=${tb}`);
+    expect(refused.status).toBe(503);
+    expect(refused.body).toMatchObject({ error: expect.any(String), message: expect.any(String) });
+    a.send({ type: "chat_message", message: "into the void", client_id: "lost-1" });
+    expect(await a.next("error")).toEqual({ type: "error", code: "unavailable", message: expect.any(String), client_id: "lost-1" });
+    expect(a.closeCode).toBeNull();
+
+    redis = await startRedis(port);
+    await waitFor(async () => (await readyz(g.port)) === 200, 15000);
+    // The socket opened before the outage is subscribed again, and new sockets work.
+    const b = await connectReady(g.url, `/ws/${alice}/`, tb);
+    b.send({ type: "chat_message", message: "back", client_id: "b-1" });
+    expect(await a.next("chat_message")).toMatchObject({ message: "back", from_user: { username: bob }, client_id: "b-1" });
+    expect(await b.next("chat_message")).toMatchObject({ message: "back", client_id: "b-1" });
+    a.send({ type: "chat_message", message: "welcome", client_id: "a-1" });
+    expect(await b.next("chat_message")).toMatchObject({ message: "welcome", from_user: { username: alice }, client_id: "a-1" });
+    expect(a.ofType("chat_message").map((f) => f["message"])).toEqual(["back", "welcome"]);
+    expect(a.schemaViolations).toEqual([]);
+    expect(g.child.exitCode).toBeNull();
+  });
+});
+
+describe("migrations", () => {
+  it("creates a missing database and is idempotent when run twice", async () => {
+    const name = `chat_mig_${randomBytes(4).toString("hex")}`;
+    const url = new URL(DATABASE_URL);
+    url.pathname = `/${name}`;
+    const admin = testSql();
+    onTestFinished(async () => {
+      await admin.unsafe(`DROP DATABASE IF EXISTS "${name}" WITH (FORCE)`);
+    });
+    const exists = async () => (await admin`SELECT 1 FROM pg_database WHERE datname = ${name}`).length === 1;
+    expect(await exists()).toBe(false);
+
+    const first = await runScript("packages/db/dist/migrate-cli.js", [], { DATABASE_URL: url.toString() });
+    expect(first.code, first.stderr).toBe(0);
+    expect(await exists()).toBe(true);
+
+    const db = postgres(url.toString(), { max: 1, onnotice: () => {} });
+    onTestFinished(() => db.end({ timeout: 5 }));
+    const snapshot = async () => {
+      const tables = await db<{ t: string }[]>`
+        SELECT table_name AS t FROM information_schema.tables WHERE table_schema = 'public' ORDER BY 1`;
+      const [{ n }] = (await db`SELECT count(*)::int AS n FROM drizzle.__drizzle_migrations`) as unknown as [{ n: number }];
+      return { tables: tables.map((r) => r.t), migrations: n };
+    };
+    const before = await snapshot();
+    expect(before.tables).toEqual(expect.arrayContaining(["messages", "conversation_members"]));
+    expect(before.migrations).toBeGreaterThan(0);
+    await db`INSERT INTO conversation_members (username, other_username, unread_count) VALUES ('keep', 'me', 3)`;
+
+    const second = await runScript("packages/db/dist/migrate-cli.js", [], { DATABASE_URL: url.toString() });
+    expect(second.code, second.stderr).toBe(0);
+    expect(await snapshot()).toEqual(before);
+    const kept = await db<{ unread_count: number }[]>`
+      SELECT unread_count FROM conversation_members WHERE username = 'keep' AND other_username = 'me'`;
+    expect(kept).toEqual([{ unread_count: 3 }]);
+  });
+});

@@ -1,0 +1,168 @@
+import { describe, expect, it } from "vitest";
+import { redisNames } from "@chat/bus";
+import {
+  connectReady,
+  freshPrefix,
+  startGateway,
+  startWorker,
+  testRedis,
+  testSql,
+  tokenFor,
+  uniqueUser,
+  unreadOf,
+  waitFor,
+  type Gateway,
+  type RunningProcess,
+  type TestClient,
+} from "./helpers/index.js";
+
+/** One direction of a conversation, with the sender's chat socket. */
+interface Flow {
+  from: string;
+  to: string;
+  chat: TestClient;
+  sent: number;
+}
+
+/**
+ * Three conversations, messages flowing both ways in each, senders spread over both gateways:
+ * A<->B, C->B, B->C, D<->A. B and A receive from two partners, so their counters race.
+ */
+async function openFlows(gateways: Gateway[]): Promise<{ users: string[]; flows: Flow[] }> {
+  const [a, b, c, d] = [uniqueUser("a"), uniqueUser("b"), uniqueUser("c"), uniqueUser("d")];
+  const directed: [string, string][] = [
+    [a, b],
+    [b, a],
+    [c, b],
+    [b, c],
+    [d, a],
+    [a, d],
+  ];
+  const flows = await Promise.all(
+    directed.map(async ([from, to], i) => ({
+      from,
+      to,
+      chat: await connectReady(gateways[i % gateways.length]!.url, `/ws/${to}/`, await tokenFor(from)),
+      sent: 0,
+    })),
+  );
+  return { users: [a, b, c, d], flows };
+}
+
+const tag = (f: Flow, k: number) => `${f.from}>${f.to}#${k}`;
+
+/** Sends one message on every flow. */
+function sendRound(flows: Flow[]): void {
+  for (const f of flows) f.chat.send({ type: "chat_message", message: tag(f, f.sent), client_id: tag(f, f.sent++) });
+}
+
+/** Waits for every sent message's echo (or refusal) and returns the ids of the accepted ones, per flow. */
+async function acceptedIds(flows: Flow[]): Promise<Map<Flow, string[]>> {
+  const out = new Map<Flow, string[]>();
+  for (const f of flows) {
+    const mine = (x: Record<string, unknown>) => String(x["client_id"] ?? "").startsWith(`${f.from}>${f.to}#`);
+    await f.chat.until((frames) => frames.filter((x) => (x.type === "chat_message" || x.type === "error") && mine(x)).length === f.sent, 10000, `echoes of ${f.from}>${f.to}`);
+    expect(f.chat.ofType("error"), "no message refused").toEqual([]);
+    expect(f.chat.schemaViolations).toEqual([]);
+    out.set(f, f.chat.ofType("chat_message").filter(mine).map((x) => String(x["id"])));
+  }
+  return out;
+}
+
+async function storedMessages(users: string[]) {
+  const sql = testSql();
+  return sql<{ id: string; from_user: string; to_user: string; content: string }[]>`
+    SELECT id, from_user, to_user, content FROM messages WHERE from_user IN ${sql(users)} AND to_user IN ${sql(users)}`;
+}
+
+async function persistedCount(users: string[]): Promise<number> {
+  const sql = testSql();
+  const [row] = await sql<{ n: number }[]>`SELECT count(*)::int AS n FROM messages WHERE from_user IN ${sql(users)}`;
+  return row!.n;
+}
+
+/**
+ * Every accepted message is in Postgres exactly once, nothing else is, every unread counter equals
+ * the messages its partner sent (nothing was read), and no stream entry is left unacknowledged.
+ */
+async function expectExactlyOnce(prefix: string, users: string[], flows: Flow[]): Promise<void> {
+  const accepted = await acceptedIds(flows);
+  const all = [...accepted.values()].flat();
+  expect(new Set(all).size).toBe(all.length);
+  const rows = await waitFor(async () => {
+    const r = await storedMessages(users);
+    expect(r.length).toBeGreaterThanOrEqual(all.length);
+    return r;
+  }, 20000);
+  expect(rows).toHaveLength(all.length);
+  expect(new Set(rows.map((r) => r.id))).toEqual(new Set(all));
+  // Written once in any form: no content stored twice (each message's text is unique).
+  expect(new Set(rows.map((r) => r.content)).size).toBe(rows.length);
+  for (const f of flows) {
+    const ids = new Set(accepted.get(f));
+    const stored = rows.filter((r) => r.from_user === f.from && r.to_user === f.to);
+    expect(stored.length, `${f.from}>${f.to}`).toBe(ids.size);
+    expect(stored.every((r) => ids.has(r.id) && r.content.startsWith(`${f.from}>${f.to}#`))).toBe(true);
+    expect(await unreadOf(f.to, f.from), `unread of ${f.to} from ${f.from}`).toBe(ids.size);
+  }
+  const redis = testRedis();
+  const names = redisNames(prefix);
+  await waitFor(async () => ((await redis.xpending(names.stream, names.group)) as [number])[0] === 0, 10000);
+}
+
+const claims = (workers: RunningProcess[]) =>
+  workers.flatMap((w) => w.logs).filter((l) => l["msg"] === "claimed pending entries").reduce((n, l) => n + Number(l["count"]), 0);
+
+describe("worker crash and concurrent workers", () => {
+  it("loses nothing and writes nothing twice when the worker is SIGKILLed repeatedly while messages flow", async () => {
+    const prefix = freshPrefix("crash");
+    const gateways = await Promise.all([startGateway(prefix), startGateway(prefix)]);
+    const { users, flows } = await openFlows(gateways);
+    const env = { CHAT_WORKER_BATCH_SIZE: "4" };
+    const rounds = 110; // x 6 flows = 660 messages
+
+    let sending = true;
+    const sender = (async () => {
+      for (let r = 0; r < rounds; r++) {
+        sendRound(flows);
+        // Pacing only: spread the traffic over the kills below (about 4 s in all).
+        await new Promise((resolve) => setTimeout(resolve, 35));
+      }
+      sending = false;
+    })();
+
+    const workers: RunningProcess[] = [];
+    let kills = 0;
+    try {
+      while (kills < 5 && (sending || kills < 3)) {
+        const before = await persistedCount(users);
+        const worker = await startWorker(prefix, env);
+        workers.push(worker);
+        // Kill it as soon as it has written something: it is in the middle of the stream.
+        await waitFor(async () => (await persistedCount(users)) > before, 10000, 10);
+        expect(await worker.stop("SIGKILL")).toBeNull();
+        kills++;
+      }
+    } finally {
+      await sender;
+    }
+    expect(kills).toBeGreaterThanOrEqual(3);
+    workers.push(await startWorker(prefix, env));
+    await expectExactlyOnce(prefix, users, flows);
+    // The kills left entries pending that later workers had to take over.
+    expect(claims(workers)).toBeGreaterThan(0);
+  });
+
+  it.each([2, 3])("keeps every message exactly once and every counter exact with %i workers on the same stream", async (n) => {
+    const prefix = freshPrefix(`workers${n}`);
+    const gateways = await Promise.all([startGateway(prefix), startGateway(prefix)]);
+    const workers = await Promise.all(
+      Array.from({ length: n }, () => startWorker(prefix, { CHAT_WORKER_BATCH_SIZE: "3", LOG_LEVEL: "debug" })),
+    );
+    const { users, flows } = await openFlows(gateways);
+    for (let r = 0; r < 110; r++) sendRound(flows);
+    await expectExactlyOnce(prefix, users, flows);
+    // Every worker took a share of the stream.
+    for (const w of workers) expect(w.logs.filter((l) => l["msg"] === "batch persisted").length).toBeGreaterThan(0);
+  });
+});
