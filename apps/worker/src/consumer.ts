@@ -1,6 +1,6 @@
 import type { Redis } from "ioredis";
 import { MessageStream, type RedisNames, type ReceivedEntry } from "@chat/bus";
-import { persistBatch, type BatchOutcome, type Db } from "@chat/db";
+import { persistBatch, type BatchOutcome, type DbClient } from "@chat/db";
 import type { Logger } from "@chat/log";
 import type { WorkerMetrics } from "./metrics.js";
 import { notificationsFor, prepareBatch, type PreparedBatch } from "./batch.js";
@@ -35,7 +35,7 @@ export class StreamConsumer {
 
   constructor(
     private readonly redis: Redis,
-    private readonly db: Db,
+    private readonly db: DbClient,
     private readonly names: RedisNames,
     private readonly options: ConsumerOptions,
     private readonly log: Logger,
@@ -132,20 +132,27 @@ export class StreamConsumer {
   }
 
   /**
-   * Publishes a batch's notifications from inside its transaction, while the users' total rows are
-   * locked: two workers announcing counts of the same user do so in commit order, so the last
-   * count a client sees is the persisted one. Should the commit then fail, the batch is retried
-   * and announces again.
+   * Publishes a batch's notifications right after its commit, while its users' locks are still
+   * held (see persistBatch): two workers announcing counts of the same user do so in commit order,
+   * so the last count a client sees is the persisted one. A publish that keeps failing is given up
+   * after a few tries (the data is committed; counts are right again on the next change or connect).
    */
   private publishNotifications(batch: PreparedBatch): (outcome: BatchOutcome) => Promise<void> {
     return async (outcome) => {
       const notifications = notificationsFor(batch, outcome, this.names, this.options.consumerName);
       if (notifications.length === 0) return;
-      const pipeline = this.redis.pipeline();
-      for (const [channel, payload] of notifications) pipeline.publish(channel, payload);
-      const results = await pipeline.exec();
-      const failed = results?.find(([err]) => err);
-      if (failed) throw failed[0];
+      for (let attempt = 1; ; attempt++) {
+        const pipeline = this.redis.pipeline();
+        for (const [channel, payload] of notifications) pipeline.publish(channel, payload);
+        const results = await pipeline.exec().catch((err: unknown) => [[err, null]] as [unknown, unknown][]);
+        const failed = results?.find(([err]) => err);
+        if (!failed) break;
+        if (attempt >= 5 || this.stopping) {
+          this.log.error({ err: failed[0], notifications: notifications.length }, "notifications not published after commit");
+          return;
+        }
+        await sleep(100 * attempt);
+      }
       this.metrics.notificationsPublished.inc(notifications.length);
     };
   }

@@ -27,7 +27,7 @@ const db = createDb(config.databaseUrl, { max: config.dbPoolSize, applicationNam
 const metrics = new WorkerMetrics(() => consumer.streamState());
 const consumer: StreamConsumer = new StreamConsumer(
   redis,
-  db.db,
+  db,
   redisNames(config.redisPrefix),
   config,
   log.child({ component: "worker:consumer" }),

@@ -40,8 +40,8 @@ describe("persistBatch", () => {
   it("is idempotent: writing the same batch twice stores each message once and counts it once", async () => {
     const [a, b] = [uniqueUser("a"), uniqueUser("b")];
     const batch = [message(a, b), message(a, b), message(b, a)];
-    const first = await persistBatch(pools[0]!.db, batch, []);
-    const second = await persistBatch(pools[1]!.db, batch, []);
+    const first = await persistBatch(pools[0]!, batch, []);
+    const second = await persistBatch(pools[1]!, batch, []);
     expect(first.inserted.size).toBe(3);
     expect(second.inserted.size).toBe(0);
     expect(first.totalUnread.get(b)).toBe(2);
@@ -74,7 +74,7 @@ describe("persistBatch", () => {
       });
     }
     batches.reverse();
-    await Promise.all(batches.map((b) => persistBatch(pools[b.pool]!.db, b.messages, b.reads)));
+    await Promise.all(batches.map((b) => persistBatch(pools[b.pool]!, b.messages, b.reads)));
     const sql = testSql();
     for (const u of users) {
       for (const o of users) {
@@ -90,9 +90,9 @@ describe("persistBatch", () => {
     const early = message(v, u);
     const read: ReadReceipt = { streamPosition: nextPosition(), reader: u, otherUser: v };
     const late = message(v, u);
-    const afterRead = await persistBatch(pools[0]!.db, [], [read]);
+    const afterRead = await persistBatch(pools[0]!, [], [read]);
     expect(afterRead.pairUnread.get(`${u}\n${v}`)).toBe(0);
-    const outcome = await persistBatch(pools[1]!.db, [early, late], []);
+    const outcome = await persistBatch(pools[1]!, [early, late], []);
     expect(outcome.pairUnread.get(`${u}\n${v}`)).toBe(1);
     expect(outcome.totalUnread.get(u)).toBe(1);
   });
