@@ -12,25 +12,52 @@ export class AuthError extends Error {
   }
 }
 
+export interface VerifiedToken {
+  username: string;
+  /** When the token stops being valid (its `exp`), or null when it has none. */
+  expiresAt: Date | null;
+}
+
+export interface TokenPolicy {
+  /** Required `aud`, when set. */
+  audience?: string | undefined;
+  /** Required `iss`, when set. */
+  issuer?: string | undefined;
+}
+
 /** Verifies an HS256 JWT whose `sub` is the username; nothing else is accepted (no `none`, no RS*). */
 export class TokenVerifier {
   private readonly key: Uint8Array;
 
-  constructor(secret: string) {
+  constructor(
+    secret: string,
+    private readonly policy: TokenPolicy = {},
+  ) {
     this.key = new TextEncoder().encode(secret);
   }
 
-  async verify(token: string | undefined): Promise<string> {
+  async verifyToken(token: string | undefined): Promise<VerifiedToken> {
     if (!token) throw new AuthError("token_missing", "no token (use ?token= or Authorization: Bearer)");
-    let sub: unknown;
+    let payload: { sub?: unknown; exp?: unknown };
     try {
-      ({ payload: { sub } } = await jwtVerify(token, this.key, { algorithms: ["HS256"] }));
+      ({ payload } = await jwtVerify(token, this.key, {
+        algorithms: ["HS256"],
+        ...(this.policy.audience ? { audience: this.policy.audience } : {}),
+        ...(this.policy.issuer ? { issuer: this.policy.issuer } : {}),
+      }));
     } catch (cause) {
       if (cause instanceof errors.JWTExpired) throw new AuthError("token_expired", "token expired", { cause });
+      if (cause instanceof errors.JWTClaimValidationFailed) {
+        throw new AuthError("token_invalid", `token claim ${cause.claim} is not accepted`, { cause });
+      }
       throw new AuthError("token_invalid", "token is malformed, wrongly signed or not yet valid", { cause });
     }
-    if (!isValidUsername(sub)) throw new AuthError("token_subject_invalid", "token sub is not a valid username");
-    return sub;
+    if (!isValidUsername(payload.sub)) throw new AuthError("token_subject_invalid", "token sub is not a valid username");
+    return { username: payload.sub, expiresAt: typeof payload.exp === "number" ? new Date(payload.exp * 1000) : null };
+  }
+
+  async verify(token: string | undefined): Promise<string> {
+    return (await this.verifyToken(token)).username;
   }
 }
 

@@ -22,6 +22,19 @@ export const GATEWAY_SETTINGS = {
   idleTimeoutSeconds: { env: "CHAT_IDLE_TIMEOUT_SECONDS", default: "120", description: "A silent socket is closed after this; the server pings before", parse: integer(8, 960) },
   presenceTtlMs: { env: "CHAT_PRESENCE_TTL_MS", default: "30000", description: "Presence of a node that stops refreshing it expires after this (ms)", parse: integer(3000, 30000) },
   maxReplay: { env: "CHAT_MAX_REPLAY", default: "500", description: "Most missed messages replayed to a chat socket opened with ?since=", parse: integer(0, 10000) },
+  rateMessagesPerSecond: { env: "CHAT_RATE_MESSAGES_PER_SECOND", default: "100", description: "Sends (messages and reads) per second per user, cluster-wide; more get error `rate_limited`; 0 disables", parse: integer(0, 1_000_000) },
+  rateMessagesBurst: { env: "CHAT_RATE_MESSAGES_BURST", default: "200", description: "Burst allowance of that limit", parse: integer(1, 1_000_000) },
+  idempotencyTtlSeconds: { env: "CHAT_IDEMPOTENCY_TTL_SECONDS", default: "86400", description: "How long a client_id is remembered: a retried send within it is not stored twice", parse: integer(60, 30 * 86400) },
+  maxConnectionsPerUser: { env: "CHAT_MAX_CONNECTIONS_PER_USER", default: "100", description: "Open sockets per user across the cluster; more are refused with 429; 0 disables", parse: integer(0, 1_000_000) },
+  upgradesPerIpPerSecond: { env: "CHAT_RATE_UPGRADES_PER_IP", default: "0", description: "Upgrades per second per client address on one node (429 beyond, bursts of 2x); 0 disables: a load balancer or NAT puts many users behind one address", parse: integer(0, 1_000_000) },
+  allowedOrigins: {
+    env: "CHAT_ALLOWED_ORIGINS",
+    default: "",
+    description: "Comma-separated Origins allowed to open sockets (browsers send one); empty allows any. Others get 403",
+    parse: (raw: string) => raw.split(",").map((o) => o.trim()).filter(Boolean),
+  },
+  jwtAudience: { env: "CHAT_JWT_AUDIENCE", default: undefined, description: "When set, tokens must carry this `aud`", parse: text },
+  jwtIssuer: { env: "CHAT_JWT_ISSUER", default: undefined, description: "When set, tokens must carry this `iss`", parse: text },
   drainWindowMs: {
     env: "CHAT_DRAIN_WINDOW_MS",
     default: "10000",
@@ -60,6 +73,14 @@ export interface GatewayConfig {
   presenceTtlMs: number;
   drainWindowMs: number;
   maxReplay: number;
+  rateMessagesPerSecond: number;
+  rateMessagesBurst: number;
+  idempotencyTtlSeconds: number;
+  maxConnectionsPerUser: number;
+  upgradesPerIpPerSecond: number;
+  allowedOrigins: string[];
+  jwtAudience?: string;
+  jwtIssuer?: string;
   dbPoolSize: number;
   mediaStorage: "local" | "s3";
   mediaDir: string;

@@ -1,5 +1,5 @@
 import { Redis } from "ioredis";
-import { RedisPresence, SubscriptionRouter, redisNames } from "@chat/bus";
+import { ConnectionLimit, RedisPresence, SubscriptionRouter, redisNames } from "@chat/bus";
 import { createDb, latestMessagesAfter, messageById, redactUrl, totalUnread, unreadFrom } from "@chat/db";
 import { messageEvent } from "./api/serialize.js";
 import { CloseCode } from "@chat/protocol";
@@ -84,12 +84,19 @@ const core = new GatewayCore({
       (await latestMessagesAfter(db.db, roomId, position, limit)).map((row) => ({ position: row.streamPosition, event: messageEvent(row) })),
   },
   maxReplay: config.maxReplay,
+  limits: {
+    ratePerSecond: config.rateMessagesPerSecond,
+    burst: config.rateMessagesBurst,
+    idempotencyTtlSeconds: config.idempotencyTtlSeconds,
+  },
   maxMessageLength: config.maxMessageLength,
   log: log.child({ component: "gateway:sessions" }),
 });
+const connections = config.maxConnectionsPerUser > 0 ? new ConnectionLimit(redis, names, config.maxConnectionsPerUser, config.presenceTtlMs) : null;
+if (connections) core.refreshConnections = (entries) => connections.refresh(entries);
 core.startPresenceUpkeep();
 
-const verifier = new TokenVerifier(config.jwtSecret);
+const verifier = new TokenVerifier(config.jwtSecret, { audience: config.jwtAudience, issuer: config.jwtIssuer });
 const storage: MediaStorage =
   config.mediaStorage === "s3"
     ? new S3MediaStorage({
@@ -116,6 +123,7 @@ const server = new GatewayServer(
   log.child({ component: "gateway:uws" }),
   metrics,
   api,
+  connections,
 );
 const port = await server.listen();
 log.info({ host: config.host, port, prefix: config.redisPrefix, development: config.development }, "listening");

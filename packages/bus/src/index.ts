@@ -4,3 +4,4 @@ export * from "./names.js";
 export * from "./presence-redis.js";
 export * from "./router.js";
 export * from "./stream.js";
+export * from "./connection-limit.js";

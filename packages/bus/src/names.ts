@@ -1,3 +1,5 @@
+import { createHash } from "node:crypto";
+
 /**
  * Every Redis key, channel and stream name the cluster uses, built from one prefix (CHAT_REDIS_PREFIX)
  * so that several deployments or test runs share a Redis without seeing each other.
@@ -21,6 +23,12 @@ export interface RedisNames {
   presenceRoom(roomId: string): string;
   /** Sorted set of every presence entry of the deployment, scored by expiry, for the expiry sweep. */
   readonly presenceIndex: string;
+  /** Token bucket of a user's sends (messages and reads), shared by every node. */
+  rateBucket(username: string): string;
+  /** The chat_message frame of a sender's client_id, so a retried send is not accepted twice. */
+  clientMessage(username: string, clientId: string): string;
+  /** Sorted set of a user's open sockets on any node, scored by expiry, for the per-user limit. */
+  userConnections(username: string): string;
 }
 
 export function redisNames(prefix: string): RedisNames {
@@ -34,5 +42,9 @@ export function redisNames(prefix: string): RedisNames {
     userChannel: (username) => `${prefix}user:${username}`,
     presenceRoom: (roomId) => `${prefix}presence:${roomId}`,
     presenceIndex: `${prefix}presence-expiry`,
+    rateBucket: (username) => `${prefix}rate:${username}`,
+    // The client_id is the client's: hashed so no byte of it reaches a key name.
+    clientMessage: (username, clientId) => `${prefix}client-msg:${username}:${createHash("sha256").update(clientId).digest("base64url")}`,
+    userConnections: (username) => `${prefix}connections:${username}`,
   };
 }

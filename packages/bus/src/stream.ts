@@ -1,3 +1,4 @@
+import { readFileSync } from "node:fs";
 import type { Redis } from "ioredis";
 import { encodeEnvelope } from "./envelope.js";
 
@@ -108,12 +109,62 @@ function toReceived(entries: XEntries): ReceivedEntry[] {
  * consumer acknowledges it, and an entry pending longer than `claimIdleMs` is handed to another
  * consumer, so consumers must be idempotent (the message id is the key).
  */
+export type AcceptResult =
+  | { kind: "accepted"; streamId: string }
+  /** The sender's client_id was accepted before: nothing new was stored; `frame` is the original chat_message. */
+  | { kind: "duplicate"; frame: string }
+  | { kind: "rate_limited"; retryAfterMs: number };
+
+export interface AcceptOptions {
+  /** Rate bucket key of the sender. */
+  rateKey: string;
+  /** Sends per second per user across the cluster; 0 disables the limit. */
+  ratePerSecond: number;
+  burst: number;
+  /** Idempotency key of the sender's client_id, when it gave one. */
+  idempotencyKey?: string | undefined;
+  idempotencyTtlSeconds: number;
+  /** Where the live event goes, with its envelope and the bare frame (kept for retries). */
+  channel?: string;
+  envelope?: string;
+  frame?: string;
+}
+
+const acceptLua = readFileSync(new URL("./lua/accept.lua", import.meta.url), "utf8");
+
 export class MessageStream {
   constructor(
     private readonly redis: Redis,
     readonly stream: string,
     readonly group: string,
-  ) {}
+  ) {
+    if (!("chatAccept" in redis)) redis.defineCommand("chatAccept", { lua: acceptLua });
+  }
+
+  /**
+   * Accepts a client's entry in one script (one round trip): the sender's rate limit, then its
+   * client_id (a retry gets the original frame back and stores nothing), then XADD and PUBLISH.
+   * A message is accepted exactly when it is in the stream.
+   */
+  async accept(entry: StreamEntry, o: AcceptOptions): Promise<AcceptResult> {
+    const keys = o.idempotencyKey ? [this.stream, o.rateKey, o.idempotencyKey] : [this.stream, o.rateKey];
+    const run = (this.redis as unknown as { chatAccept(...args: (string | number)[]): Promise<[string, string]> }).chatAccept;
+    const [kind, value] = await run.call(
+      this.redis,
+      keys.length,
+      ...keys,
+      JSON.stringify(entry),
+      o.channel ?? "",
+      o.envelope ?? "",
+      o.frame ?? "",
+      o.ratePerSecond,
+      o.burst,
+      o.idempotencyTtlSeconds,
+    );
+    if (kind === "accepted") return { kind, streamId: value };
+    if (kind === "duplicate") return { kind, frame: value };
+    return { kind: "rate_limited", retryAfterMs: Number(value) };
+  }
 
   /**
    * Appends the entry and publishes the envelope in one MULTI: the message is accepted exactly

@@ -19,6 +19,8 @@ export const ErrorCode = {
   message_too_long: "message_too_long",
   /** The cluster could not accept the frame (Redis unreachable); nothing was stored, retry later. */
   unavailable: "unavailable",
+  /** The user sends faster than CHAT_RATE_MESSAGES_PER_SECOND (bursts of CHAT_RATE_MESSAGES_BURST); nothing was stored, retry later. */
+  rate_limited: "rate_limited",
 } as const;
 export type ErrorCode = (typeof ErrorCode)[keyof typeof ErrorCode];
 
@@ -28,7 +30,11 @@ export const UpgradeRefusal = {
   bad_request: 400,
   /** Missing, malformed, wrongly signed, expired or not-yet-valid token. */
   unauthorized: 401,
-  /** The node is not ready (Redis or Postgres unreachable, or draining); try another node. */
+  /** The Origin header is not in CHAT_ALLOWED_ORIGINS. */
+  forbidden_origin: 403,
+  /** Too many open sockets for this user (CHAT_MAX_CONNECTIONS_PER_USER) or upgrades from this address. */
+  too_many: 429,
+  /** The node is not ready (Redis unreachable, or draining); try another node. */
   unavailable: 503,
 } as const;
 export type UpgradeRefusal = keyof typeof UpgradeRefusal;
@@ -45,5 +51,7 @@ export const CloseCode = {
   dropped: 1006,
   /** The node could not set up the socket's subscriptions (Redis refused); reconnect. */
   try_again_later: 1013,
+  /** The token expired while the socket was open: reconnect with a fresh token. */
+  token_expired: 4001,
 } as const;
 export type CloseCode = (typeof CloseCode)[keyof typeof CloseCode];

@@ -113,10 +113,13 @@ async function expectExactlyOnce(prefix: string, users: string[], flows: Flow[])
 const claims = (workers: RunningProcess[]) =>
   workers.flatMap((w) => w.logs).filter((l) => l["msg"] === "claimed pending entries").reduce((n, l) => n + Number(l["count"]), 0);
 
+// These suites send far faster than one user would; the per-user rate limit has its own tests.
+const NO_RATE_LIMIT = { CHAT_RATE_MESSAGES_PER_SECOND: "0" };
+
 describe("worker crash and concurrent workers", () => {
   it("loses nothing and writes nothing twice when the worker is SIGKILLed repeatedly while messages flow", async () => {
     const prefix = freshPrefix("crash");
-    const gateways = await Promise.all([startGateway(prefix), startGateway(prefix)]);
+    const gateways = await Promise.all([startGateway(prefix, NO_RATE_LIMIT), startGateway(prefix, NO_RATE_LIMIT)]);
     const { users, flows } = await openFlows(gateways);
     const env = { CHAT_WORKER_BATCH_SIZE: "4" };
     const rounds = 110; // x 6 flows = 660 messages
@@ -155,7 +158,7 @@ describe("worker crash and concurrent workers", () => {
 
   it.each([2, 3])("keeps every message exactly once and every counter exact with %i workers on the same stream", async (n) => {
     const prefix = freshPrefix(`workers${n}`);
-    const gateways = await Promise.all([startGateway(prefix), startGateway(prefix)]);
+    const gateways = await Promise.all([startGateway(prefix, NO_RATE_LIMIT), startGateway(prefix, NO_RATE_LIMIT)]);
     const workers = await Promise.all(
       Array.from({ length: n }, () => startWorker(prefix, { CHAT_WORKER_BATCH_SIZE: "3", LOG_LEVEL: "debug" })),
     );

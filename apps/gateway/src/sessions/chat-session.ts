@@ -1,4 +1,4 @@
-import { ALL, RedisPresence, streamIdOf, streamPosition, type MessageEntry, type PresenceEntry } from "@chat/bus";
+import { ALL, RedisPresence, encodeEnvelope, streamIdOf, streamPosition, type MessageEntry, type PresenceEntry, type ReadEntry } from "@chat/bus";
 import { ErrorCode, type AcceptedChatMessage, type ChatMessageEvent } from "@chat/protocol";
 import { v7 as uuidv7 } from "uuid";
 import { chatMessageEvent } from "./chat-message.js";
@@ -120,10 +120,9 @@ export class ChatSession extends SubscribedSession {
     if (!this.core.redisReady) {
       return this.sendError(ErrorCode.unavailable, "message not accepted: the cluster's Redis is unreachable", frame.client_id);
     }
-    const id = uuidv7();
     const entry: MessageEntry = {
       kind: "message",
-      id,
+      id: uuidv7(),
       from: this.username,
       to: this.other,
       message: frame.message,
@@ -133,10 +132,19 @@ export class ChatSession extends SubscribedSession {
     if (frame.file_identifier !== undefined) entry.file_identifier = frame.file_identifier;
     if (frame.multimedia_url_expiration !== undefined) entry.multimedia_url_expiration = frame.multimedia_url_expiration;
     if (frame.client_id !== undefined) entry.client_id = frame.client_id;
-    this.core.stream.appendAndPublish(entry, this.roomChannel, this.core.nodeId, JSON.stringify(chatMessageEvent(entry))).then(
-      (streamId) => {
-        this.core.metrics.messagesReceived.inc();
-        this.core.log.debug({ id, streamId, user: this.username, client_id: frame.client_id }, "message accepted");
+    const json = JSON.stringify(chatMessageEvent(entry));
+    this.accept(entry, frame.client_id, json).then(
+      (result) => {
+        if (result.kind === "accepted") {
+          this.core.metrics.messagesReceived.inc();
+          this.core.log.debug({ id: entry.id, streamId: result.streamId, user: this.username, client_id: frame.client_id }, "message accepted");
+        } else if (result.kind === "duplicate") {
+          // A retry of a message already accepted: the original echo, to this socket only.
+          this.core.log.info({ user: this.username, client_id: frame.client_id }, "duplicate client_id; original message echoed");
+          if (!this.closed) this.socket.send(result.frame);
+        } else {
+          this.rateLimited(result.retryAfterMs, frame.client_id);
+        }
       },
       (err: unknown) => {
         this.core.log.warn({ err, user: this.username, client_id: frame.client_id }, "message refused by redis");
@@ -145,11 +153,34 @@ export class ChatSession extends SubscribedSession {
     );
   }
 
+  private accept(entry: MessageEntry | ReadEntry, clientId?: string, frame?: string) {
+    const { names, limits } = this.core;
+    return this.core.stream.accept(entry, {
+      rateKey: names.rateBucket(this.username),
+      ratePerSecond: limits.ratePerSecond,
+      burst: limits.burst,
+      idempotencyKey: clientId === undefined ? undefined : names.clientMessage(this.username, clientId),
+      idempotencyTtlSeconds: limits.idempotencyTtlSeconds,
+      ...(frame === undefined ? {} : { channel: this.roomChannel, envelope: encodeEnvelope(this.core.nodeId, ALL, [frame]), frame }),
+    });
+  }
+
+  private rateLimited(retryAfterMs: number, clientId?: string): void {
+    if (this.closed) return;
+    this.sendError(ErrorCode.rate_limited, `too many messages; nothing was stored, retry in ${retryAfterMs} ms`, clientId);
+  }
+
   private markRead(): void {
     if (!this.core.redisReady) return this.sendError(ErrorCode.unavailable, "read not recorded: the cluster's Redis is unreachable");
-    this.core.stream.appendAndPublish({ kind: "read", reader: this.username, other: this.other }).then(() => this.core.metrics.readsReceived.inc(), (err: unknown) => {
-      this.core.log.warn({ err, user: this.username }, "read receipt refused by redis");
-      if (!this.closed) this.sendError(ErrorCode.unavailable, "read not recorded: the cluster's Redis refused it");
-    });
+    this.accept({ kind: "read", reader: this.username, other: this.other }).then(
+      (result) => {
+        if (result.kind === "accepted") this.core.metrics.readsReceived.inc();
+        else if (result.kind === "rate_limited") this.rateLimited(result.retryAfterMs);
+      },
+      (err: unknown) => {
+        this.core.log.warn({ err, user: this.username }, "read receipt refused by redis");
+        if (!this.closed) this.sendError(ErrorCode.unavailable, "read not recorded: the cluster's Redis refused it");
+      },
+    );
   }
 }

@@ -31,6 +31,15 @@ export interface History {
   latestAfter(roomId: string, position: bigint, limit: number): Promise<StoredMessage[]>;
 }
 
+/** Per-user limits, enforced cluster-wide in Redis. */
+export interface SendLimits {
+  /** Sends (messages and reads) per second per user; 0 disables. */
+  ratePerSecond: number;
+  burst: number;
+  /** How long a client_id is remembered to refuse a second copy of its message. */
+  idempotencyTtlSeconds: number;
+}
+
 export interface CoreOptions {
   nodeId: string;
   names: RedisNames;
@@ -43,6 +52,7 @@ export interface CoreOptions {
   /** Most messages a reconnecting socket is replayed. */
   maxReplay: number;
   maxMessageLength: number;
+  limits: SendLimits;
   log: Logger;
   metrics: GatewayMetrics;
 }
@@ -61,11 +71,16 @@ export class GatewayCore {
   readonly unread: UnreadCounts;
   readonly history: History;
   readonly maxReplay: number;
+  readonly limits: SendLimits;
   readonly parseFrame: (text: string) => ParseResult;
   readonly log: Logger;
   readonly metrics: GatewayMetrics;
   /** Presence entries of this node's open chat sockets, refreshed periodically. */
   readonly presenceEntries = new Set<import("@chat/bus").PresenceEntry>();
+  /** Counted sockets of this node (per-user limit), refreshed with presence. */
+  readonly countedConnections = new Set<import("@chat/bus").CountedConnection>();
+  /** Refreshes the counted sockets' entries; set when the per-user limit is on. */
+  refreshConnections: ((entries: Iterable<import("@chat/bus").CountedConnection>) => Promise<void>) | null = null;
   /** Presence removals in flight, awaited before a draining node disconnects from Redis. */
   readonly pendingReleases = new Set<Promise<unknown>>();
   private socketSeq = 0;
@@ -81,6 +96,7 @@ export class GatewayCore {
     this.unread = options.unread;
     this.history = options.history;
     this.maxReplay = options.maxReplay;
+    this.limits = options.limits;
     this.parseFrame = createFrameParser({ maxMessageLength: options.maxMessageLength });
     this.log = options.log;
     this.metrics = options.metrics;
@@ -110,8 +126,13 @@ export class GatewayCore {
   startPresenceUpkeep(): void {
     const ttl = this.presence.ttlMs;
     const refresh = setInterval(() => {
-      if (this.presenceEntries.size === 0 || !this.redisReady) return;
-      this.presence.refresh([...this.presenceEntries]).catch((err: unknown) => this.log.warn({ err }, "presence refresh failed"));
+      if (!this.redisReady) return;
+      if (this.presenceEntries.size > 0) {
+        this.presence.refresh([...this.presenceEntries]).catch((err: unknown) => this.log.warn({ err }, "presence refresh failed"));
+      }
+      if (this.refreshConnections && this.countedConnections.size > 0) {
+        this.refreshConnections(this.countedConnections).catch((err: unknown) => this.log.warn({ err }, "connection count refresh failed"));
+      }
     }, Math.floor(ttl / 3));
     const sweep = setInterval(() => void this.sweepPresence(), Math.min(5000, Math.floor(ttl / 6)));
     refresh.unref();

@@ -1,6 +1,8 @@
-import type { HttpResponse, TemplatedApp, us_listen_socket, WebSocket } from "uWebSockets.js";
+import type { HttpRequest, HttpResponse, TemplatedApp, us_listen_socket, us_socket_context_t, WebSocket } from "uWebSockets.js";
+import type { ConnectionLimit, CountedConnection } from "@chat/bus";
 import { CloseCode, ErrorCode, UpgradeRefusal, clientIdOf } from "@chat/protocol";
-import { AuthError, extractToken, type TokenVerifier } from "../auth.js";
+import { AuthError, extractToken, type TokenVerifier, type VerifiedToken } from "../auth.js";
+import { UpgradeLimiter } from "./upgrade-limiter.js";
 import type { Logger } from "@chat/log";
 import type { GatewayMetrics } from "../metrics.js";
 import { parseWebSocketPath, type Endpoint } from "../routes.js";
@@ -18,6 +20,10 @@ interface SocketData {
   username: string;
   endpoint: Endpoint;
   since: string | undefined;
+  expiresAt: Date | null;
+  expiryTimer: NodeJS.Timeout | null;
+  /** This socket's entry in its user's cluster-wide socket count, when that limit is on. */
+  counted: CountedConnection | null;
   session: Session | null;
   closed: boolean;
 }
@@ -25,6 +31,8 @@ interface SocketData {
 export interface ServerOptions {
   host: string;
   port: number;
+  allowedOrigins: readonly string[];
+  upgradesPerIpPerSecond: number;
   maxFrameBytes: number;
   maxBackpressureBytes: number;
   idleTimeoutSeconds: number;
@@ -53,6 +61,7 @@ export class GatewayServer {
   private listenSocket: us_listen_socket | null = null;
   private readonly sockets = new Set<WebSocket<SocketData>>();
   private allClosed: (() => void) | null = null;
+  private readonly upgradeLimiter: UpgradeLimiter | null;
 
   constructor(
     private readonly core: GatewayCore,
@@ -62,7 +71,10 @@ export class GatewayServer {
     private readonly log: Logger,
     private readonly metrics: GatewayMetrics,
     api: HttpApi,
+    /** Cluster-wide sockets-per-user limit; null when off. */
+    private readonly connections: ConnectionLimit | null,
   ) {
+    this.upgradeLimiter = options.upgradesPerIpPerSecond > 0 ? new UpgradeLimiter(options.upgradesPerIpPerSecond) : null;
     this.app = uws.App();
     this.app.ws<SocketData>("/ws/*", {
       maxPayloadLength: options.maxFrameBytes * 16,
@@ -123,16 +135,26 @@ export class GatewayServer {
     const sockets = [...this.sockets];
     if (sockets.length === 0) return;
     const done = new Promise<void>((resolve) => (this.allClosed = resolve));
-    const ticks = Math.max(1, Math.min(sockets.length, Math.floor(windowMs / 50)));
-    const perTick = Math.ceil(sockets.length / ticks);
-    for (let i = 0; i < sockets.length; i += perTick) {
-      for (const ws of sockets.slice(i, i + perTick)) if (!ws.getUserData().closed) ws.end(code, reason);
-      if (i + perTick < sockets.length) await new Promise((r) => setTimeout(r, windowMs / ticks));
+    const n = sockets.length;
+    const ticks = Math.max(1, Math.min(n, Math.floor(windowMs / 50)));
+    const interval = windowMs / ticks;
+    const startedAt = Date.now();
+    // Tick k (at about (k-1) x interval) closes k/ticks of the sockets, or more when timers fire late
+    // on a busy event loop, so the drain never stretches past its window.
+    let closed = 0;
+    for (let tick = 1; closed < n; tick++) {
+      const elapsed = Date.now() - startedAt;
+      const due = Math.min(n, Math.max(Math.ceil((n * tick) / ticks), Math.ceil((n * elapsed) / windowMs)));
+      for (; closed < due; closed++) {
+        const ws = sockets[closed]!;
+        if (!ws.getUserData().closed) ws.end(code, reason);
+      }
+      if (closed < n) await new Promise((r) => setTimeout(r, Math.max(0, startedAt + tick * interval - Date.now())));
     }
     if (this.sockets.size > 0) await done;
   }
 
-  private upgrade(res: HttpResponse, req: import("uWebSockets.js").HttpRequest, context: import("uWebSockets.js").us_socket_context_t): void {
+  private upgrade(res: HttpResponse, req: HttpRequest, context: us_socket_context_t): void {
     // The request object dies at the first await: copy everything now.
     const url = req.getUrl();
     const query = req.getQuery() ?? "";
@@ -140,41 +162,93 @@ export class GatewayServer {
     const protocol = req.getHeader("sec-websocket-protocol");
     const extensions = req.getHeader("sec-websocket-extensions");
     const authorization = req.getHeader("authorization");
+    const origin = req.getHeader("origin");
     let aborted = false;
     res.onAborted(() => {
       aborted = true;
     });
-    if (!this.readiness.ready()) return refuse(res, UpgradeRefusal.unavailable, "unavailable", "node not ready; try another", this.metrics);
+    const refuseWith = (status: number, code: string, message: string) => refuse(res, status, code, message, this.metrics);
+    if (!this.readiness.ready()) return refuseWith(UpgradeRefusal.unavailable, "unavailable", "node not ready; try another");
+    // Browsers always send Origin; native clients send none and are not what the allow-list guards against.
+    if (origin && this.options.allowedOrigins.length > 0 && !this.options.allowedOrigins.includes(origin)) {
+      return refuseWith(UpgradeRefusal.forbidden_origin, "forbidden_origin", "this Origin may not open sockets here");
+    }
+    if (this.upgradeLimiter && !this.upgradeLimiter.take(Buffer.from(res.getRemoteAddressAsText()).toString())) {
+      return refuseWith(UpgradeRefusal.too_many, "too_many_upgrades", "too many connection attempts from this address");
+    }
     const route = parseWebSocketPath(url);
-    if (!route.ok) return refuse(res, UpgradeRefusal.bad_request, "bad_path", route.reason, this.metrics);
+    if (!route.ok) return refuseWith(UpgradeRefusal.bad_request, "bad_path", route.reason);
     const since = new URLSearchParams(query).get("since") || undefined;
     if (since !== undefined && (route.endpoint.kind !== "chat" || !/^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$/.test(since))) {
-      return refuse(res, UpgradeRefusal.bad_request, "bad_since", "since must be a message id, on a chat socket", this.metrics);
+      return refuseWith(UpgradeRefusal.bad_request, "bad_since", "since must be a message id, on a chat socket");
     }
-    this.verifier.verify(extractToken(query, authorization)).then(
-      (username) => {
-        if (aborted) return;
-        const endpoint = route.endpoint;
-        if (endpoint.kind !== "notifications" && endpoint.other === username) {
-          return refuse(res, UpgradeRefusal.bad_request, "bad_path", "cannot open a conversation with yourself", this.metrics);
-        }
-        if (!this.readiness.ready()) return refuse(res, UpgradeRefusal.unavailable, "unavailable", "node not ready; try another", this.metrics);
-        const data: SocketData = { username, endpoint, since, session: null, closed: false };
-        res.cork(() => res.upgrade(data, key, protocol, extensions, context));
-      },
-      (err: unknown) => {
-        if (aborted) return;
-        const code = err instanceof AuthError ? err.code : "token_invalid";
-        this.log.info({ code, path: url }, "upgrade refused: unauthorized");
-        refuse(res, UpgradeRefusal.unauthorized, code, err instanceof AuthError ? err.message : "invalid token", this.metrics);
-      },
-    );
+    void this.authorizeAndUpgrade(query, authorization, route.endpoint, since, url).then((outcome) => {
+      if ("refusal" in outcome) {
+        if (outcome.counted) void this.connections?.release(outcome.counted).catch(() => {});
+        if (!aborted) refuseWith(outcome.refusal[0], outcome.refusal[1], outcome.refusal[2]);
+        return;
+      }
+      if (aborted) {
+        if (outcome.data.counted) void this.connections?.release(outcome.data.counted).catch(() => {});
+        return;
+      }
+      res.cork(() => res.upgrade(outcome.data, key, protocol, extensions, context));
+    });
+  }
+
+  /** The asynchronous half of an upgrade: token, path rules that need the user, per-user socket limit. */
+  private async authorizeAndUpgrade(
+    query: string,
+    authorization: string,
+    endpoint: Endpoint,
+    since: string | undefined,
+    url: string,
+  ): Promise<{ data: SocketData } | { refusal: [number, string, string]; counted?: CountedConnection }> {
+    let token: VerifiedToken;
+    try {
+      token = await this.verifier.verifyToken(extractToken(query, authorization));
+    } catch (err) {
+      const code = err instanceof AuthError ? err.code : "token_invalid";
+      this.log.info({ code, path: url }, "upgrade refused: unauthorized");
+      return { refusal: [UpgradeRefusal.unauthorized, code, err instanceof AuthError ? err.message : "invalid token"] };
+    }
+    const { username } = token;
+    if (endpoint.kind !== "notifications" && endpoint.other === username) {
+      return { refusal: [UpgradeRefusal.bad_request, "bad_path", "cannot open a conversation with yourself"] };
+    }
+    let counted: CountedConnection | null = null;
+    if (this.connections) {
+      try {
+        counted = await this.connections.acquire(username, `${this.core.nodeId}:${this.core.nextSocketSeq()}`);
+      } catch (err) {
+        this.log.warn({ err, user: username }, "connection count failed");
+        return { refusal: [UpgradeRefusal.unavailable, "unavailable", "node not ready; try another"] };
+      }
+      if (!counted) {
+        this.log.info({ user: username, limit: this.connections.limit }, "upgrade refused: too many sockets");
+        return { refusal: [UpgradeRefusal.too_many, "too_many_connections", `at most ${this.connections.limit} open sockets per user`] };
+      }
+    }
+    if (!this.readiness.ready()) {
+      return { refusal: [UpgradeRefusal.unavailable, "unavailable", "node not ready; try another"], ...(counted ? { counted } : {}) };
+    }
+    return { data: { username, endpoint, since, expiresAt: token.expiresAt, counted, expiryTimer: null, session: null, closed: false } };
   }
 
   private open(ws: WebSocket<SocketData>): void {
     const data = ws.getUserData();
     this.sockets.add(ws);
     this.metrics.openSockets.inc({ endpoint: data.endpoint.kind });
+    if (data.counted) this.core.countedConnections.add(data.counted);
+    if (data.expiresAt) {
+      const left = data.expiresAt.getTime() - Date.now();
+      // Beyond ~24.8 days setTimeout overflows; such sockets are closed by their next reconnect instead.
+      if (left < 2 ** 31 - 1) {
+        data.expiryTimer = setTimeout(() => {
+          if (!data.closed) ws.end(CloseCode.token_expired, "token expired, reconnect with a new one");
+        }, Math.max(0, left));
+      }
+    }
     const socket: SessionSocket = {
       send: (frame) => {
         if (!data.closed) ws.cork(() => void ws.send(frame, false, false));
@@ -211,6 +285,11 @@ export class GatewayServer {
   private closed(ws: WebSocket<SocketData>): void {
     const data = ws.getUserData();
     data.closed = true;
+    if (data.expiryTimer) clearTimeout(data.expiryTimer);
+    if (data.counted) {
+      this.core.countedConnections.delete(data.counted);
+      this.core.track(this.connections!.release(data.counted).catch((err: unknown) => this.log.warn({ err }, "connection release failed")));
+    }
     this.sockets.delete(ws);
     this.metrics.openSockets.dec({ endpoint: data.endpoint.kind });
     data.session?.stop();

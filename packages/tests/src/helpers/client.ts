@@ -108,7 +108,7 @@ export async function connect(baseUrl: string, path: string, token?: string): Pr
 /** Connects and waits for the endpoint's first event, after which the socket is fully subscribed. */
 export async function connectReady(baseUrl: string, path: string, token: string): Promise<TestClient> {
   const client = await connect(baseUrl, path, token);
-  await client.until((f) => f.length > 0, 5000, "first event");
+  await client.until((f) => f.length > 0, 10000, "first event");
   return client;
 }
 
