@@ -220,6 +220,9 @@ export class HttpApi {
         }
         const identifier = `${uuidv7()}.${EXTENSIONS[contentType] ?? "bin"}`;
         const limit = new ByteLimit(policy.maxBytes);
+        // Its errors reach us through storage.save's rejection; this keeps one emitted before the
+        // storage attached its own handlers from being an uncaught exception.
+        limit.on("error", () => {});
         file.on("limit", () => limit.destroy(new ApiError(413, "file_too_large", `file is larger than ${policy.maxBytes} bytes`)));
         saving = this.o.storage
           .save(identifier, contentType, file.pipe(limit))

@@ -1,5 +1,5 @@
-import { createReadStream, createWriteStream } from "node:fs";
-import { mkdir, rm, stat } from "node:fs/promises";
+import { createReadStream, createWriteStream, mkdirSync } from "node:fs";
+import { rm, stat } from "node:fs/promises";
 import { join, resolve } from "node:path";
 import type { Readable } from "node:stream";
 import { pipeline } from "node:stream/promises";
@@ -12,6 +12,8 @@ export class LocalMediaStorage implements MediaStorage {
 
   constructor(dir: string) {
     this.dir = resolve(dir);
+    // At start-up, so that save() attaches its stream handlers before any await.
+    mkdirSync(this.dir, { recursive: true });
   }
 
   private path(identifier: string): string {
@@ -21,7 +23,6 @@ export class LocalMediaStorage implements MediaStorage {
   }
 
   async save(identifier: string, _contentType: string, body: Readable): Promise<number> {
-    await mkdir(this.dir, { recursive: true });
     const out = createWriteStream(this.path(identifier), { flags: "wx" });
     await pipeline(body, out);
     return out.bytesWritten;

@@ -34,19 +34,22 @@ function copyRequest(req: HttpRequest, method: string, paramNames: readonly stri
  * The request body as a Node stream with backpressure: when the consumer falls behind, the socket
  * is paused, so an upload is never buffered whole in memory.
  */
-function bodyStream(res: HttpResponse, state: { aborted: boolean }): Readable {
+function bodyStream(res: HttpResponse, state: RequestState): Readable {
   // Resume only what we paused: resuming a socket that is not paused (as Readable.read does on
   // every call) stalls uWebSockets.js' body delivery.
   let paused = false;
   const body = new Readable({
     read() {
-      if (paused && !state.aborted) {
+      if (paused && !state.aborted && !state.responded) {
         paused = false;
         res.resume();
       }
     },
   });
   res.onData((chunk, isLast) => {
+    // Once answered (e.g. 401 or 413 before the body was read), the rest of the body is dropped
+    // and `res` must not be touched again.
+    if (state.responded) return;
     // The chunk is only valid during this callback: copy it.
     if (chunk.byteLength > 0 && !body.push(Buffer.from(chunk.slice(0))) && !isLast) {
       paused = true;
@@ -57,11 +60,18 @@ function bodyStream(res: HttpResponse, state: { aborted: boolean }): Readable {
   return body;
 }
 
-function send(res: HttpResponse, state: { aborted: boolean }, out: ApiResponse): void {
+/** Per request: the client went away, or we have answered. */
+interface RequestState {
+  aborted: boolean;
+  responded: boolean;
+}
+
+function send(res: HttpResponse, state: RequestState, out: ApiResponse): void {
   if (state.aborted) {
     out.stream?.readable.destroy();
     return;
   }
+  state.responded = true;
   const status = STATUS[out.status] ?? `${out.status} Status`;
   if (out.stream) return streamFile(res, state, status, out.stream);
   res.cork(() => {
@@ -72,7 +82,7 @@ function send(res: HttpResponse, state: { aborted: boolean }, out: ApiResponse):
 }
 
 /** Streams a file with backpressure (tryEnd / onWritable), the file never held whole in memory. */
-function streamFile(res: HttpResponse, state: { aborted: boolean }, status: string, file: NonNullable<ApiResponse["stream"]>): void {
+function streamFile(res: HttpResponse, state: RequestState, status: string, file: NonNullable<ApiResponse["stream"]>): void {
   const { readable, size, contentType } = file;
   res.cork(() => {
     res.writeStatus(status).writeHeader("content-type", contentType).writeHeader("cache-control", "private, max-age=300");
@@ -110,7 +120,7 @@ export function registerApiRoutes(app: TemplatedApp, api: HttpApi): void {
   const route = (method: "get" | "post", pattern: string, paramNames: readonly string[], handler: Handler) => {
     app[method](pattern, (res, req) => {
       const request = copyRequest(req, method.toUpperCase(), paramNames);
-      const state = { aborted: false };
+      const state: RequestState = { aborted: false, responded: false };
       res.onAborted(() => {
         state.aborted = true;
         request.body?.destroy();

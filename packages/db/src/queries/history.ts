@@ -1,4 +1,4 @@
-import { and, asc, desc, eq, gt, lt, or, sql } from "drizzle-orm";
+import { and, asc, desc, eq, gt, lt, sql } from "drizzle-orm";
 import type { Db } from "../client.js";
 import { conversationMembers, messages } from "../schema.js";
 
@@ -104,13 +104,17 @@ export async function updateMessageMedia(db: Db, id: string, url: string, expira
   await db.update(messages).set({ multimediaUrl: url, multimediaUrlExpiration: expiration }).where(eq(messages.id, id));
 }
 
-/** Whether `username` may read an uploaded file: its uploader, or a participant of a conversation whose message references it. */
-export async function canReadUpload(db: Db, identifier: string, uploader: string | undefined, username: string): Promise<boolean> {
+/**
+ * Whether `username` may read an uploaded file: its uploader, or the other participant of a
+ * conversation where the uploader sent it. A message quoting someone else's file_identifier
+ * grants nothing.
+ */
+export async function canReadUpload(db: Db, identifier: string, uploader: string, username: string): Promise<boolean> {
   if (uploader === username) return true;
   const [row] = await db
     .select({ id: messages.id })
     .from(messages)
-    .where(and(eq(messages.fileIdentifier, identifier), or(eq(messages.fromUser, username), eq(messages.toUser, username))))
+    .where(and(eq(messages.fileIdentifier, identifier), eq(messages.fromUser, uploader), eq(messages.toUser, username)))
     .limit(1);
   return row !== undefined;
 }
