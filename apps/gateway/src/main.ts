@@ -33,6 +33,8 @@ function connectRedis(name: string, enableOfflineQueue: boolean, logger: Logger)
   const redis = new Redis(config.redisUrl, {
     connectionName: `${config.nodeId}:${name}`,
     enableOfflineQueue,
+    // Commands issued in the same tick (many sockets sending at once) go out in one write.
+    enableAutoPipelining: true,
     maxRetriesPerRequest: enableOfflineQueue ? null : 1,
     retryStrategy: (times) => Math.min(times * 200, 2000),
     lazyConnect: true,

@@ -329,6 +329,11 @@ describe("unread counts", () => {
       entries += which.length;
       await waitFor(async () => (await redis.xlen(names.stream)) === entries);
     };
+    // Both workers wait on the group before the first entry: Redis hands new entries to blocked
+    // readers in turn, so both take part however fast each one writes. No trimming during the test:
+    // readAll counts the stream's entries.
+    const workerEnv = { CHAT_WORKER_BATCH_SIZE: "2", CHAT_WORKER_TRIM_INTERVAL_MS: "600000", LOG_LEVEL: "debug" };
+    const workers = await Promise.all([startWorker(prefix, workerEnv), startWorker(prefix, workerEnv)]);
     await burst(6, "a");
     await readAll(pairs);
     await burst(4, "b");
@@ -336,10 +341,6 @@ describe("unread counts", () => {
     await burst(3, "c");
     const expected = [3, 7, 3, 7];
 
-    const workers = await Promise.all([
-      startWorker(prefix, { CHAT_WORKER_BATCH_SIZE: "2", LOG_LEVEL: "debug" }),
-      startWorker(prefix, { CHAT_WORKER_BATCH_SIZE: "2", LOG_LEVEL: "debug" }),
-    ]);
     await waitFor(async () => {
       for (const p of pairs) expect(await messagesBetween(p.u, p.v)).toHaveLength(13);
       expect(((await redis.xpending(names.stream, names.group)) as [number])[0]).toBe(0);

@@ -1,8 +1,5 @@
-import { and, eq, sql, type SQL } from "drizzle-orm";
-import { drizzle } from "drizzle-orm/postgres-js";
+import type postgres from "postgres";
 import type { DbClient } from "../client.js";
-import * as schema from "../schema.js";
-import { conversationMembers, messages, userUnread } from "../schema.js";
 
 export interface NewMessage {
   id: string;
@@ -75,7 +72,7 @@ export async function persistBatch(
     await conn`BEGIN`;
     let outcome: BatchOutcome;
     try {
-      outcome = await writeBatch(onConnection(client, conn), newMessages, reads);
+      outcome = await writeBatch(conn, newMessages, reads);
       await conn`COMMIT`;
     } catch (err) {
       await conn`ROLLBACK`.catch(() => {});
@@ -89,25 +86,27 @@ export async function persistBatch(
   }
 }
 
-type Db = import("../client.js").Db;
+
 
 /**
- * Drizzle on one reserved connection. A reserved postgres.js connection lacks the `options` that
- * drizzle reads its type parsers from; they are the pool's, which drizzle already configured.
+ * The batch on the reserved connection, in raw SQL: the hot path of the worker, where building a
+ * query per row through the ORM cost more than the database work (see docs/benchmarks.md). Every
+ * statement is set-based (unnest of arrays), so a batch is a fixed handful of round trips.
  */
-function onConnection(client: DbClient, conn: object): Db {
-  Object.assign(conn, { options: client.sql.options });
-  return drizzle(conn as typeof client.sql, { schema }) as unknown as Db;
-}
-
-async function writeBatch(tx: Db, newMessages: readonly NewMessage[], reads: readonly ReadReceipt[]): Promise<BatchOutcome> {
+async function writeBatch(conn: postgres.ReservedSql, newMessages: readonly NewMessage[], reads: readonly ReadReceipt[]): Promise<BatchOutcome> {
   const inserted = new Set<string>();
   if (newMessages.length > 0) {
-    const rows = await tx
-      .insert(messages)
-      .values(newMessages.map((m) => ({ ...m })))
-      .onConflictDoNothing({ target: messages.id })
-      .returning({ id: messages.id });
+    const col = <T>(f: (m: NewMessage) => T) => conn.array(newMessages.map(f) as never[]);
+    const rows = await conn<{ id: string }[]>`
+      INSERT INTO messages (id, stream_position, room_id, from_user, to_user, content, multimedia_url,
+                            file_identifier, multimedia_url_expiration, client_id, date_added)
+      SELECT * FROM unnest(${col((m) => m.id)}::uuid[], ${col((m) => m.streamPosition.toString())}::bigint[],
+                           ${col((m) => m.roomId)}::text[], ${col((m) => m.fromUser)}::text[], ${col((m) => m.toUser)}::text[],
+                           ${col((m) => m.content)}::text[], ${col((m) => m.multimediaUrl)}::text[], ${col((m) => m.fileIdentifier)}::text[],
+                           ${col((m) => m.multimediaUrlExpiration)}::timestamptz[], ${col((m) => m.clientId)}::text[],
+                           ${col((m) => m.dateAdded)}::timestamptz[])
+      ON CONFLICT (id) DO NOTHING
+      RETURNING id`;
     for (const r of rows) inserted.add(r.id);
   }
 
@@ -132,49 +131,42 @@ async function writeBatch(tx: Db, newMessages: readonly NewMessage[], reads: rea
   const outcome: BatchOutcome = { inserted, pairUnread: new Map(), totalUnread: new Map() };
   if (pairs.size === 0) return outcome;
 
-  const ordered = [...pairs.values()].sort((a, b) =>
-    a.username < b.username ? -1 : a.username > b.username ? 1 : a.other < b.other ? -1 : a.other > b.other ? 1 : 0,
-  );
-  await tx
-    .insert(conversationMembers)
-    .values(ordered.map((p) => ({ username: p.username, otherUsername: p.other })))
-    .onConflictDoNothing();
-  const keys = sql.join(
-    ordered.map((p) => sql`(${p.username}, ${p.other})`),
-    sql`, `,
-  );
-  const locked = await tx.execute<{ username: string; other_username: string; unread_count: number; read_position: bigint }>(
-    sql`SELECT username, other_username, unread_count, read_position FROM conversation_members
-        WHERE (username, other_username) IN (${keys})
-        ORDER BY username, other_username FOR UPDATE`,
-  );
-  const current = new Map(locked.map((r) => [pairKey(r.username, r.other_username), r]));
+  const ordered = [...pairs.values()];
+  const users = conn.array(ordered.map((p) => p.username));
+  const others = conn.array(ordered.map((p) => p.other));
+  // The per-user advisory locks (persistBatch) serialize every writer of these rows: no row locks needed.
+  const current = await conn<{ username: string; other_username: string; unread_count: number; read_position: bigint }[]>`
+    INSERT INTO conversation_members AS cm (username, other_username)
+    SELECT * FROM unnest(${users}::text[], ${others}::text[])
+    ON CONFLICT (username, other_username) DO UPDATE SET username = cm.username
+    RETURNING username, other_username, unread_count, read_position`;
+  const rowOf = new Map(current.map((r) => [pairKey(r.username, r.other_username), r]));
 
-  const updates: SQL[] = [];
+  // Reads recount the messages past the new watermark (index messages_unread_idx), all in one statement.
+  const recount = ordered.filter((p) => p.readTo !== null);
+  const readTo = (p: PairState): bigint => {
+    const old = BigInt(rowOf.get(pairKey(p.username, p.other))!.read_position);
+    return p.readTo !== null && p.readTo > old ? p.readTo : old;
+  };
+  const counted = new Map<string, number>();
+  if (recount.length > 0) {
+    const rows = await conn<{ username: string; other: string; n: string }[]>`
+      SELECT v.username, v.other, (SELECT count(*) FROM messages m
+                                   WHERE m.to_user = v.username AND m.from_user = v.other AND m.stream_position > v.read_to) AS n
+      FROM unnest(${conn.array(recount.map((p) => p.username))}::text[], ${conn.array(recount.map((p) => p.other))}::text[],
+                  ${conn.array(recount.map((p) => readTo(p).toString()))}::bigint[]) AS v(username, other, read_to)`;
+    for (const r of rows) counted.set(pairKey(r.username, r.other), Number(r.n));
+  }
+
   const totalDelta = new Map<string, number>();
   for (const p of ordered) {
-    const row = current.get(pairKey(p.username, p.other));
-    if (!row) throw new Error(`conversation member row missing for ${p.username}/${p.other}`);
-    const oldRead = BigInt(row.read_position);
-    const readTo = p.readTo !== null && p.readTo > oldRead ? p.readTo : oldRead;
-    let unread: number;
-    if (p.readTo !== null) {
-      // A fresh statement after the lock: it sees every message committed before we got the row.
-      const [counted] = await tx
-        .select({ n: sql<string>`count(*)` })
-        .from(messages)
-        .where(and(eq(messages.toUser, p.username), eq(messages.fromUser, p.other), sql`${messages.streamPosition} > ${readTo}`));
-      unread = Number(counted?.n ?? 0);
-    } else {
-      unread = row.unread_count + p.newUnread.filter((m) => m.streamPosition > readTo).length;
-    }
+    const row = rowOf.get(pairKey(p.username, p.other))!;
+    const to = readTo(p);
+    const unread = counted.get(pairKey(p.username, p.other)) ?? row.unread_count + p.newUnread.filter((m) => m.streamPosition > to).length;
     outcome.pairUnread.set(pairKey(p.username, p.other), unread);
     totalDelta.set(p.username, (totalDelta.get(p.username) ?? 0) + unread - row.unread_count);
-    updates.push(
-      sql`(${p.username}, ${p.other}, ${unread}::integer, ${readTo}::bigint, ${p.last?.id ?? null}::uuid, ${p.last?.dateAdded ?? null}::timestamptz)`,
-    );
   }
-  await tx.execute(sql`
+  await conn`
     UPDATE conversation_members AS cm SET
       unread_count = v.unread,
       read_position = v.read_to,
@@ -182,18 +174,20 @@ async function writeBatch(tx: Db, newMessages: readonly NewMessage[], reads: rea
                              THEN v.last_id ELSE cm.last_message_id END,
       last_activity_at = CASE WHEN v.last_at IS NOT NULL AND (cm.last_activity_at IS NULL OR v.last_at >= cm.last_activity_at)
                               THEN v.last_at ELSE cm.last_activity_at END
-    FROM (VALUES ${sql.join(updates, sql`, `)}) AS v(username, other_username, unread, read_to, last_id, last_at)
-    WHERE cm.username = v.username AND cm.other_username = v.other_username`);
+    FROM unnest(${users}::text[], ${others}::text[],
+                ${conn.array(ordered.map((p) => outcome.pairUnread.get(pairKey(p.username, p.other))!))}::integer[],
+                ${conn.array(ordered.map((p) => readTo(p).toString()))}::bigint[],
+                ${conn.array(ordered.map((p) => p.last?.id ?? null) as never[])}::uuid[],
+                ${conn.array(ordered.map((p) => p.last?.dateAdded ?? null) as never[])}::timestamptz[])
+         AS v(username, other_username, unread, read_to, last_id, last_at)
+    WHERE cm.username = v.username AND cm.other_username = v.other_username`;
 
-  // One upsert per user, in key order: it waits for any other writer of that user's total and
-  // returns the total including what that writer committed.
-  for (const [username, delta] of [...totalDelta].sort(([a], [b]) => (a < b ? -1 : a > b ? 1 : 0))) {
-    const [row] = await tx
-      .insert(userUnread)
-      .values({ username, total: delta })
-      .onConflictDoUpdate({ target: userUnread.username, set: { total: sql`${userUnread.total} + ${delta}` } })
-      .returning({ total: userUnread.total });
-    outcome.totalUnread.set(username, row!.total);
-  }
+  const deltas = [...totalDelta];
+  const totals = await conn<{ username: string; total: number }[]>`
+    INSERT INTO user_unread AS u (username, total)
+    SELECT * FROM unnest(${conn.array(deltas.map(([u]) => u))}::text[], ${conn.array(deltas.map(([, d]) => d))}::integer[])
+    ON CONFLICT (username) DO UPDATE SET total = u.total + EXCLUDED.total
+    RETURNING username, total`;
+  for (const t of totals) outcome.totalUnread.set(t.username, t.total);
   return outcome;
 }

@@ -1,0 +1,290 @@
+import { randomBytes } from "node:crypto";
+import { mkdirSync, mkdtempSync, rmSync } from "node:fs";
+import { tmpdir } from "node:os";
+import { join } from "node:path";
+import { parseArgs } from "node:util";
+import { Redis } from "ioredis";
+import postgres from "postgres";
+import { runLoad } from "@chat/loadgen";
+import { ServicePids, startBaselineCluster, startChatCluster, type BenchEnv, type Cluster, type SystemName } from "./cluster.js";
+import type { BenchContext } from "./context.js";
+import { describeEnvironment } from "./environment.js";
+import { FULL, QUICK, SCENARIOS, type Plan, type ScenarioName } from "./plan.js";
+import { killAll, REPO_ROOT, runNode } from "./processes.js";
+import { Inspector } from "./inspector.js";
+import { summarizeProfile, summarizeProfiles, type CpuProfile } from "./profile.js";
+import { writeReports, type BenchResults, type SystemResults } from "./report.js";
+import { connectionRate, idleMemory } from "./scenarios/connections.js";
+import { workerDrain } from "./scenarios/drain.js";
+import { measuredLoad, type LoadShape } from "./scenarios/load.js";
+import { findMax } from "./scenarios/throughput.js";
+import { threadsFor } from "./plan.js";
+
+const USAGE = `Usage: npm run bench -- [--quick] [--only LIST] [--no-baseline] [--docs] [--out DIR]
+
+Starts a local cluster (two gateways, one worker; Redis and Postgres at REDIS_URL / BENCH_DATABASE_URL)
+and a Socket.IO 4 + Redis adapter baseline, runs the scenarios against both, prints the tables and
+writes bench-results/<time>.{json,md,svg}.
+
+  --quick          small and short (under two minutes): the CI smoke run
+  --only LIST      comma-separated subset of: ${SCENARIOS.join(", ")}
+  --no-baseline    skip the Socket.IO baseline
+  --docs           also rewrite docs/benchmarks.md (between its bench markers) and docs/benchmarks-p99.svg
+  --out DIR        results directory (default bench-results/)
+
+Environment: REDIS_URL (redis://127.0.0.1:6379), BENCH_DATABASE_URL (postgres://postgres@127.0.0.1:5432/chat_bench;
+a database whose name starts with chat_bench is dropped and re-created on every run).
+`;
+
+const { values } = parseArgs({
+  options: {
+    quick: { type: "boolean", default: false },
+    only: { type: "string" },
+    "no-baseline": { type: "boolean", default: false },
+    docs: { type: "boolean", default: false },
+    out: { type: "string" },
+    help: { type: "boolean", default: false },
+  },
+});
+if (values.help) {
+  process.stdout.write(USAGE);
+  process.exit(0);
+}
+const plan: Plan = values.quick ? QUICK : FULL;
+const only = values.only ? (values.only.split(",").map((s) => s.trim()) as ScenarioName[]) : [...SCENARIOS];
+for (const s of only) {
+  if (!SCENARIOS.includes(s)) {
+    process.stderr.write(`--only: unknown scenario ${s}; one of ${SCENARIOS.join(", ")}\n`);
+    process.exit(2);
+  }
+}
+const wants = (s: ScenarioName) => only.includes(s) && !(s === "profile" && plan.mode === "quick" && !values.only);
+const systems: SystemName[] = values["no-baseline"] ? ["chat"] : ["chat", "socket.io"];
+
+const startedAt = new Date();
+const runTag = randomBytes(3).toString("hex");
+const log = (message: string) => process.stderr.write(`[bench ${((Date.now() - startedAt.getTime()) / 1000).toFixed(0).padStart(3)} s] ${message}\n`);
+
+const redisUrl = process.env["REDIS_URL"] ?? "redis://127.0.0.1:6379";
+const databaseUrl = process.env["BENCH_DATABASE_URL"] ?? "postgres://postgres@127.0.0.1:5432/chat_bench";
+const mediaDir = mkdtempSync(join(tmpdir(), "chat-bench-media-"));
+const env: BenchEnv = { redisUrl, databaseUrl, secret: randomBytes(32).toString("hex"), mediaDir };
+const redisPrefix = `bench:${runTag}:`;
+
+const active = new Set<Cluster>();
+let interrupted = false;
+for (const signal of ["SIGINT", "SIGTERM"] as const) {
+  process.on(signal, () => {
+    if (interrupted) {
+      killAll();
+      process.exit(130);
+    }
+    interrupted = true;
+    log(`${signal}: stopping every process the bench started`);
+    void Promise.allSettled([...active].map((c) => c.stop())).then(() => process.exit(130));
+  });
+}
+
+/** Starts a cluster for `fn` and stops it afterwards, whatever happens. */
+async function withCluster<T>(start: () => Promise<Cluster>, fn: (c: Cluster) => Promise<T>): Promise<T> {
+  const cluster = await start();
+  active.add(cluster);
+  try {
+    return await fn(cluster);
+  } finally {
+    await cluster.stop();
+    active.delete(cluster);
+  }
+}
+
+async function prepareDatabase(): Promise<void> {
+  const url = new URL(databaseUrl);
+  const name = url.pathname.slice(1);
+  if (name.startsWith("chat_bench")) {
+    const admin = postgres({ host: url.hostname, port: Number(url.port || 5432), user: decodeURIComponent(url.username), password: decodeURIComponent(url.password) || undefined, database: "postgres", max: 1, onnotice: () => undefined });
+    try {
+      await admin.unsafe(`DROP DATABASE IF EXISTS "${name.replace(/"/g, "")}" WITH (FORCE)`);
+    } finally {
+      await admin.end({ timeout: 2 });
+    }
+  }
+  await runNode("migrations", "packages/db/dist/migrate-cli.js", { DATABASE_URL: databaseUrl });
+}
+
+async function deleteRedisKeys(prefix: string): Promise<void> {
+  const redis = new Redis(redisUrl);
+  try {
+    let cursor = "0";
+    do {
+      const [next, keys] = await redis.scan(cursor, "MATCH", `${prefix}*`, "COUNT", 1000);
+      cursor = next;
+      if (keys.length) await redis.unlink(...keys);
+    } while (cursor !== "0");
+  } finally {
+    redis.disconnect();
+  }
+}
+
+const results: BenchResults = {
+  version: 1,
+  mode: plan.mode,
+  command: `npm run bench${process.argv.length > 2 ? ` -- ${process.argv.slice(2).join(" ")}` : ""}`,
+  startedAt: startedAt.toISOString(),
+  finishedAt: "",
+  durationS: 0,
+  environment: await describeEnvironment(redisUrl, databaseUrl),
+  plan,
+  systems: { chat: { errors: [] }, "socket.io": { errors: [] } },
+  errors: [],
+};
+
+async function scenario(system: SystemResults | null, name: string, fn: () => Promise<void>): Promise<void> {
+  if (interrupted) return;
+  try {
+    await fn();
+  } catch (err) {
+    const message = (err as Error).stack ?? String(err);
+    log(`${name} failed: ${message}`);
+    (system?.errors ?? results.errors).push({ scenario: name, message: (err as Error).message });
+  }
+}
+
+await scenario(null, "setup", prepareDatabase);
+const sql = postgres(databaseUrl, { max: 2, onnotice: () => undefined });
+const services = new ServicePids(env);
+const ctx: BenchContext = {
+  env,
+  services,
+  sql,
+  messageBytes: 64,
+  userPrefix: (label) => `b${runTag}${label}_`,
+  log,
+};
+
+const startSystem = (system: SystemName) => () =>
+  system === "chat" ? startChatCluster(env, { prefix: redisPrefix }) : startBaselineCluster(env, `bench:${runTag}:socket.io`);
+
+const warm = async (cluster: Cluster) => {
+  await runLoad({
+    protocol: cluster.system,
+    urls: cluster.urls,
+    secret: env.secret,
+    userPrefix: ctx.userPrefix("w"),
+    ...plan.warmup,
+    messageBytes: ctx.messageBytes,
+    notifications: true,
+    connectConcurrency: 64,
+    connectTimeoutMs: 15000,
+  });
+};
+
+if (results.errors.length === 0) {
+  for (const system of systems) {
+    const out = results.systems[system];
+    if (wants("fixed") || wants("find-max")) {
+      await scenario(out, `${system} load`, () =>
+        withCluster(startSystem(system), async (cluster) => {
+          log(`${system}: warming up`);
+          await warm(cluster);
+          if (wants("fixed")) {
+            const f = plan.fixed;
+            log(`${system}: fixed ${f.rate} msg/s, ${f.pairs} pairs, ${f.durationMs / 1000} s`);
+            out.fixed = await measuredLoad(ctx, cluster, f, "fx", { verifyPersistence: true });
+            const l = out.fixed.load;
+            log(
+              `  p50 ${l.latencyMs.p50.toFixed(2)} ms, p99 ${l.latencyMs.p99.toFixed(2)} ms, loss ${l.delivery.lost}` +
+                (l.notifications ? `, notify p99 ${l.notifications.latencyMs.p99.toFixed(1)} ms` : "") +
+                (out.fixed.cpu ? `, ${out.fixed.cpu.perDeliveredUs.toFixed(0)} µs CPU/msg` : ""),
+            );
+          }
+          if (wants("find-max")) {
+            log(`${system}: find-max`);
+            out.findMax = await findMax(ctx, cluster, { ...plan.findMax, threadsFor });
+            if (out.findMax.error) out.errors.push({ scenario: "find-max", message: out.findMax.error });
+            log(`  ${system} max ${out.findMax.maxRate} msg/s`);
+          }
+        }),
+      );
+    }
+    if (wants("idle-memory") || wants("connection-rate")) {
+      await scenario(out, `${system} connections`, () =>
+        withCluster(startSystem(system), async (cluster) => {
+          if (wants("idle-memory")) {
+            log(`${system}: ${plan.idleMemory.connections} idle connections`);
+            out.idleMemory = await idleMemory(ctx, cluster, plan.idleMemory.connections, plan.idleMemory.settleMs);
+            log(`  ${out.idleMemory.perConnectionKiB.toFixed(2)} KiB per connection (${out.idleMemory.opened} opened, ${out.idleMemory.failed} failed)`);
+          }
+          if (wants("connection-rate")) {
+            log(`${system}: connection rate, ${plan.connectionRate.connections} sockets`);
+            out.connectionRate = await connectionRate(ctx, cluster, plan.connectionRate.connections, plan.connectionRate.concurrency);
+            log(`  ${out.connectionRate.perSecond.toFixed(0)} sockets/s ready, p99 ${out.connectionRate.latencyMs.p99.toFixed(1)} ms`);
+          }
+        }),
+      );
+    }
+  }
+
+  if (wants("worker-drain")) {
+    await scenario(null, "worker drain", async () => {
+      const d = plan.workerDrain;
+      log(`worker drain: ${d.entries} entries`);
+      results.drain = await workerDrain(ctx, `${redisPrefix}drain:`, d.entries, d.pairs);
+      log(`  ${results.drain.entriesPerSecond.toFixed(0)} entries/s, counts ${results.drain.countsExact ? "exact" : "WRONG"}`);
+    });
+  }
+
+  if (wants("profile")) {
+    await scenario(null, "profile", async () => {
+      results.profile = [];
+      await withCluster(
+        () => startChatCluster(env, { prefix: redisPrefix, nodeArgs: ["--inspect=127.0.0.1:0"] }),
+        async (cluster) => {
+          const processes = [...cluster.nodes, ...(cluster.worker ? [cluster.worker] : [])];
+          log(`profile: V8 sampling profiler on ${processes.map((p) => p.name).join(", ")} at ${plan.profile.rate} msg/s`);
+          await warm(cluster);
+          const inspectors = await Promise.all(
+            processes.map((p) => {
+              const url = p.inspectorUrl();
+              if (!url) throw new Error(`${p.name} printed no inspector URL`);
+              return Inspector.connect(url);
+            }),
+          );
+          const profiles: CpuProfile[] = [];
+          try {
+            const m = await measuredLoad(ctx, cluster, plan.profile, "pr", {
+              around: {
+                connected: async () => void (await Promise.all(inspectors.map((i) => i.startProfiler()))),
+                drained: async () => void profiles.push(...((await Promise.all(inspectors.map((i) => i.stopProfiler()))) as CpuProfile[])),
+              },
+            });
+            results.profileLoad = m;
+            // Only the samples of the timed load: connects and the drain's idle tail are left out.
+            processes.forEach((p, i) => results.profile!.push(summarizeProfile(p.name, profiles[i]!, m.windowUs)));
+          } finally {
+            for (const i of inspectors) i.close();
+          }
+        },
+      );
+      const dir = mkdtempSync(join(tmpdir(), "chat-bench-prof-"));
+      try {
+        log(`profile: --cpu-prof on a worker draining ${plan.profileDrainEntries} entries`);
+        const drain = await workerDrain(ctx, `${redisPrefix}pdrain:`, plan.profileDrainEntries, plan.workerDrain.pairs, ["--cpu-prof", `--cpu-prof-dir=${dir}`]);
+        results.profile.push(...summarizeProfiles(dir, [{ name: `worker draining ${drain.entries} entries`, pid: drain.workerPid }], drain.windowUs));
+      } finally {
+        rmSync(dir, { recursive: true, force: true });
+      }
+    });
+  }
+}
+
+await Promise.allSettled([sql.end({ timeout: 2 }), services.close(), deleteRedisKeys(redisPrefix)]);
+rmSync(mediaDir, { recursive: true, force: true });
+results.finishedAt = new Date().toISOString();
+results.durationS = (Date.now() - startedAt.getTime()) / 1000;
+const outDir = values.out ?? join(REPO_ROOT, "bench-results");
+mkdirSync(outDir, { recursive: true });
+const written = writeReports(results, outDir, { docs: values.docs, repoRoot: REPO_ROOT });
+process.stdout.write(written.summary + "\n");
+log(`wrote ${written.files.join(", ")} in ${results.durationS.toFixed(0)} s`);
+const failed = results.errors.length + Object.values(results.systems).reduce((a, s) => a + s.errors.length, 0);
+process.exit(failed > 0 || interrupted ? 1 : 0);

@@ -1,0 +1,436 @@
+import { existsSync, readFileSync, writeFileSync } from "node:fs";
+import { join } from "node:path";
+import type { SystemName } from "./cluster.js";
+import type { Environment } from "./environment.js";
+import type { Plan } from "./plan.js";
+import type { ProfileSummary } from "./profile.js";
+import type { ConnectionRateResult, IdleMemoryResult } from "./scenarios/connections.js";
+import type { DrainResult } from "./scenarios/drain.js";
+import type { MeasuredLoad } from "./scenarios/load.js";
+import { LIMITS, type FindMaxResult } from "./scenarios/throughput.js";
+import { p99Chart } from "./svg.js";
+
+export interface SystemResults {
+  fixed?: MeasuredLoad;
+  findMax?: FindMaxResult;
+  idleMemory?: IdleMemoryResult;
+  connectionRate?: ConnectionRateResult;
+  errors: { scenario: string; message: string }[];
+}
+
+/** Everything one invocation measured: the JSON report. */
+export interface BenchResults {
+  version: 1;
+  mode: Plan["mode"];
+  command: string;
+  startedAt: string;
+  finishedAt: string;
+  durationS: number;
+  environment: Environment;
+  plan: Plan;
+  systems: Record<SystemName, SystemResults>;
+  /** Ours only: the baseline has no worker. */
+  drain?: DrainResult;
+  profile?: ProfileSummary[];
+  /** The load the profile was taken under (profiling slows the processes: not a figure to compare). */
+  profileLoad?: MeasuredLoad;
+  errors: { scenario: string; message: string }[];
+}
+
+const NAMES: Record<SystemName, string> = { chat: "chat-cluster", "socket.io": "Socket.IO 4 + redis-adapter" };
+const DASH = "–";
+
+const num = (v: number | undefined | null, digits = 0): string =>
+  v === undefined || v === null || !Number.isFinite(v) ? DASH : v.toLocaleString("en-US", { minimumFractionDigits: digits, maximumFractionDigits: digits });
+const ms = (v: number | undefined) => (v === undefined ? DASH : v < 10 ? num(v, 2) : v < 100 ? num(v, 1) : num(v, 0));
+const ratio = (ours: number | undefined | null, base: number | undefined | null): string =>
+  ours === undefined || ours === null || base === undefined || base === null || !(base > 0) || !(ours >= 0) ? DASH : `${num(ours / base, 2)}×`;
+const table = (head: string[], rows: string[][]): string =>
+  [`| ${head.join(" | ")} |`, `|${head.map((_, i) => (i === 0 ? "---" : "---:")).join("|")}|`, ...rows.map((r) => `| ${r.join(" | ")} |`)].join("\n");
+
+interface Target {
+  name: string;
+  goal: string;
+  ours: string;
+  baseline: string;
+  ratio: string;
+  met: boolean | null;
+}
+
+function targets(r: BenchResults): Target[] {
+  const us = r.systems.chat;
+  const base = r.systems["socket.io"];
+  const out: Target[] = [];
+  const maxOurs = us.findMax?.maxRate;
+  const maxBase = base.findMax?.maxRate;
+  out.push({
+    name: "Max sustained rate (p99 ≤ 50 ms, loss ≤ 0.1 %, persisted and counted)",
+    goal: "≥ 20,000 msg/s and ≥ 4× baseline",
+    ours: maxOurs === undefined ? DASH : `${num(maxOurs)} msg/s`,
+    baseline: maxBase === undefined ? DASH : `${num(maxBase)} msg/s`,
+    ratio: ratio(maxOurs, maxBase),
+    met: maxOurs === undefined ? null : maxOurs >= 20000 && (maxBase === undefined || maxOurs >= 4 * maxBase),
+  });
+  const f = us.fixed?.load;
+  const fb = base.fixed?.load;
+  out.push({
+    name: `Delivery p99 at ${num(r.plan.fixed.rate)} msg/s cross-node`,
+    goal: "≤ 5 ms",
+    ours: f ? `${ms(f.latencyMs.p99)} ms` : DASH,
+    baseline: fb ? `${ms(fb.latencyMs.p99)} ms` : DASH,
+    ratio: ratio(f?.latencyMs.p99, fb?.latencyMs.p99),
+    met: f ? f.latencyMs.p99 <= 5 : null,
+  });
+  out.push({
+    name: `Notification p99 at ${num(r.plan.fixed.rate)} msg/s`,
+    goal: "≤ 50 ms",
+    ours: f?.notifications ? `${ms(f.notifications.latencyMs.p99)} ms` : DASH,
+    baseline: "n/a (no notifications)",
+    ratio: DASH,
+    met: f?.notifications ? f.notifications.latencyMs.p99 <= 50 : null,
+  });
+  const cpu = us.fixed?.cpu;
+  const cpuBase = base.fixed?.cpu;
+  out.push({
+    name: `CPU per delivered message at ${num(r.plan.fixed.rate)} msg/s, all server processes`,
+    goal: "≤ 150 µs",
+    ours: cpu ? `${num(cpu.perDeliveredUs)} µs` : DASH,
+    baseline: cpuBase ? `${num(cpuBase.perDeliveredUs)} µs` : DASH,
+    ratio: ratio(cpu?.perDeliveredUs, cpuBase?.perDeliveredUs),
+    met: cpu ? cpu.perDeliveredUs <= 150 : null,
+  });
+  const mem = us.idleMemory;
+  const memBase = base.idleMemory;
+  out.push({
+    name: "Server memory per idle connection (gateway RSS)",
+    goal: "≤ 4 KiB and ≤ 1/5 of baseline",
+    ours: mem ? `${num(mem.perConnectionKiB, 1)} KiB` : DASH,
+    baseline: memBase ? `${num(memBase.perConnectionKiB, 1)} KiB` : DASH,
+    ratio: ratio(mem?.perConnectionKiB, memBase?.perConnectionKiB),
+    met: mem ? mem.perConnectionKiB <= 4 && (!memBase || mem.perConnectionKiB <= memBase.perConnectionKiB / 5) : null,
+  });
+  const d = r.drain;
+  out.push({
+    name: "Worker drain with exact counts",
+    goal: "≥ 30,000 entries/s",
+    ours: d ? `${num(d.entriesPerSecond)} entries/s${d.countsExact ? "" : " (counts WRONG)"}` : DASH,
+    baseline: "n/a (no persistence)",
+    ratio: DASH,
+    met: d ? d.entriesPerSecond >= 30000 && d.countsExact : null,
+  });
+  return out;
+}
+
+function metCell(met: boolean | null): string {
+  return met === null ? "not run" : met ? "**met**" : "**missed**";
+}
+
+/** CPU of processes that are neither the servers nor the generator, as % of the machine. */
+const otherPct = (m: MeasuredLoad, cores: number): number | undefined => (m.cpu ? (m.cpu.otherS / (m.cpu.wallS * cores)) * 100 : undefined);
+
+function loadRows(label: string, pick: (m: MeasuredLoad) => number | undefined, fmt: (v: number | undefined) => string, us?: MeasuredLoad, base?: MeasuredLoad) {
+  const a = us ? pick(us) : undefined;
+  const b = base ? pick(base) : undefined;
+  return [label, fmt(a), fmt(b), ratio(a, b)];
+}
+
+/** The generated part of docs/benchmarks.md (and the whole of bench-results/<time>.md). */
+export function renderMarkdown(r: BenchResults, chartPath: string): string {
+  const us = r.systems.chat;
+  const base = r.systems["socket.io"];
+  const e = r.environment;
+  const parts: string[] = [];
+  parts.push(
+    `Run of ${r.startedAt.slice(0, 16).replace("T", " ")} UTC, \`${r.command}\` (${r.mode} plan), ${num(r.durationS)} s, commit \`${e.commit}\`.`,
+    "",
+    "### Targets (issue 3)",
+    "",
+    table(
+      ["Figure", "Target", NAMES.chat, NAMES["socket.io"], "Ours / baseline", "Verdict"],
+      targets(r).map((t) => [t.name, t.goal, t.ours, t.baseline, t.ratio, metCell(t.met)]),
+    ),
+    "",
+    "### Environment",
+    "",
+    table(
+      ["", ""],
+      [
+        ["Machine", `${e.cpu}, ${e.cores} cores, ${num(e.memoryGiB, 1)} GiB (generator, servers, Redis and Postgres share it)`],
+        ["Machine before the run", `${num(e.backgroundBusyPct)} % busy with other work, load average ${num(e.loadAverage, 2)} (the machine is shared: see "Others' CPU" in the tables)`],
+        ["Software", `Linux ${e.kernel}, Node.js ${e.node}, Redis ${e.redis}, PostgreSQL ${e.postgres}`],
+        ["Clusters", "ours: 2 gateways + 1 worker, NODE_ENV=production, default settings; baseline: 2 Socket.IO nodes (websocket transport only), @socket.io/redis-adapter"],
+        ["Load", `${r.plan.fixed.pairs} pairs (find-max: ${r.plan.findMax.pairs}), partners on different nodes, ${64}-character messages, open-loop schedule; latency from the scheduled send time`],
+      ],
+    ),
+  );
+
+  // 1. find-max
+  parts.push("", "### 1. Find-max: highest rate with p99 ≤ 50 ms and loss ≤ 0.1 %", "");
+  parts.push(
+    `Rates double from ${num(r.plan.findMax.startRate)} msg/s until a step fails, then ${r.plan.findMax.refineSteps} bisection step(s). ` +
+      `Each step: ${r.plan.findMax.pairs} fresh pairs (more above ${num(r.plan.findMax.pairs * 2 * r.plan.findMax.maxUserRate)} msg/s, so no user sends more than ${r.plan.findMax.maxUserRate} msg/s and the per-user rate limit never applies), ${num(r.plan.findMax.warmupMs / 1000, 1)} s untimed then ${num(r.plan.findMax.durationMs / 1000, 1)} s timed. ` +
+      `For us a step also fails when persistence falls behind (a notification missing after the drain, or notification p99 > ${LIMITS.notificationP99Ms} ms).`,
+    "",
+  );
+  const stepRows: string[][] = [];
+  for (const system of ["chat", "socket.io"] as const) {
+    for (const s of [...(r.systems[system].findMax?.steps ?? [])].sort((a, b) => a.rate - b.rate)) {
+      const l = s.measured.load;
+      stepRows.push([
+        NAMES[system],
+        num(s.rate),
+        num(l.pairs),
+        num(l.achievedRate),
+        ms(l.latencyMs.p50),
+        ms(l.latencyMs.p99),
+        ms(l.latencyMs.max),
+        num(l.delivery.lossPct, 3),
+        l.notifications ? ms(l.notifications.latencyMs.p99) : DASH,
+        num(s.measured.cpu?.perDeliveredUs),
+        num(s.measured.cpu ? s.measured.cpu.boxUtilization * 100 : undefined),
+        num(otherPct(s.measured, r.environment.cores)),
+        `${num(l.generator.maxEventLoopUtilization * 100)}${l.generator.saturated ? " (saturated)" : ""}`,
+        s.held ? "held" : `failed: ${s.failures.join("; ")}`,
+      ]);
+    }
+  }
+  if (stepRows.length) {
+    parts.push(
+      table(["System", "Offered msg/s", "Pairs", "Sent msg/s", "p50 ms", "p99 ms", "max ms", "Loss %", "Notify p99 ms", "Server CPU µs/msg", "Machine busy %", "Others' CPU %", "Generator busy %", "Result"], stepRows),
+      "",
+      table(
+        ["", NAMES.chat, NAMES["socket.io"], "Ours / baseline"],
+        [["Highest rate that held", num(us.findMax?.maxRate), num(base.findMax?.maxRate), ratio(us.findMax?.maxRate, base.findMax?.maxRate)]],
+      ),
+      "",
+      `![p99 delivery latency against offered rate](${chartPath})`,
+    );
+  } else parts.push("Not run.");
+
+  // 2. fixed
+  const f = r.plan.fixed;
+  parts.push("", `### 2. Fixed load: ${num(f.rate)} msg/s, ${f.pairs} pairs, ${num(f.durationMs / 1000)} s`, "");
+  if (us.fixed || base.fixed) {
+    const a = us.fixed;
+    const b = base.fixed;
+    const rows = [
+      loadRows("Sent msg/s (timed window)", (m) => m.load.achievedRate, (v) => num(v), a, b),
+      loadRows("Delivery p50 ms", (m) => m.load.latencyMs.p50, ms, a, b),
+      loadRows("Delivery p95 ms", (m) => m.load.latencyMs.p95, ms, a, b),
+      loadRows("Delivery p99 ms", (m) => m.load.latencyMs.p99, ms, a, b),
+      loadRows("Delivery max ms", (m) => m.load.latencyMs.max, ms, a, b),
+      loadRows("Delivery p99 from the actual send, ms", (m) => m.load.latencyFromSendMs.p99, ms, a, b),
+      loadRows("Sender's echo p99 ms", (m) => m.load.ackLatencyMs.p99, ms, a, b),
+      ["Sent / received", ...[a, b].map((m) => (m ? `${num(m.load.delivery.sent)} / ${num(m.load.delivery.received)}` : DASH)), DASH],
+      ["Lost / duplicates / out of order", ...[a, b].map((m) => (m ? `${m.load.delivery.lost} / ${m.load.delivery.duplicates} / ${m.load.delivery.outOfOrder}` : DASH)), DASH],
+      loadRows("Notification p50 ms", (m) => m.load.notifications?.latencyMs.p50, ms, a, b),
+      loadRows("Notification p99 ms", (m) => m.load.notifications?.latencyMs.p99, ms, a, b),
+      loadRows("Server CPU per delivered message, µs", (m) => m.cpu?.perDeliveredUs, (v) => num(v), a, b),
+      loadRows("Machine busy %", (m) => (m.cpu ? m.cpu.boxUtilization * 100 : undefined), (v) => num(v), a, b),
+      loadRows("Others' CPU (not servers, not generator), % of machine", (m) => otherPct(m, r.environment.cores), (v) => num(v), a, b),
+      ["Busiest other processes (CPU s)", ...[a, b].map((m) => (m?.cpu?.topOthers.length ? m.cpu.topOthers.map((o) => `${o.name} ${num(o.cpuS, 1)}`).join(", ") : DASH)), DASH],
+      loadRows("Generator: share of one core %", (m) => m.load.generator.coreShare * 100, (v) => num(v), a, b),
+      loadRows("Generator: send lag p99 ms", (m) => m.load.sendLagMs.p99, ms, a, b),
+    ];
+    parts.push(table(["Figure", NAMES.chat, NAMES["socket.io"], "Ours / baseline"], rows));
+    const groups = [a, b].filter((m): m is MeasuredLoad => m?.cpu !== undefined);
+    if (groups.length) {
+      parts.push("", "Server CPU per delivered message by process group (µs):", "");
+      const names = [...new Set(groups.flatMap((m) => Object.keys(m.cpu!.perDeliveredUsByGroup)))];
+      parts.push(
+        table(
+          ["Process group", NAMES.chat, NAMES["socket.io"]],
+          names.map((n) => [n, num(a?.cpu?.perDeliveredUsByGroup[n]), num(b?.cpu?.perDeliveredUsByGroup[n])]),
+        ),
+      );
+    }
+  } else parts.push("Not run.");
+
+  // 3. idle memory
+  parts.push("", `### 3. Idle memory: ${num(r.plan.idleMemory.connections)} open connections`, "");
+  if (us.idleMemory || base.idleMemory) {
+    const a = us.idleMemory;
+    const b = base.idleMemory;
+    const row = (label: string, pick: (m: IdleMemoryResult) => number | null, fmt: (v: number | undefined) => string) => {
+      const x = a ? (pick(a) ?? undefined) : undefined;
+      const y = b ? (pick(b) ?? undefined) : undefined;
+      return [label, fmt(x), fmt(y), ratio(x, y)];
+    };
+    parts.push(
+      "Chat sockets (ours: `/ws/{partner}/`; baseline: a Socket.IO connection joined to its user's room), partners on different nodes, nothing sent. " +
+        "Resident memory (VmRSS) of the two node processes before opening and after they settled.",
+      "",
+      table(
+        ["Figure", NAMES.chat, NAMES["socket.io"], "Ours / baseline"],
+        [
+          row("Connections open", (m) => m.opened, (v) => num(v)),
+          row("Failed", (m) => m.failed, (v) => num(v)),
+          row("Node RSS before, MiB", (m) => m.rssBeforeKiB / 1024, (v) => num(v, 1)),
+          row("Node RSS after, MiB", (m) => m.rssAfterKiB / 1024, (v) => num(v, 1)),
+          row("**Node RSS per connection, KiB**", (m) => m.perConnectionKiB, (v) => num(v, 2)),
+          row("redis-server RSS per connection, KiB", (m) => m.redisPerConnectionKiB, (v) => num(v, 2)),
+        ],
+      ),
+    );
+  } else parts.push("Not run.");
+
+  // 4. connection rate
+  parts.push("", `### 4. Connection rate: ${num(r.plan.connectionRate.connections)} sockets, ${r.plan.connectionRate.concurrency} upgrades in flight`, "");
+  if (us.connectionRate || base.connectionRate) {
+    const a = us.connectionRate;
+    const b = base.connectionRate;
+    const row = (label: string, pick: (m: ConnectionRateResult) => number, fmt: (v: number | undefined) => string) => {
+      const x = a ? pick(a) : undefined;
+      const y = b ? pick(b) : undefined;
+      return [label, fmt(x), fmt(y), ratio(x, y)];
+    };
+    parts.push(
+      "From the upgrade request to a ready socket (ours: its first event, `online_user_list`, after the token check, presence and subscription; baseline: the namespace CONNECT acknowledgement after the token check).",
+      "",
+      table(
+        ["Figure", NAMES.chat, NAMES["socket.io"], "Ours / baseline"],
+        [
+          row("**Ready sockets per second**", (m) => m.perSecond, (v) => num(v)),
+          row("Upgrade → ready p50 ms", (m) => m.latencyMs.p50, ms),
+          row("Upgrade → ready p99 ms", (m) => m.latencyMs.p99, ms),
+          row("Failed", (m) => m.failed, (v) => num(v)),
+          row("Generator: share of one core %", (m) => m.generatorCoreShare * 100, (v) => num(v)),
+        ],
+      ),
+    );
+  } else parts.push("Not run.");
+
+  // 5. drain
+  parts.push("", `### 5. Worker drain: ${num(r.plan.workerDrain.entries)} stream entries`, "");
+  if (r.drain) {
+    const d = r.drain;
+    parts.push(
+      `${num(d.entries)} messages between ${num(d.pairs)} pairs appended to a fresh stream with no worker running (with the gateway's own MessageStream, so in the product's format), ` +
+        "then one worker started and timed from its `consuming` line until the last entry was acknowledged (acknowledgement follows the commit).",
+      "",
+      table(
+        ["Figure", NAMES.chat],
+        [
+          ["**Entries per second**", num(d.entriesPerSecond)],
+          ["Drain time, s", num(d.drainMs / 1000, 2)],
+          ...(d.cpu ? [["CPU during the drain, % of one core", Object.entries(d.cpu.groups).map(([g, v]) => `${g} ${num((v / d.cpu!.wallS) * 100)}`).join(", ")]] : []),
+          ["Rows persisted", `${num(d.persisted)} of ${num(d.entries)}`],
+          ["Unread counters wrong", `${num(d.wrongCounts)} of ${num(d.memberRows)}`],
+        ],
+      ),
+    );
+  } else parts.push("Not run.");
+
+  // 6. persistence lag
+  parts.push("", `### 6. Persistence lag at ${num(r.plan.fixed.rate)} msg/s (accepted → committed)`, "");
+  const n = us.fixed?.load.notifications;
+  const p = us.fixed?.persistence;
+  if (n) {
+    parts.push(
+      "Observed at the recipient: its `new_message_notification` (published by the worker right after the commit) minus the message's `date_added` (set when the gateway accepted it). " +
+        "An upper bound on the commit lag by the publish-and-deliver time (about the delivery latency above); milliseconds, the resolution of `date_added`.",
+      "",
+      table(
+        ["Figure", NAMES.chat],
+        [
+          ["Accepted → committed p50 ms", ms(n.persistLagMs.p50)],
+          ["Accepted → committed p95 ms", ms(n.persistLagMs.p95)],
+          ["Accepted → committed p99 ms", ms(n.persistLagMs.p99)],
+          ["Accepted → committed max ms", ms(n.persistLagMs.max)],
+          ["Notifications received", `${num(n.received)} of ${num(n.expected)}`],
+          ...(p
+            ? [
+                ["Rows persisted after the run", `${num(p.persisted)} of ${num(p.accepted)} accepted`],
+                ["Unread counters wrong", `${num(p.wrongCounts)} of ${num(p.memberRows)} (sum ${num(p.unreadTotal)})`],
+              ]
+            : []),
+        ],
+      ),
+    );
+  } else parts.push("Not run.");
+
+  // profile
+  if (r.profile?.length) {
+    const pl = r.profileLoad?.load;
+    parts.push(
+      "",
+      `### CPU profile of our processes at ${num(r.plan.profile.rate)} msg/s (V8 sampling profiler, 1 ms)`,
+      "",
+      `A separate run (${r.plan.profile.pairs} pairs, ${num(r.plan.profile.durationMs / 1000)} s timed; the profiler runs through the inspector over the timed load only), then a worker draining ${num(r.plan.profileDrainEntries)} entries under \`--cpu-prof\`` +
+        (pl ? `: p99 ${ms(pl.latencyMs.p99)} ms, notification p99 ${pl.notifications ? ms(pl.notifications.latencyMs.p99) : DASH} ms under the profiler.` : ".") +
+        " \"Charged\" time is self time with native and node:internal frames (socket writes, uWebSockets.js calls, JSON) charged to the nearest caller in a package or in our code.",
+      "",
+    );
+    for (const prof of r.profile) {
+      parts.push(
+        `**${prof.process}**: ${num(prof.busyMs)} ms busy of ${num(prof.totalMs)} ms sampled (${num(prof.totalMs > 0 ? (prof.busyMs / prof.totalMs) * 100 : 0)} % of one core). Charged by area: ` +
+          prof.areas
+            .slice(0, 8)
+            .map((a) => `${a.area} ${num(a.selfPct, 1)} %`)
+            .join(", ") +
+          ".",
+        "",
+        table(
+          ["Charged time (top functions)", "Area", "ms", "% of busy"],
+          prof.topAttributed.slice(0, 10).map((t) => [`\`${t.frame.replace(/\|/g, "\\|")}\``, t.area, num(t.selfMs), num(t.selfPct, 1)]),
+        ),
+        "",
+        table(
+          ["Self time (top frames)", "Area", "ms", "% of busy"],
+          prof.topFunctions.slice(0, 6).map((t) => [`\`${t.frame.replace(/\|/g, "\\|")}\``, t.area, num(t.selfMs), num(t.selfPct, 1)]),
+        ),
+        "",
+      );
+    }
+  }
+
+  const errors = [...r.errors, ...Object.entries(r.systems).flatMap(([s, v]) => v.errors.map((e) => ({ ...e, scenario: `${s}: ${e.scenario}` })))];
+  if (errors.length) parts.push("", "### Errors", "", ...errors.map((e) => `- ${e.scenario}: ${e.message.split("\n")[0]}`));
+  return parts.join("\n") + "\n";
+}
+
+const BEGIN = "<!-- bench:begin (generated by `npm run bench -- --docs`; edit outside these markers) -->";
+const END = "<!-- bench:end -->";
+
+/** Writes the JSON, the markdown and the chart; with `docs`, also docs/benchmarks.md's generated part and docs/benchmarks-p99.svg. */
+export function writeReports(r: BenchResults, outDir: string, o: { docs: boolean; repoRoot: string }): { files: string[]; summary: string } {
+  const stamp = r.startedAt.replace(/[:.]/g, "-").replace(/Z$/, "");
+  const files: string[] = [];
+  const write = (path: string, text: string) => {
+    writeFileSync(path, text);
+    files.push(path);
+  };
+  const svg = p99Chart(
+    (["chat", "socket.io"] as const).map((s) => ({
+      name: NAMES[s],
+      points: (r.systems[s].findMax?.steps ?? []).map((st) => ({ rate: st.rate, p99: st.measured.load.latencyMs.p99, held: st.held })),
+    })),
+    LIMITS.p99Ms,
+  );
+  write(join(outDir, `${stamp}.json`), JSON.stringify(r, null, 1) + "\n");
+  write(join(outDir, `${stamp}-p99.svg`), svg);
+  const md = renderMarkdown(r, `${stamp}-p99.svg`);
+  write(join(outDir, `${stamp}.md`), md);
+  if (o.docs) {
+    const docPath = join(o.repoRoot, "docs", "benchmarks.md");
+    const generated = `${BEGIN}\n\n${renderMarkdown(r, "benchmarks-p99.svg")}\n${END}`;
+    const current = existsSync(docPath) ? readFileSync(docPath, "utf8") : "";
+    const from = current.indexOf(BEGIN);
+    const to = current.indexOf(END);
+    const next =
+      from >= 0 && to > from
+        ? current.slice(0, from) + generated + current.slice(to + END.length)
+        : `# Benchmarks\n\n${current ? current + "\n\n" : ""}## Latest full run\n\n${generated}\n`;
+    write(docPath, next);
+    write(join(o.repoRoot, "docs", "benchmarks-p99.svg"), svg);
+  }
+  const summary = [
+    "",
+    table(
+      ["Figure", "Target", NAMES.chat, NAMES["socket.io"], "Ours / baseline", "Verdict"],
+      targets(r).map((t) => [t.name, t.goal, t.ours, t.baseline, t.ratio, metCell(t.met).replace(/\*/g, "")]),
+    ),
+    "",
+  ].join("\n");
+  return { files, summary };
+}
