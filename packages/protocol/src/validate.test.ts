@@ -35,6 +35,7 @@ describe("client frame parser", () => {
     ["too long a text", '{"type":"chat_message","message":"abcdef"}', ErrorCode.message_too_long],
     ["a bad expiration", '{"type":"chat_message","message":"x","multimedia_url_expiration":"soon"}', ErrorCode.invalid_frame],
     ["fields on read_messages", '{"type":"read_messages","x":1}', ErrorCode.invalid_frame],
+    ["a NUL character, which Postgres cannot store", '{"type":"chat_message","message":"a\\u0000b"}', ErrorCode.invalid_frame],
   ])("refuses %s", (_what, text, code) => {
     const r = parse(text);
     expect(r.ok).toBe(false);

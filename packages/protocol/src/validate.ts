@@ -95,6 +95,10 @@ export function createFrameParser(options: FrameParserOptions): (text: string) =
       );
     }
     if (!validateChatMessage(value)) return fail(ErrorCode.invalid_frame, describe(validateChatMessage.errors));
+    // Postgres text cannot hold NUL: refuse it here rather than accept a message that cannot be stored.
+    for (const field of ["message", "multimedia_url", "file_identifier", "client_id"] as const) {
+      if (value[field]?.includes("\u0000")) return fail(ErrorCode.invalid_frame, `${field} must not contain NUL characters`);
+    }
     const message = value.message ?? "";
     const accepted: AcceptedChatMessage = { type: "chat_message", message };
     if (value.multimedia_url) accepted.multimedia_url = value.multimedia_url;

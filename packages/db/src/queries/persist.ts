@@ -66,7 +66,10 @@ export async function persistBatch(
   for (const r of reads) users.add(r.reader).add(r.otherUser);
   const conn = await client.sql.reserve();
   try {
-    // Session-level locks: they outlive the transaction, until afterCommit is done.
+    // Session-level locks: they outlive the transaction, until afterCommit is done. This is the
+    // first statement on a possibly new connection, before postgres.js knows the array types: it
+    // passes a plain array of non-null strings, which serializes right without them; the
+    // statements after it use conn.array (whose NULLs need the fetched types).
     await conn`SELECT pg_advisory_lock(${USER_LOCK_SPACE}, h) FROM (
                  SELECT DISTINCT hashtext(u) AS h FROM unnest(${[...users]}::text[]) AS u ORDER BY h) AS keys`;
     await conn`BEGIN`;
