@@ -3,7 +3,7 @@
  * these: the frame that caused it was dropped and nothing was persisted.
  */
 export const ErrorCode = {
-  /** The frame was not valid UTF-8 JSON. */
+  /** The text frame is not JSON. (A text frame that is not valid UTF-8 fails the connection instead: see CloseCode.dropped.) */
   invalid_json: "invalid_json",
   /** Binary frames carry nothing in this protocol; send text. */
   binary_not_supported: "binary_not_supported",
@@ -44,7 +44,8 @@ export const CloseCode = {
   /** The node is shutting down; reconnect (to any node). */
   going_away: 1001,
   /**
-   * Not sent but seen by clients: uWebSockets.js drops the connection without a close frame when a
+   * Not sent but seen by clients: uWebSockets.js drops the connection without a close frame when a text
+   * frame is not valid UTF-8 (RFC 6455), when a
    * frame exceeds the hard transport limit (16 x CHAT_MAX_FRAME_BYTES) or more than
    * CHAT_MAX_BACKPRESSURE_BYTES queue up for a socket that does not read. Reconnect.
    */

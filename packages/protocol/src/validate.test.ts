@@ -36,6 +36,8 @@ describe("client frame parser", () => {
     ["a bad expiration", '{"type":"chat_message","message":"x","multimedia_url_expiration":"soon"}', ErrorCode.invalid_frame],
     ["fields on read_messages", '{"type":"read_messages","x":1}', ErrorCode.invalid_frame],
     ["a NUL character, which Postgres cannot store", '{"type":"chat_message","message":"a\\u0000b"}', ErrorCode.invalid_frame],
+    ["a lone surrogate", '{"type":"chat_message","message":"a\\ud800b"}', ErrorCode.invalid_frame],
+    ["a lone surrogate in client_id", '{"type":"chat_message","message":"a","client_id":"x\\udc00"}', ErrorCode.invalid_frame],
   ])("refuses %s", (_what, text, code) => {
     const r = parse(text);
     expect(r.ok).toBe(false);

@@ -49,10 +49,13 @@ function codePointLength(text: string, stopAfter: number): number {
   return n;
 }
 
+const isWellFormed = (text: string): boolean => (text as unknown as { isWellFormed(): boolean }).isWellFormed();
+
 function echoableClientId(value: unknown): string | undefined {
   if (typeof value !== "object" || value === null || Array.isArray(value)) return undefined;
   const id = (value as Record<string, unknown>)["client_id"];
-  return typeof id === "string" && id.length > 0 && id.length <= 128 ? id : undefined;
+  // Characters, as the schema's maxLength counts them (not UTF-16 units).
+  return typeof id === "string" && id.length > 0 && codePointLength(id, 128) <= 128 ? id : undefined;
 }
 
 /** The client_id of a frame, if it is a JSON object with a usable one; for errors about frames that are otherwise refused. */
@@ -95,9 +98,13 @@ export function createFrameParser(options: FrameParserOptions): (text: string) =
       );
     }
     if (!validateChatMessage(value)) return fail(ErrorCode.invalid_frame, describe(validateChatMessage.errors));
-    // Postgres text cannot hold NUL: refuse it here rather than accept a message that cannot be stored.
+    // Postgres text cannot hold NUL, and a lone surrogate would be stored as U+FFFD (and hash like
+    // another client_id): refuse both here rather than accept what cannot be stored as sent.
     for (const field of ["message", "multimedia_url", "file_identifier", "client_id"] as const) {
-      if (value[field]?.includes("\u0000")) return fail(ErrorCode.invalid_frame, `${field} must not contain NUL characters`);
+      const text = value[field];
+      if (text === undefined) continue;
+      if (text.includes("\u0000")) return fail(ErrorCode.invalid_frame, `${field} must not contain NUL characters`);
+      if (!isWellFormed(text)) return fail(ErrorCode.invalid_frame, `${field} is not well-formed Unicode (lone surrogate)`);
     }
     const message = value.message ?? "";
     const accepted: AcceptedChatMessage = { type: "chat_message", message };
