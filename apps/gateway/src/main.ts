@@ -29,7 +29,7 @@ const { GatewayServer } = await import("./transport/server.js").catch((err: unkn
   process.exit(1);
 });
 
-function connectRedis(name: string, enableOfflineQueue: boolean, logger: Logger): Redis {
+function connectRedis(name: string, enableOfflineQueue: boolean, logger: Logger, onReconnect: () => void): Redis {
   const redis = new Redis(config.redisUrl, {
     connectionName: `${config.nodeId}:${name}`,
     enableOfflineQueue,
@@ -41,7 +41,10 @@ function connectRedis(name: string, enableOfflineQueue: boolean, logger: Logger)
   });
   let wasReady = false;
   redis.on("ready", () => {
-    if (wasReady) logger.info({ client: name }, "redis reconnected");
+    if (wasReady) {
+      logger.info({ client: name }, "redis reconnected");
+      onReconnect();
+    }
     wasReady = true;
   });
   redis.on("error", (err: Error) => logger.warn({ client: name, err: err.message, redis: redactUrl(config.redisUrl) }, "redis error"));
@@ -50,8 +53,22 @@ function connectRedis(name: string, enableOfflineQueue: boolean, logger: Logger)
 
 const busLog = log.child({ component: "bus" });
 // Commands fail at once while disconnected (the sender gets `error`), instead of waiting in a queue.
-const redis = connectRedis("commands", false, busLog);
-const subscriber = connectRedis("subscriber", true, busLog);
+const redis = connectRedis("commands", false, busLog, () => void core.rejoinPresence());
+// Until a reconnected subscriber has every channel back, this node takes no sends and no sockets.
+let subscriberSynced = true;
+const subscriber = connectRedis("subscriber", true, busLog, () => {
+  router.resubscribeAll().then(
+    () => {
+      subscriberSynced = true;
+      busLog.info({ channels: router.channelCount }, "subscriptions restored");
+    },
+    (err: unknown) => busLog.warn({ err }, "resubscribe failed; waiting for the next reconnect"),
+  );
+});
+subscriber.on("close", () => {
+  subscriberSynced = false;
+});
+const redisServes = () => redis.status === "ready" && subscriber.status === "ready" && subscriberSynced;
 const names = redisNames(config.redisPrefix);
 const db = createDb(config.databaseUrl, { max: config.dbPoolSize, applicationName: `gateway ${config.nodeId}` });
 
@@ -86,6 +103,7 @@ const core = new GatewayCore({
       (await latestMessagesAfter(db.db, roomId, position, limit)).map((row) => ({ position: row.streamPosition, event: messageEvent(row) })),
   },
   maxReplay: config.maxReplay,
+  redisReady: redisServes,
   limits: {
     ratePerSecond: config.rateMessagesPerSecond,
     burst: config.rateMessagesBurst,
@@ -120,7 +138,7 @@ const api = new HttpApi({
 const server = new GatewayServer(
   core,
   verifier,
-  { ready: () => !draining && redis.status === "ready" && subscriber.status === "ready" },
+  { ready: () => !draining && redisServes() },
   config,
   log.child({ component: "gateway:uws" }),
   metrics,

@@ -1,6 +1,6 @@
 import type { Redis } from "ioredis";
 import { MessageStream, type RedisNames, type ReceivedEntry } from "@chat/bus";
-import { persistBatch, type BatchOutcome, type DbClient } from "@chat/db";
+import { ReserveTimeoutError, persistBatch, type BatchOutcome, type DbClient } from "@chat/db";
 import type { Logger } from "@chat/log";
 import type { WorkerMetrics } from "./metrics.js";
 import { notificationsFor, prepareBatch, type PreparedBatch } from "./batch.js";
@@ -35,11 +35,13 @@ export class StreamConsumer {
 
   constructor(
     private readonly redis: Redis,
-    private readonly db: DbClient,
+    private db: DbClient,
     private readonly names: RedisNames,
     private readonly options: ConsumerOptions,
     private readonly log: Logger,
     private readonly metrics: WorkerMetrics,
+    /** Opens a fresh pool, to replace one that stopped handing out connections. */
+    private readonly reopenDb: () => DbClient,
   ) {
     this.stream = new MessageStream(redis, names.stream, names.group);
   }
@@ -65,6 +67,11 @@ export class StreamConsumer {
     return { lag: 0, pending: 0 };
   }
 
+  /** The pool in use (replaced when it stopped handing out connections). */
+  get dbClient(): DbClient {
+    return this.db;
+  }
+
   /** True while the loop runs (not stopping). */
   get running(): boolean {
     return this.stopped !== null && !this.stopping;
@@ -75,9 +82,15 @@ export class StreamConsumer {
     let nextClaim = 0;
     let nextTrim = Date.now() + trimIntervalMs;
     let backoff = 0;
+    // The group is (re)created at start and whenever Redis says it is gone (a Redis restarted
+    // without persistence comes back empty).
+    let needGroup = true;
     while (!this.stopping) {
       try {
-        if (backoff === 0) await this.stream.ensureGroup();
+        if (needGroup) {
+          await this.stream.ensureGroup();
+          needGroup = false;
+        }
         const now = Date.now();
         let entries: ReceivedEntry[];
         if (now >= nextClaim) {
@@ -95,6 +108,7 @@ export class StreamConsumer {
         }
         backoff = 0;
       } catch (err) {
+        if (err instanceof Error && err.message.includes("NOGROUP")) needGroup = true;
         backoff = Math.min(backoff === 0 ? 250 : backoff * 2, 5000);
         this.log.warn({ err, retryInMs: backoff }, "stream read failed");
         await sleep(backoff);
@@ -122,6 +136,12 @@ export class StreamConsumer {
         return;
       } catch (err) {
         this.metrics.writeErrors.inc();
+        if (err instanceof ReserveTimeoutError) {
+          this.log.warn({ err }, "replacing the Postgres pool");
+          const old = this.db;
+          this.db = this.reopenDb();
+          void old.close().catch(() => {});
+        }
         this.log.warn({ err, first: ids[0], last: ids.at(-1), attempt, retryInMs: backoff }, "batch failed, will retry");
         // Left pending: another worker claims it after claimIdleMs.
         if (this.stopping) return;

@@ -22,7 +22,8 @@ const redis = new Redis(config.redisUrl, {
   retryStrategy: (times) => Math.min(times * 200, 2000),
 });
 redis.on("error", (err: Error) => log.warn({ err: err.message, redis: redactUrl(config.redisUrl) }, "redis error"));
-const db = createDb(config.databaseUrl, { max: config.dbPoolSize, applicationName: `worker ${config.consumerName}` });
+const openDb = () => createDb(config.databaseUrl, { max: config.dbPoolSize, applicationName: `worker ${config.consumerName}` });
+const db = openDb();
 
 const metrics = new WorkerMetrics(() => consumer.streamState());
 const consumer: StreamConsumer = new StreamConsumer(
@@ -32,6 +33,7 @@ const consumer: StreamConsumer = new StreamConsumer(
   config,
   log.child({ component: "worker:consumer" }),
   metrics,
+  openDb,
 );
 let httpPort: number;
 try {
@@ -50,7 +52,7 @@ async function shutdown(signal: string): Promise<void> {
   stopping = true;
   log.info({ signal }, "stopping after the batch in hand");
   await consumer.stop();
-  await Promise.allSettled([redis.quit(), db.close()]);
+  await Promise.allSettled([redis.quit(), consumer.dbClient.close()]);
   log.info({}, "stopped");
   process.exit(0);
 }

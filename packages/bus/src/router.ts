@@ -51,6 +51,15 @@ export class SubscriptionRouter {
     return this.channels.size;
   }
 
+  /**
+   * Subscribes every channel of the index again, e.g. once a reconnected subscriber is ready:
+   * resolves when Redis has confirmed them all, i.e. when live delivery is whole again.
+   */
+  async resubscribeAll(): Promise<void> {
+    const channels = [...this.channels.keys()];
+    for (let i = 0; i < channels.length; i += 1000) await this.subscriber.subscribe(...channels.slice(i, i + 1000));
+  }
+
   /** Resolves once the node is subscribed; on failure the listener is not registered. */
   async add(channel: string, listener: ChannelListener): Promise<void> {
     let entry = this.channels.get(channel);

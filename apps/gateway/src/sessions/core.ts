@@ -53,6 +53,8 @@ export interface CoreOptions {
   maxReplay: number;
   maxMessageLength: number;
   limits: SendLimits;
+  /** Whether both Redis connections serve: commands, and a subscriber with every channel in place. */
+  redisReady: () => boolean;
   log: Logger;
   metrics: GatewayMetrics;
 }
@@ -72,6 +74,7 @@ export class GatewayCore {
   readonly history: History;
   readonly maxReplay: number;
   readonly limits: SendLimits;
+  private readonly isRedisReady: () => boolean;
   readonly parseFrame: (text: string) => ParseResult;
   readonly log: Logger;
   readonly metrics: GatewayMetrics;
@@ -97,6 +100,7 @@ export class GatewayCore {
     this.history = options.history;
     this.maxReplay = options.maxReplay;
     this.limits = options.limits;
+    this.isRedisReady = options.redisReady;
     this.parseFrame = createFrameParser({ maxMessageLength: options.maxMessageLength });
     this.log = options.log;
     this.metrics = options.metrics;
@@ -112,9 +116,27 @@ export class GatewayCore {
     return ++this.socketSeq;
   }
 
-  /** True while Redis answers, i.e. this node can accept and deliver. */
+  /**
+   * True while this node can accept and deliver: commands go through and every channel it needs is
+   * subscribed. A send is accepted only then, because the sender's echo comes back over pub/sub.
+   */
   get redisReady(): boolean {
-    return this.redis.status === "ready";
+    return this.isRedisReady();
+  }
+
+  /**
+   * After Redis came back (possibly empty, if it keeps nothing on disk): put this node's presence
+   * entries back, announcing users who thereby join again.
+   */
+  async rejoinPresence(): Promise<void> {
+    for (const entry of [...this.presenceEntries]) {
+      try {
+        const { first } = await this.presence.join(entry);
+        if (first) await this.publish(this.names.roomChannel(entry.roomId), [JSON.stringify({ type: "user_join", user: entry.user })]);
+      } catch (err) {
+        this.log.warn({ err, roomId: entry.roomId, user: entry.user }, "presence rejoin failed");
+      }
+    }
   }
 
   /** Publishes server frames to every socket of a room or user channel, on every node. */

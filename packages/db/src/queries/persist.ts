@@ -42,6 +42,35 @@ interface PairState {
   last: NewMessage | null;
 }
 
+/** How long a batch waits for a connection before giving up (see ReserveTimeoutError). */
+const RESERVE_TIMEOUT_MS = 10_000;
+
+/**
+ * No connection could be reserved in time. postgres.js 3.4 can leave reserve() waiting forever
+ * after the server restarted (porsager/postgres#1195): the caller should replace its pool.
+ */
+export class ReserveTimeoutError extends Error {
+  override readonly name = "ReserveTimeoutError";
+  readonly code = "db_reserve_timeout";
+}
+
+async function reserveWithin(client: DbClient, ms: number): Promise<postgres.ReservedSql> {
+  let timer: NodeJS.Timeout | undefined;
+  const reserving = client.sql.reserve();
+  const timeout = new Promise<never>((_, reject) => {
+    timer = setTimeout(() => reject(new ReserveTimeoutError(`no Postgres connection within ${ms} ms`)), ms);
+  });
+  try {
+    return await Promise.race([reserving, timeout]);
+  } catch (err) {
+    // Should the reservation still succeed later, hand the connection straight back.
+    void reserving.then((conn) => conn.release(), () => {});
+    throw err;
+  } finally {
+    clearTimeout(timer);
+  }
+}
+
 /** Namespace of the per-user advisory locks (pg_advisory_lock(int, int)); arbitrary constant. */
 const USER_LOCK_SPACE = 72_026;
 
@@ -64,7 +93,7 @@ export async function persistBatch(
   const users = new Set<string>();
   for (const m of newMessages) users.add(m.fromUser).add(m.toUser);
   for (const r of reads) users.add(r.reader).add(r.otherUser);
-  const conn = await client.sql.reserve();
+  const conn = await reserveWithin(client, RESERVE_TIMEOUT_MS);
   try {
     // Session-level locks: they outlive the transaction, until afterCommit is done. This is the
     // first statement on a possibly new connection, before postgres.js knows the array types: it
