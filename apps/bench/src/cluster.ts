@@ -11,6 +11,8 @@ export interface BenchEnv {
   secret: string;
   /** Uploads directory for the gateways (nothing is uploaded; keeps the checkout clean). */
   mediaDir: string;
+  /** Cores of the machine, for CPU shares. */
+  cores: number;
 }
 
 export type SystemName = "chat" | "socket.io";

@@ -1,6 +1,10 @@
+// `npm run bench`: prepares the database, then per system (ours, the Socket.IO baseline) a cluster for
+// the loads (warm-up, fixed, find-max) and a fresh one for the connection scenarios, then the worker
+// drain and the profile run, and writes the reports. Every cluster is stopped by pid in a finally,
+// and on SIGINT/SIGTERM; a scenario that throws is recorded and the next one runs.
 import { randomBytes } from "node:crypto";
-import { mkdirSync, mkdtempSync, rmSync } from "node:fs";
-import { tmpdir } from "node:os";
+import { copyFileSync, mkdirSync, mkdtempSync, readdirSync, readFileSync, rmSync, writeFileSync } from "node:fs";
+import { availableParallelism, tmpdir } from "node:os";
 import { join } from "node:path";
 import { parseArgs } from "node:util";
 import { Redis } from "ioredis";
@@ -12,11 +16,12 @@ import { describeEnvironment } from "./environment.js";
 import { FULL, QUICK, SCENARIOS, type Plan, type ScenarioName } from "./plan.js";
 import { killAll, REPO_ROOT, runNode } from "./processes.js";
 import { Inspector } from "./inspector.js";
+import { perfAvailable, perfRecord, removePerfMaps, summarizePerf, type PerfRecording } from "./perf.js";
 import { summarizeProfile, summarizeProfiles, type CpuProfile } from "./profile.js";
-import { writeReports, type BenchResults, type SystemResults } from "./report.js";
+import { resultStamp, writeReports, type BenchResults, type SystemResults } from "./report.js";
 import { connectionRate, idleMemory } from "./scenarios/connections.js";
 import { workerDrain } from "./scenarios/drain.js";
-import { measuredLoad, type LoadShape } from "./scenarios/load.js";
+import { measuredLoad, measuredLoadWithNoise, waitForQuiet } from "./scenarios/load.js";
 import { findMax } from "./scenarios/throughput.js";
 import { threadsFor } from "./plan.js";
 
@@ -31,6 +36,7 @@ writes bench-results/<time>.{json,md,svg}.
   --no-baseline    skip the Socket.IO baseline
   --docs           also rewrite docs/benchmarks.md (between its bench markers) and docs/benchmarks-p99.svg
   --out DIR        results directory (default bench-results/)
+  --render-only F  only re-render the reports (and with --docs the docs) from an earlier run's JSON F
 
 Environment: REDIS_URL (redis://127.0.0.1:6379), BENCH_DATABASE_URL (postgres://postgres@127.0.0.1:5432/chat_bench;
 a database whose name starts with chat_bench is dropped and re-created on every run).
@@ -43,11 +49,20 @@ const { values } = parseArgs({
     "no-baseline": { type: "boolean", default: false },
     docs: { type: "boolean", default: false },
     out: { type: "string" },
+    "render-only": { type: "string" },
     help: { type: "boolean", default: false },
   },
 });
 if (values.help) {
   process.stdout.write(USAGE);
+  process.exit(0);
+}
+if (values["render-only"]) {
+  // Re-renders the reports of an earlier run from its JSON, running nothing.
+  const earlier = JSON.parse(readFileSync(values["render-only"], "utf8")) as BenchResults;
+  const dir = values.out ?? join(REPO_ROOT, "bench-results");
+  const written = writeReports(earlier, dir, { docs: values.docs, repoRoot: REPO_ROOT });
+  process.stdout.write(`${written.summary}\nwrote ${written.files.join(", ")}\n`);
   process.exit(0);
 }
 const plan: Plan = values.quick ? QUICK : FULL;
@@ -68,8 +83,12 @@ const log = (message: string) => process.stderr.write(`[bench ${((Date.now() - s
 const redisUrl = process.env["REDIS_URL"] ?? "redis://127.0.0.1:6379";
 const databaseUrl = process.env["BENCH_DATABASE_URL"] ?? "postgres://postgres@127.0.0.1:5432/chat_bench";
 const mediaDir = mkdtempSync(join(tmpdir(), "chat-bench-media-"));
-const env: BenchEnv = { redisUrl, databaseUrl, secret: randomBytes(32).toString("hex"), mediaDir };
+const env: BenchEnv = { redisUrl, databaseUrl, secret: randomBytes(32).toString("hex"), mediaDir, cores: availableParallelism() };
 const redisPrefix = `bench:${runTag}:`;
+const outDir = values.out ?? join(REPO_ROOT, "bench-results");
+mkdirSync(outDir, { recursive: true });
+/** Raw profiles go next to the report, for Chrome DevTools or speedscope. */
+const profilePath = (name: string) => join(outDir, `${resultStamp(startedAt.toISOString())}-${name.replace(/[^a-z0-9]+/gi, "-")}.cpuprofile`);
 
 const active = new Set<Cluster>();
 let interrupted = false;
@@ -189,7 +208,7 @@ if (results.errors.length === 0) {
           if (wants("fixed")) {
             const f = plan.fixed;
             log(`${system}: fixed ${f.rate} msg/s, ${f.pairs} pairs, ${f.durationMs / 1000} s`);
-            out.fixed = await measuredLoad(ctx, cluster, f, "fx", { verifyPersistence: true });
+            out.fixed = await measuredLoadWithNoise(ctx, cluster, f, "fx", plan.noise, { verifyPersistence: true });
             const l = out.fixed.load;
             log(
               `  p50 ${l.latencyMs.p50.toFixed(2)} ms, p99 ${l.latencyMs.p99.toFixed(2)} ms, loss ${l.delivery.lost}` +
@@ -199,7 +218,7 @@ if (results.errors.length === 0) {
           }
           if (wants("find-max")) {
             log(`${system}: find-max`);
-            out.findMax = await findMax(ctx, cluster, { ...plan.findMax, threadsFor });
+            out.findMax = await findMax(ctx, cluster, { ...plan.findMax, threadsFor, noise: plan.noise });
             if (out.findMax.error) out.errors.push({ scenario: "find-max", message: out.findMax.error });
             log(`  ${system} max ${out.findMax.maxRate} msg/s`);
           }
@@ -210,11 +229,13 @@ if (results.errors.length === 0) {
       await scenario(out, `${system} connections`, () =>
         withCluster(startSystem(system), async (cluster) => {
           if (wants("idle-memory")) {
+            await waitForQuiet(plan.noise.quietWaitMs);
             log(`${system}: ${plan.idleMemory.connections} idle connections`);
             out.idleMemory = await idleMemory(ctx, cluster, plan.idleMemory.connections, plan.idleMemory.settleMs);
             log(`  ${out.idleMemory.perConnectionKiB.toFixed(2)} KiB per connection (${out.idleMemory.opened} opened, ${out.idleMemory.failed} failed)`);
           }
           if (wants("connection-rate")) {
+            await waitForQuiet(plan.noise.quietWaitMs);
             log(`${system}: connection rate, ${plan.connectionRate.connections} sockets`);
             out.connectionRate = await connectionRate(ctx, cluster, plan.connectionRate.connections, plan.connectionRate.concurrency);
             log(`  ${out.connectionRate.perSecond.toFixed(0)} sockets/s ready, p99 ${out.connectionRate.latencyMs.p99.toFixed(1)} ms`);
@@ -227,6 +248,7 @@ if (results.errors.length === 0) {
   if (wants("worker-drain")) {
     await scenario(null, "worker drain", async () => {
       const d = plan.workerDrain;
+      await waitForQuiet(plan.noise.quietWaitMs);
       log(`worker drain: ${d.entries} entries`);
       results.drain = await workerDrain(ctx, `${redisPrefix}drain:`, d.entries, d.pairs);
       log(`  ${results.drain.entriesPerSecond.toFixed(0)} entries/s, counts ${results.drain.countsExact ? "exact" : "WRONG"}`);
@@ -234,13 +256,14 @@ if (results.errors.length === 0) {
   }
 
   if (wants("profile")) {
+    const withPerf = perfAvailable();
     await scenario(null, "profile", async () => {
       results.profile = [];
       await withCluster(
-        () => startChatCluster(env, { prefix: redisPrefix, nodeArgs: ["--inspect=127.0.0.1:0"] }),
+        () => startChatCluster(env, { prefix: redisPrefix, nodeArgs: ["--inspect=127.0.0.1:0", ...(withPerf ? ["--perf-basic-prof-only-functions"] : [])] }),
         async (cluster) => {
           const processes = [...cluster.nodes, ...(cluster.worker ? [cluster.worker] : [])];
-          log(`profile: V8 sampling profiler on ${processes.map((p) => p.name).join(", ")} at ${plan.profile.rate} msg/s`);
+          log(`profile: V8 sampling profiler${withPerf ? " and perf" : ""} on ${processes.map((p) => p.name).join(", ")} at ${plan.profile.rate} msg/s`);
           await warm(cluster);
           const inspectors = await Promise.all(
             processes.map((p) => {
@@ -250,18 +273,40 @@ if (results.errors.length === 0) {
             }),
           );
           const profiles: CpuProfile[] = [];
+          const perfDir = mkdtempSync(join(tmpdir(), "chat-bench-perf-"));
+          const perfTargets: { name: string; pids: number[] }[] = [
+            ...processes.map((p) => ({ name: p.name, pids: [p.pid] })),
+            { name: "redis-server", pids: await services.redisPids() },
+          ];
+          let recordings: PerfRecording[] = [];
           try {
             const m = await measuredLoad(ctx, cluster, plan.profile, "pr", {
               around: {
-                connected: async () => void (await Promise.all(inspectors.map((i) => i.startProfiler()))),
-                drained: async () => void profiles.push(...((await Promise.all(inspectors.map((i) => i.stopProfiler()))) as CpuProfile[])),
+                connected: async () => {
+                  // Postgres backends exist once the sockets are open (unread counts on connect).
+                  perfTargets.push({ name: "postgres", pids: await services.postgresPids() });
+                  if (withPerf) recordings = perfTargets.filter((t) => t.pids.length).map((t, i) => perfRecord(t.pids.join(","), join(perfDir, `${i}.data`)));
+                  await Promise.all(inspectors.map((i) => i.startProfiler()));
+                },
+                drained: async () => {
+                  profiles.push(...((await Promise.all(inspectors.map((i) => i.stopProfiler()))) as CpuProfile[]));
+                  await Promise.all(recordings.map((r) => r.stop()));
+                },
               },
             });
+            if (withPerf) {
+              results.perf = perfTargets.filter((t) => t.pids.length).map((t, i) => summarizePerf(t.name, join(perfDir, `${i}.data`)));
+            }
             results.profileLoad = m;
             // Only the samples of the timed load: connects and the drain's idle tail are left out.
-            processes.forEach((p, i) => results.profile!.push(summarizeProfile(p.name, profiles[i]!, m.windowUs)));
+            processes.forEach((p, i) => {
+              results.profile!.push(summarizeProfile(p.name, profiles[i]!, m.windowUs));
+              writeFileSync(profilePath(p.name), JSON.stringify(profiles[i]));
+            });
           } finally {
             for (const i of inspectors) i.close();
+            rmSync(perfDir, { recursive: true, force: true });
+            removePerfMaps(processes.map((p) => p.pid));
           }
         },
       );
@@ -270,6 +315,7 @@ if (results.errors.length === 0) {
         log(`profile: --cpu-prof on a worker draining ${plan.profileDrainEntries} entries`);
         const drain = await workerDrain(ctx, `${redisPrefix}pdrain:`, plan.profileDrainEntries, plan.workerDrain.pairs, ["--cpu-prof", `--cpu-prof-dir=${dir}`]);
         results.profile.push(...summarizeProfiles(dir, [{ name: `worker draining ${drain.entries} entries`, pid: drain.workerPid }], drain.windowUs));
+        for (const f of readdirSync(dir)) if (f.endsWith(".cpuprofile")) copyFileSync(join(dir, f), profilePath("worker-drain"));
       } finally {
         rmSync(dir, { recursive: true, force: true });
       }
@@ -281,8 +327,6 @@ await Promise.allSettled([sql.end({ timeout: 2 }), services.close(), deleteRedis
 rmSync(mediaDir, { recursive: true, force: true });
 results.finishedAt = new Date().toISOString();
 results.durationS = (Date.now() - startedAt.getTime()) / 1000;
-const outDir = values.out ?? join(REPO_ROOT, "bench-results");
-mkdirSync(outDir, { recursive: true });
 const written = writeReports(results, outDir, { docs: values.docs, repoRoot: REPO_ROOT });
 process.stdout.write(written.summary + "\n");
 log(`wrote ${written.files.join(", ")} in ${results.durationS.toFixed(0)} s`);

@@ -1,4 +1,4 @@
-import type { LoadShape } from "./scenarios/load.js";
+import type { LoadShape, NoisePolicy } from "./scenarios/load.js";
 import type { FindMaxPlan } from "./scenarios/throughput.js";
 
 export const SCENARIOS = ["fixed", "find-max", "idle-memory", "connection-rate", "worker-drain", "profile"] as const;
@@ -10,7 +10,9 @@ export interface Plan {
   /** An untimed load before the first measured one, so both systems start JIT-warm. */
   warmup: LoadShape;
   fixed: LoadShape;
-  findMax: Omit<FindMaxPlan, "threadsFor">;
+  findMax: Omit<FindMaxPlan, "threadsFor" | "noise">;
+  /** The machine is shared: how loads cope with other people's work (see measuredLoadWithNoise). */
+  noise: NoisePolicy;
   idleMemory: { connections: number; settleMs: number };
   connectionRate: { connections: number; concurrency: number };
   workerDrain: { entries: number; pairs: number };
@@ -40,6 +42,7 @@ const shape = (rate: number, pairs: number, warmupMs: number, durationMs: number
 
 export const FULL: Plan = {
   mode: "full",
+  noise: { quietWaitMs: 20000, repeatAbovePct: 15, repeats: 1 },
   warmup: shape(1000, 100, 0, 3000, 2000),
   fixed: shape(2000, 200, 2000, 20000, 5000),
   findMax: { startRate: 1000, refineSteps: 3, maxRate: 64000, pairs: 200, maxUserRate: 50, warmupMs: 1000, durationMs: 6000, drainMs: 3000 },
@@ -52,6 +55,7 @@ export const FULL: Plan = {
 
 export const QUICK: Plan = {
   mode: "quick",
+  noise: { quietWaitMs: 0, repeatAbovePct: 100, repeats: 0 },
   warmup: shape(1000, 50, 0, 1000, 1000),
   fixed: shape(2000, 100, 1000, 5000, 3000),
   findMax: { startRate: 1000, refineSteps: 1, maxRate: 16000, pairs: 50, maxUserRate: 50, warmupMs: 500, durationMs: 2000, drainMs: 2000 },

@@ -43,13 +43,17 @@ export function parentPid(pid: number): number | undefined {
   }
 }
 
-/** Busy and total jiffies of the whole machine (/proc/stat), for its CPU utilization. */
-export function boxJiffies(): { busy: number; total: number } {
+/**
+ * Jiffies of the whole machine (/proc/stat): busy and total, and the busy part spent in interrupt
+ * handlers (loopback networking runs there) and stolen by the hypervisor.
+ */
+export function boxJiffies(): { busy: number; total: number; interrupts: number; steal: number } {
   const line = readFileSync("/proc/stat", "utf8").split("\n", 1)[0]!;
+  // user nice system idle iowait irq softirq steal
   const v = line.trim().split(/\s+/).slice(1).map(Number);
   const total = v.slice(0, 8).reduce((a, b) => a + b, 0);
   const idle = (v[3] ?? 0) + (v[4] ?? 0);
-  return { busy: total - idle, total };
+  return { busy: total - idle, total, interrupts: (v[5] ?? 0) + (v[6] ?? 0), steal: v[7] ?? 0 };
 }
 
 /** Named groups of server processes whose CPU is summed (gateways, worker, redis, postgres...). */
@@ -58,7 +62,9 @@ export type ProcessGroups = Record<string, number[]>;
 export interface CpuSnapshot {
   at: number;
   perPid: Map<number, number>;
-  box: { busy: number; total: number };
+  box: ReturnType<typeof boxJiffies>;
+  /** This process's CPU (the generator and the bench). */
+  self: NodeJS.CpuUsage;
   /** Every process, to name the busiest ones that are not ours. */
   all: Map<number, { name: string; cpuS: number }>;
 }
@@ -96,7 +102,7 @@ export function snapshotCpu(groups: ProcessGroups, withNames = false): CpuSnapsh
       if (s !== undefined) perPid.set(pid, s);
     }
   }
-  return { at: performance.now(), perPid, box: boxJiffies(), all: allProcesses(withNames) };
+  return { at: performance.now(), perPid, box: boxJiffies(), all: allProcesses(withNames), self: process.cpuUsage() };
 }
 
 export interface CpuDelta {
@@ -108,6 +114,14 @@ export interface CpuDelta {
   boxUtilization: number;
   /** CPU seconds the whole machine was busy (all cores, all processes, the kernel). */
   boxBusyS: number;
+  /** Of that, interrupt handlers (loopback networking runs there: the load's own traffic, mostly). */
+  interruptsS: number;
+  /** Of that, time the hypervisor gave to other machines. */
+  stealS: number;
+  /** This process (the generator, the bench) over the window. */
+  selfS: number;
+  /** Busy time of no server, not this process, not interrupts nor steal: other people's work. */
+  othersS: number;
   /** The busiest processes outside the groups and this process, by name. */
   topOthers: { name: string; cpuS: number }[];
 }
@@ -126,6 +140,9 @@ export function cpuDelta(start: CpuSnapshot, end: CpuSnapshot, groups: ProcessGr
     total += s;
   }
   const dTotal = end.box.total - start.box.total;
+  const boxBusyS = (end.box.busy - start.box.busy) / CLK_TCK;
+  const notOthers = (end.box.interrupts - start.box.interrupts + end.box.steal - start.box.steal) / CLK_TCK;
+  const selfS = (end.self.user + end.self.system - start.self.user - start.self.system) / 1e6;
   const ours = new Set([...Object.values(groups).flat(), process.pid]);
   const others = new Map<string, number>();
   for (const [pid, p] of end.all) {
@@ -138,7 +155,11 @@ export function cpuDelta(start: CpuSnapshot, end: CpuSnapshot, groups: ProcessGr
     groups: out,
     totalS: total,
     boxUtilization: dTotal > 0 ? (end.box.busy - start.box.busy) / dTotal : 0,
-    boxBusyS: (end.box.busy - start.box.busy) / CLK_TCK,
+    boxBusyS,
+    interruptsS: (end.box.interrupts - start.box.interrupts) / CLK_TCK,
+    stealS: (end.box.steal - start.box.steal) / CLK_TCK,
+    selfS,
+    othersS: Math.max(0, boxBusyS - notOthers - selfS - total),
     topOthers: [...others.entries()]
       .sort((a, b) => b[1] - a[1])
       .slice(0, 3)

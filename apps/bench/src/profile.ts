@@ -22,8 +22,9 @@ export interface ProfileEntry {
 
 export interface ProfileSummary {
   process: string;
-  /** Sampled wall time in the window, and how much of it was not idle. */
+  /** Wall time sampled in the window. */
   totalMs: number;
+  /** Non-idle samples × the sampling interval: about the main thread's CPU time. */
   busyMs: number;
   /** Self time per function (native and runtime frames as themselves). */
   topFunctions: ProfileEntry[];
@@ -66,14 +67,22 @@ export function summarizeProfile(processName: string, profile: CpuProfile, windo
   const byId = new Map(profile.nodes.map((n) => [n.id, n]));
   const parent = new Map<number, number>();
   for (const n of profile.nodes) for (const c of n.children ?? []) parent.set(c, n.id);
+  // Each sample counts for one sampling interval, not for the wall time since the previous one: a
+  // thread preempted inside a syscall (a write that wakes Redis or the client on a 2-core machine)
+  // takes its next sample only when it runs again, and weighting by the gap would charge the time it
+  // spent off the CPU to that syscall. Counting samples approximates CPU time.
+  const deltas = profile.timeDeltas.filter((d) => d > 0).sort((a, b) => a - b);
+  const interval = deltas[Math.floor(deltas.length / 2)] ?? 1000;
   const self = new Map<number, number>();
   let t = profile.startTime;
+  let wallUs = 0;
   for (let i = 0; i < profile.samples.length; i++) {
     const dt = profile.timeDeltas[i] ?? 0;
     t += dt;
     if (window && (t < window.fromUs || t > window.toUs)) continue;
+    wallUs += dt;
     const id = profile.samples[i]!;
-    self.set(id, (self.get(id) ?? 0) + dt);
+    self.set(id, (self.get(id) ?? 0) + interval);
   }
   // The nearest ancestor (or the node itself) that is code in a package or workspace.
   const owner = (id: number): CpuProfile["nodes"][number] => {
@@ -92,20 +101,15 @@ export function summarizeProfile(processName: string, profile: CpuProfile, windo
     f.us += us;
     into.set(key, f);
   };
-  let totalUs = 0;
-  let idleUs = 0;
+  let busyUs = 0;
   for (const [id, us] of self) {
     const node = byId.get(id);
     if (!node) continue;
-    totalUs += us;
-    if (node.callFrame.functionName === "(idle)") {
-      idleUs += us;
-      continue;
-    }
+    if (node.callFrame.functionName === "(idle)") continue;
+    busyUs += us;
     add(frames, node, us);
     add(attributed, owner(id), us);
   }
-  const busyUs = totalUs - idleUs;
   const pct = (us: number) => (busyUs > 0 ? (us / busyUs) * 100 : 0);
   const areas = new Map<string, number>();
   for (const f of attributed.values()) areas.set(f.area, (areas.get(f.area) ?? 0) + f.us);
@@ -116,7 +120,7 @@ export function summarizeProfile(processName: string, profile: CpuProfile, windo
       .map(([frame, f]) => ({ frame, area: f.area, selfMs: f.us / 1000, selfPct: pct(f.us) }));
   return {
     process: processName,
-    totalMs: totalUs / 1000,
+    totalMs: wallUs / 1000,
     busyMs: busyUs / 1000,
     topFunctions: topOf(frames),
     topAttributed: topOf(attributed),

@@ -1,5 +1,6 @@
 import { describe, expect, it } from "vitest";
 import { FULL } from "./plan.js";
+import { categoryOf } from "./perf.js";
 import { areaOf, summarizeProfile } from "./profile.js";
 import { renderMarkdown, type BenchResults } from "./report.js";
 import { p99Chart } from "./svg.js";
@@ -24,21 +25,33 @@ describe("profile summary", () => {
         frame(4, "writeUtf8String", ""),
         frame(5, "(idle)", ""),
       ],
-      // Samples at t = 1000 + 10, 20, 30, 40 µs.
+      // Samples at t = 1000 + 10, 20, 30, 90 µs; the last gap (a preempted thread) still counts one interval.
       samples: [4, 4, 2, 5],
-      timeDeltas: [10, 10, 10, 10],
+      timeDeltas: [10, 10, 10, 60],
       startTime: 1000,
       endTime: 1040,
     };
     const all = summarizeProfile("g", profile);
-    expect(all.totalMs).toBeCloseTo(0.04);
+    expect(all.totalMs).toBeCloseTo(0.09);
+    // Three busy samples of the 10 µs interval.
     expect(all.busyMs).toBeCloseTo(0.03);
     expect(all.topFunctions[0]).toMatchObject({ frame: "writeUtf8String", area: "(native)" });
     expect(all.topAttributed).toHaveLength(1);
     expect(all.topAttributed[0]).toMatchObject({ frame: "send (apps/gateway/dist/server.js:1)", area: "@chat/gateway", selfPct: 100 });
-    const windowed = summarizeProfile("g", profile, { fromUs: 1025, toUs: 1040 });
+    const windowed = summarizeProfile("g", profile, { fromUs: 1025, toUs: 1100 });
     expect(windowed.busyMs).toBeCloseTo(0.01);
-    expect(windowed.totalMs).toBeCloseTo(0.02);
+    expect(windowed.totalMs).toBeCloseTo(0.07);
+  });
+});
+
+describe("perf categories", () => {
+  it("sorts symbols into kernel, JavaScript, GC, JIT, V8 runtime and native", () => {
+    expect(categoryOf("k", "finish_task_switch.isra.0")).toBe("kernel");
+    expect(categoryOf(".", "JS:dispatch packages/bus/dist/router.js:72:13")).toBe("JavaScript");
+    expect(categoryOf(".", "v8::internal::Scavenger::ScavengeObject<x>")).toBe("GC");
+    expect(categoryOf(".", "v8::internal::compiler::GraphReducer::ReduceTop")).toBe("JIT compiler");
+    expect(categoryOf(".", "Builtins_LoadIC")).toBe("V8 runtime");
+    expect(categoryOf(".", "__memmove_avx512_unaligned_erms")).toBe("native (libc, libuv, uWS, node)");
   });
 });
 

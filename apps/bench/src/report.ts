@@ -1,12 +1,15 @@
+// The report: the JSON's shape, the markdown of docs/benchmarks.md (a section per scenario, kept in
+// one file so the page's layout reads top to bottom in one place) and the files written per run.
 import { existsSync, readFileSync, writeFileSync } from "node:fs";
 import { join } from "node:path";
 import type { SystemName } from "./cluster.js";
 import type { Environment } from "./environment.js";
 import type { Plan } from "./plan.js";
+import type { PerfSummary } from "./perf.js";
 import type { ProfileSummary } from "./profile.js";
 import type { ConnectionRateResult, IdleMemoryResult } from "./scenarios/connections.js";
 import type { DrainResult } from "./scenarios/drain.js";
-import type { MeasuredLoad } from "./scenarios/load.js";
+import { othersPct, type MeasuredLoad } from "./scenarios/load.js";
 import { LIMITS, type FindMaxResult } from "./scenarios/throughput.js";
 import { p99Chart } from "./svg.js";
 
@@ -32,6 +35,8 @@ export interface BenchResults {
   /** Ours only: the baseline has no worker. */
   drain?: DrainResult;
   profile?: ProfileSummary[];
+  /** On-CPU profiles (Linux perf) of the same load, when perf is installed. */
+  perf?: PerfSummary[];
   /** The load the profile was taken under (profiling slows the processes: not a figure to compare). */
   profileLoad?: MeasuredLoad;
   errors: { scenario: string; message: string }[];
@@ -125,8 +130,7 @@ function metCell(met: boolean | null): string {
   return met === null ? "not run" : met ? "**met**" : "**missed**";
 }
 
-/** CPU of processes that are neither the servers nor the generator, as % of the machine. */
-const otherPct = (m: MeasuredLoad, cores: number): number | undefined => (m.cpu ? (m.cpu.otherS / (m.cpu.wallS * cores)) * 100 : undefined);
+const otherPct = othersPct;
 
 function loadRows(label: string, pick: (m: MeasuredLoad) => number | undefined, fmt: (v: number | undefined) => string, us?: MeasuredLoad, base?: MeasuredLoad) {
   const a = us ? pick(us) : undefined;
@@ -188,7 +192,7 @@ export function renderMarkdown(r: BenchResults, chartPath: string): string {
         l.notifications ? ms(l.notifications.latencyMs.p99) : DASH,
         num(s.measured.cpu?.perDeliveredUs),
         num(s.measured.cpu ? s.measured.cpu.boxUtilization * 100 : undefined),
-        num(otherPct(s.measured, r.environment.cores)),
+        num(otherPct(s.measured, r.environment.cores)) + (s.measured.noisyAttempts ? ` (repeated; was ${s.measured.noisyAttempts.map((n) => num(n)).join(", ")})` : ""),
         `${num(l.generator.maxEventLoopUtilization * 100)}${l.generator.saturated ? " (saturated)" : ""}`,
         s.held ? "held" : `failed: ${s.failures.join("; ")}`,
       ]);
@@ -227,7 +231,8 @@ export function renderMarkdown(r: BenchResults, chartPath: string): string {
       loadRows("Notification p99 ms", (m) => m.load.notifications?.latencyMs.p99, ms, a, b),
       loadRows("Server CPU per delivered message, µs", (m) => m.cpu?.perDeliveredUs, (v) => num(v), a, b),
       loadRows("Machine busy %", (m) => (m.cpu ? m.cpu.boxUtilization * 100 : undefined), (v) => num(v), a, b),
-      loadRows("Others' CPU (not servers, not generator), % of machine", (m) => otherPct(m, r.environment.cores), (v) => num(v), a, b),
+      ["Others' CPU (not servers, not generator), % of machine", ...[a, b].map((m) => (m ? num(otherPct(m, r.environment.cores)) + (m.noisyAttempts ? ` (repeated; was ${m.noisyAttempts.map((n) => num(n)).join(", ")})` : "") : DASH)), DASH],
+      loadRows("Kernel interrupts (loopback networking), % of machine", (m) => (m.cpu ? (m.cpu.interruptsS / (m.cpu.wallS * r.environment.cores)) * 100 : undefined), (v) => num(v), a, b),
       ["Busiest other processes (CPU s)", ...[a, b].map((m) => (m?.cpu?.topOthers.length ? m.cpu.topOthers.map((o) => `${o.name} ${num(o.cpuS, 1)}`).join(", ") : DASH)), DASH],
       loadRows("Generator: share of one core %", (m) => m.load.generator.coreShare * 100, (v) => num(v), a, b),
       loadRows("Generator: send lag p99 ms", (m) => m.load.sendLagMs.p99, ms, a, b),
@@ -358,12 +363,14 @@ export function renderMarkdown(r: BenchResults, chartPath: string): string {
       "",
       `A separate run (${r.plan.profile.pairs} pairs, ${num(r.plan.profile.durationMs / 1000)} s timed; the profiler runs through the inspector over the timed load only), then a worker draining ${num(r.plan.profileDrainEntries)} entries under \`--cpu-prof\`` +
         (pl ? `: p99 ${ms(pl.latencyMs.p99)} ms, notification p99 ${pl.notifications ? ms(pl.notifications.latencyMs.p99) : DASH} ms under the profiler.` : ".") +
-        " \"Charged\" time is self time with native and node:internal frames (socket writes, uWebSockets.js calls, JSON) charged to the nearest caller in a package or in our code.",
+        " Times are samples × the 1 ms interval (about CPU time: a thread preempted inside a syscall is not charged for the time it waited)." +
+        " \"Charged\" time is self time with native and node:internal frames (socket writes, uWebSockets.js calls, JSON) charged to the nearest caller in a package or in our code." +
+        ` Raw profiles (Chrome DevTools, speedscope): \`bench-results/${resultStamp(r.startedAt)}-*.cpuprofile\`.`,
       "",
     );
     for (const prof of r.profile) {
       parts.push(
-        `**${prof.process}**: ${num(prof.busyMs)} ms busy of ${num(prof.totalMs)} ms sampled (${num(prof.totalMs > 0 ? (prof.busyMs / prof.totalMs) * 100 : 0)} % of one core). Charged by area: ` +
+        `**${prof.process}**: ${num(prof.busyMs)} ms busy in ${num(prof.totalMs)} ms (${num(prof.totalMs > 0 ? (prof.busyMs / prof.totalMs) * 100 : 0)} % of one core, main thread). Charged by area: ` +
           prof.areas
             .slice(0, 8)
             .map((a) => `${a.area} ${num(a.selfPct, 1)} %`)
@@ -384,6 +391,30 @@ export function renderMarkdown(r: BenchResults, chartPath: string): string {
     }
   }
 
+  if (r.perf?.length) {
+    parts.push(
+      "",
+      `### On-CPU profile (Linux \`perf\`, same run)`,
+      "",
+      "perf samples a thread only while it runs, and sees the kernel, GC and JIT threads too: read this for CPU cost, and the V8 profile above for which JavaScript is on the path.",
+      "",
+      table(
+        ["Process", "Kernel %", "JavaScript %", "V8 runtime %", "GC %", "JIT compiler %", "Native %"],
+        r.perf.map((p) => [
+          p.process,
+          ...["kernel", "JavaScript", "V8 runtime", "GC", "JIT compiler", "native (libc, libuv, uWS, node)"].map((c) => num(p.categories[c] ?? 0, 1)),
+        ]),
+      ),
+      "",
+    );
+    for (const p of r.perf) {
+      parts.push(
+        `**${p.process}** (perf): ` + p.topSymbols.slice(0, 8).map((t) => `\`${t.symbol.replace(/\|/g, "\\|").slice(0, 90)}\` ${num(t.pct, 1)} %`).join(", ") + ".",
+        "",
+      );
+    }
+  }
+
   const errors = [...r.errors, ...Object.entries(r.systems).flatMap(([s, v]) => v.errors.map((e) => ({ ...e, scenario: `${s}: ${e.scenario}` })))];
   if (errors.length) parts.push("", "### Errors", "", ...errors.map((e) => `- ${e.scenario}: ${e.message.split("\n")[0]}`));
   return parts.join("\n") + "\n";
@@ -393,8 +424,11 @@ const BEGIN = "<!-- bench:begin (generated by `npm run bench -- --docs`; edit ou
 const END = "<!-- bench:end -->";
 
 /** Writes the JSON, the markdown and the chart; with `docs`, also docs/benchmarks.md's generated part and docs/benchmarks-p99.svg. */
+/** The file-name stamp of a run's results: its start time. */
+export const resultStamp = (startedAt: string): string => startedAt.replace(/[:.]/g, "-").replace(/Z$/, "");
+
 export function writeReports(r: BenchResults, outDir: string, o: { docs: boolean; repoRoot: string }): { files: string[]; summary: string } {
-  const stamp = r.startedAt.replace(/[:.]/g, "-").replace(/Z$/, "");
+  const stamp = resultStamp(r.startedAt);
   const files: string[] = [];
   const write = (path: string, text: string) => {
     writeFileSync(path, text);

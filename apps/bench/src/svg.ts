@@ -80,6 +80,6 @@ export function p99Chart(series: ChartSeries[], limitMs: number): string {
       `<text x="${lx + 30}" y="44">${esc(s.name)}</text>`,
     );
   });
-  out.push(`<text x="${W - M.right}" y="44" text-anchor="end" fill="#555">hollow marker: step failed</text>`, "</svg>");
+  out.push(`<text x="${M.left + 8}" y="${M.top + 16}" fill="#555" font-size="11">hollow marker: the step failed (latency, loss, or persistence falling behind)</text>`, "</svg>");
   return out.join("\n") + "\n";
 }

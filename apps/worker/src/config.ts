@@ -6,7 +6,8 @@ import { ConfigError, commonSettings, integer, readSettings, text } from "@chat/
 export const WORKER_SETTINGS = {
   ...commonSettings,
   consumerName: { env: "CHAT_WORKER_NAME", default: undefined, description: "Consumer name in the group (default: hostname-pid-random; must be unique per process)", parse: text },
-  batchSize: { env: "CHAT_WORKER_BATCH_SIZE", default: "200", description: "Stream entries written per transaction", parse: integer(1, 5000) },
+  batchSize: { env: "CHAT_WORKER_BATCH_SIZE", default: "500", description: "Most stream entries written per transaction", parse: integer(1, 5000) },
+  batchWaitMs: { env: "CHAT_WORKER_BATCH_WAIT_MS", default: "5", description: "A short batch waits this long to fill up before it is written (ms; persistence lag, not delivery latency)", parse: integer(0, 1000) },
   blockMs: { env: "CHAT_WORKER_BLOCK_MS", default: "2000", description: "How long one read waits for new entries (ms)", parse: integer(10, 60000) },
   claimIdleMs: { env: "CHAT_WORKER_CLAIM_IDLE_MS", default: "5000", description: "Entries pending this long on another consumer are taken over (ms)", parse: integer(1000, 60000) },
   claimIntervalMs: { env: "CHAT_WORKER_CLAIM_INTERVAL_MS", default: "2000", description: "How often to look for such entries (ms)", parse: integer(100, 60000) },
@@ -27,6 +28,7 @@ export interface WorkerConfig {
   claimIdleMs: number;
   claimIntervalMs: number;
   trimIntervalMs: number;
+  batchWaitMs: number;
   httpPort: number;
   httpHost: string;
   dbPoolSize: number;

@@ -12,6 +12,8 @@ export interface ConsumerOptions {
   claimIdleMs: number;
   claimIntervalMs: number;
   trimIntervalMs: number;
+  /** How long a short batch waits to fill up before it is written. */
+  batchWaitMs: number;
 }
 
 /** Postgres SQLSTATE classes that no retry can fix: data exceptions (22) and integrity violations (23). */
@@ -99,6 +101,12 @@ export class StreamConsumer {
           if (entries.length > 0) this.log.info({ count: entries.length, first: entries[0]?.streamId }, "claimed pending entries");
         } else {
           entries = await this.stream.read(consumerName, batchSize, Math.min(blockMs, Math.max(10, nextClaim - now)));
+          // A short batch costs a whole transaction: at a steady trickle, let it fill for a few ms
+          // (persistence lag, not delivery latency) instead of committing tiny batches back to back.
+          if (entries.length > 0 && entries.length < batchSize && this.options.batchWaitMs > 0) {
+            await sleep(this.options.batchWaitMs);
+            entries = entries.concat(await this.stream.read(consumerName, batchSize - entries.length, null));
+          }
         }
         if (entries.length > 0) await this.handle(entries);
         if (Date.now() >= nextTrim) {

@@ -199,11 +199,13 @@ export class MessageStream {
     }
   }
 
-  /** New entries for this consumer; waits up to blockMs when there are none. */
-  async read(consumer: string, count: number, blockMs: number): Promise<ReceivedEntry[]> {
-    const reply = (await this.redis.xreadgroup(
-      "GROUP", this.group, consumer, "COUNT", count, "BLOCK", blockMs, "STREAMS", this.stream, ">",
-    )) as [string, XEntries][] | null;
+  /** New entries for this consumer; waits up to blockMs when there are none (null: returns at once). */
+  async read(consumer: string, count: number, blockMs: number | null): Promise<ReceivedEntry[]> {
+    const reply = (
+      blockMs === null
+        ? await this.redis.xreadgroup("GROUP", this.group, consumer, "COUNT", count, "STREAMS", this.stream, ">")
+        : await this.redis.xreadgroup("GROUP", this.group, consumer, "COUNT", count, "BLOCK", blockMs, "STREAMS", this.stream, ">")
+    ) as [string, XEntries][] | null;
     return reply?.[0] ? toReceived(reply[0][1]) : [];
   }
 

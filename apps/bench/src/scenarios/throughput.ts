@@ -1,7 +1,7 @@
 import { redisNames } from "@chat/bus";
 import type { Cluster } from "../cluster.js";
 import type { BenchContext } from "../context.js";
-import { measuredLoad, type LoadShape, type MeasuredLoad } from "./load.js";
+import { measuredLoadWithNoise, type LoadShape, type MeasuredLoad, type NoisePolicy } from "./load.js";
 
 /** The issue's pass line for a find-max step. */
 export const LIMITS = {
@@ -32,6 +32,8 @@ export interface FindMaxPlan {
   durationMs: number;
   drainMs: number;
   threadsFor(rate: number): number;
+  /** A step that fails while other processes used the machine is repeated (once) per this policy. */
+  noise: NoisePolicy;
 }
 
 export interface FindMaxStep {
@@ -91,7 +93,9 @@ export async function findMax(ctx: BenchContext, cluster: Cluster, plan: FindMax
     await waitForWorker(ctx, cluster, 30000);
     const pairs = Math.max(plan.pairs, Math.ceil(rate / 2 / plan.maxUserRate));
     const shape: LoadShape = { rate, pairs, warmupMs: plan.warmupMs, durationMs: plan.durationMs, drainMs: plan.drainMs, threads: plan.threadsFor(rate) };
-    const measured = await measuredLoad(ctx, cluster, shape, `m${steps.length}`);
+    const measured = await measuredLoadWithNoise(ctx, cluster, shape, `m${steps.length}`, plan.noise, {
+      shouldRepeat: (m) => judge(m).length > 0,
+    });
     const failures = judge(measured);
     steps.push({ rate, held: failures.length === 0, failures, measured });
     const l = measured.load;
