@@ -22,8 +22,8 @@ export const messages = pgTable(
   (t) => [
     // Unread recount after a read: only the messages past the reader's watermark are visited.
     index("messages_unread_idx").on(t.toUser, t.fromUser, t.streamPosition),
-    // Media access: which conversations reference a file.
-    index("messages_file_idx").on(t.fileIdentifier),
+    // Media access: which conversations reference a file. Partial: text messages (most) have none.
+    index("messages_file_idx").on(t.fileIdentifier).where(sql`${t.fileIdentifier} IS NOT NULL`),
     // History pages and catch-up walk a conversation in stream order.
     index("messages_room_position_idx").on(t.roomId, t.streamPosition),
   ],
