@@ -1,6 +1,5 @@
 import { readFileSync } from "node:fs";
 import type { Redis } from "ioredis";
-import { encodeEnvelope } from "./envelope.js";
 
 /** A chat message the gateway accepted. The stream entry is the message's source of truth until persisted. */
 export interface MessageEntry {
@@ -166,19 +165,9 @@ export class MessageStream {
     return { kind: "rate_limited", retryAfterMs: Number(value) };
   }
 
-  /**
-   * Appends the entry and publishes the envelope in one MULTI: the message is accepted exactly
-   * when it is in the stream, and then its live event is on the channel too.
-   * Resolves to the stream id.
-   */
-  async appendAndPublish(entry: StreamEntry, channel?: string, origin?: string, frame?: string): Promise<string> {
-    const multi = this.redis.multi().xadd(this.stream, "*", FIELD, JSON.stringify(entry));
-    if (channel && frame !== undefined) multi.publish(channel, encodeEnvelope(origin ?? "", "*", [frame]));
-    const results = await multi.exec();
-    if (!results) throw new Error("MULTI aborted");
-    const [xaddErr, streamId] = results[0] ?? [new Error("no XADD reply"), null];
-    if (xaddErr) throw xaddErr;
-    return streamId as string;
+  /** Appends one entry as is, without the checks of `accept`: for tools that fill a stream (benchmarks, tests). */
+  async append(entry: StreamEntry): Promise<string> {
+    return (await this.redis.xadd(this.stream, "*", FIELD, JSON.stringify(entry))) as string;
   }
 
   /**

@@ -8,7 +8,7 @@ describe("stream trimming", () => {
     const names = redisNames(freshPrefix("trim"));
     const stream = new MessageStream(redis, names.stream, names.group);
     await stream.ensureGroup();
-    for (let i = 0; i < 10; i++) await stream.appendAndPublish({ kind: "read", reader: `r${i}`, other: "o" });
+    for (let i = 0; i < 10; i++) await stream.append({ kind: "read", reader: `r${i}`, other: "o" });
     const batch = await stream.read("c1", 6, 100);
     expect(batch).toHaveLength(6);
     // Acknowledge all but the third: entries from the third on must stay.

@@ -62,7 +62,7 @@ export async function workerDrain(ctx: BenchContext, prefix: string, entries: nu
           date_added: new Date().toISOString(),
           client_id: `d${j}`,
         };
-        appends.push(stream.appendAndPublish(entry));
+        appends.push(stream.append(entry));
       }
       const ids = await Promise.all(appends);
       lastId = ids.at(-1) ?? lastId;

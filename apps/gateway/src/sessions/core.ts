@@ -5,6 +5,8 @@ import {
   RedisPresence,
   SubscriptionRouter,
   encodeEnvelope,
+  type CountedConnection,
+  type PresenceEntry,
   type RedisNames,
 } from "@chat/bus";
 import { createFrameParser, type ChatMessageEvent, type ParseResult } from "@chat/protocol";
@@ -79,11 +81,11 @@ export class GatewayCore {
   readonly log: Logger;
   readonly metrics: GatewayMetrics;
   /** Presence entries of this node's open chat sockets, refreshed periodically. */
-  readonly presenceEntries = new Set<import("@chat/bus").PresenceEntry>();
+  readonly presenceEntries = new Set<PresenceEntry>();
   /** Counted sockets of this node (per-user limit), refreshed with presence. */
-  readonly countedConnections = new Set<import("@chat/bus").CountedConnection>();
+  readonly countedConnections = new Set<CountedConnection>();
   /** Refreshes the counted sockets' entries; set when the per-user limit is on. */
-  refreshConnections: ((entries: Iterable<import("@chat/bus").CountedConnection>) => Promise<void>) | null = null;
+  refreshConnections: ((entries: Iterable<CountedConnection>) => Promise<void>) | null = null;
   /** Presence removals in flight, awaited before a draining node disconnects from Redis. */
   readonly pendingReleases = new Set<Promise<unknown>>();
   private socketSeq = 0;
