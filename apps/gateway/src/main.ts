@@ -61,6 +61,7 @@ const subscriber = connectRedis("subscriber", true, busLog, () => {
     () => {
       subscriberSynced = true;
       busLog.info({ channels: router.channelCount }, "subscriptions restored");
+      core.flushEchoes();
     },
     (err: unknown) => busLog.warn({ err }, "resubscribe failed; waiting for the next reconnect"),
   );

@@ -1,6 +1,5 @@
 import { spawn, type ChildProcess } from "node:child_process";
 import { mkdtempSync, rmSync } from "node:fs";
-import { createServer, type AddressInfo } from "node:net";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { Redis } from "ioredis";
@@ -8,9 +7,11 @@ import { describe, expect, it, onTestFinished } from "vitest";
 import { redisNames } from "@chat/bus";
 import {
   connectReady,
+  freePort,
   freshPrefix,
   refusedUpgrade,
   startGateway,
+  startPrivateRedis,
   startWorker,
   testSql,
   tokenFor,
@@ -27,51 +28,6 @@ testSql();
 const NO_RATE_LIMIT = { CHAT_RATE_MESSAGES_PER_SECOND: "0" };
 /** Presence refreshed every 2 s (TTL / 3), so "presence works again" is seen within seconds. */
 const PRESENCE_TTL_MS = 6000;
-
-async function freePort(): Promise<number> {
-  const srv = createServer();
-  await new Promise<void>((resolve) => srv.listen(0, "127.0.0.1", resolve));
-  const { port } = srv.address() as AddressInfo;
-  await new Promise<void>((resolve) => srv.close(() => resolve()));
-  return port;
-}
-
-interface PrivateRedis {
-  child: ChildProcess;
-  /** SIGKILL by pid (a crash: nothing is flushed beyond what the config already wrote). */
-  kill(): Promise<void>;
-}
-
-/** A private redis-server on the port with these extra arguments; killed by its pid when the test ends. */
-async function startRedis(port: number, args: string[]): Promise<PrivateRedis> {
-  const child = spawn("redis-server", ["--port", String(port), "--bind", "127.0.0.1", ...args], { stdio: ["ignore", "pipe", "pipe"] });
-  const output: string[] = [];
-  child.stdout!.on("data", (d: Buffer) => output.push(d.toString()));
-  child.stderr!.on("data", (d: Buffer) => output.push(d.toString()));
-  const exited = new Promise<void>((resolve) => child.once("exit", () => resolve()));
-  const kill = async () => {
-    if (child.exitCode === null && child.signalCode === null) process.kill(child.pid!, "SIGKILL");
-    await exited;
-  };
-  onTestFinished(kill);
-  await waitFor(
-    async () => {
-      if (child.exitCode !== null) throw new Error(`redis-server exited: ${output.join("")}`);
-      const probe = new Redis({ host: "127.0.0.1", port, lazyConnect: true, retryStrategy: () => null, maxRetriesPerRequest: 0 });
-      probe.on("error", () => {});
-      try {
-        await probe.connect();
-        // With AOF, LOADING until the file is replayed: PING fails until then.
-        return (await probe.ping()) === "PONG";
-      } finally {
-        probe.disconnect();
-      }
-    },
-    10000,
-    50,
-  );
-  return { child, kill };
-}
 
 /** A command connection to the private Redis, for inspection; closed when the test ends. */
 function inspector(port: number): Redis {
@@ -99,7 +55,7 @@ const chatOf = (c: TestClient, pred: (f: Frame) => boolean = () => true) => c.of
 describe("Redis restarted while sockets are open", () => {
   it("answers every send across the restart (echo or error unavailable with its client_id), is not ready while Redis is down, and resumes live delivery without a process restart", async () => {
     const port = await freePort();
-    let redis = await startRedis(port, ["--save", "", "--appendonly", "no"]);
+    let redis = await startPrivateRedis(port, ["--save", "", "--appendonly", "no"]);
     const prefix = freshPrefix("redisdown");
     const env = { REDIS_URL: `redis://127.0.0.1:${port}`, ...NO_RATE_LIMIT };
     const gateways: Gateway[] = await Promise.all([startGateway(prefix, env), startGateway(prefix, env)]);
@@ -140,7 +96,7 @@ describe("Redis restarted while sockets are open", () => {
       await a.until((f) => f.filter((x) => x.type === "error").length >= 300, 15000, "300 refusals during the outage");
 
       const restartAt = Date.now();
-      redis = await startRedis(port, ["--save", "", "--appendonly", "no"]);
+      redis = await startPrivateRedis(port, ["--save", "", "--appendonly", "no"]);
       await waitFor(async () => {
         for (const g of gateways) expect(await readyz(g.port)).toBe(200);
       }, 15000);
@@ -204,7 +160,7 @@ describe("Redis restarted while sockets are open", () => {
 
   it("answers every send when only the nodes' pub/sub connections drop (CLIENT KILL TYPE pubsub, as Redis does to a subscriber past its output buffer limit)", async () => {
     const port = await freePort();
-    await startRedis(port, ["--save", "", "--appendonly", "no"]);
+    await startPrivateRedis(port, ["--save", "", "--appendonly", "no"]);
     const prefix = freshPrefix("pubsub-kill");
     const env = { REDIS_URL: `redis://127.0.0.1:${port}`, ...NO_RATE_LIMIT };
     const [g1, g2] = await Promise.all([startGateway(prefix, env), startGateway(prefix, env)]);
@@ -252,7 +208,7 @@ describe("Redis restarted while sockets are open", () => {
 
   it("after a restart, presence works again: open sockets are listed, joins and leaves are announced", async () => {
     const port = await freePort();
-    let redis = await startRedis(port, ["--save", "", "--appendonly", "no"]);
+    let redis = await startPrivateRedis(port, ["--save", "", "--appendonly", "no"]);
     const prefix = freshPrefix("presence-restart");
     const env = { REDIS_URL: `redis://127.0.0.1:${port}`, CHAT_PRESENCE_TTL_MS: String(PRESENCE_TTL_MS) };
     const [g1, g2] = await Promise.all([startGateway(prefix, env), startGateway(prefix, env)]);
@@ -265,7 +221,7 @@ describe("Redis restarted while sockets are open", () => {
 
     await redis.kill();
     await waitFor(async () => expect(await readyz(g1.port)).toBe(503), 10000);
-    redis = await startRedis(port, ["--save", "", "--appendonly", "no"]);
+    redis = await startPrivateRedis(port, ["--save", "", "--appendonly", "no"]);
     await waitFor(async () => {
       for (const g of [g1, g2]) expect(await readyz(g.port)).toBe(200);
     }, 15000);
@@ -304,7 +260,7 @@ describe("Redis restarted while sockets are open", () => {
 
   it("the worker persists messages accepted after a non-persistent Redis restart (the stream and its group are gone and must be recreated)", async () => {
     const port = await freePort();
-    let redis = await startRedis(port, ["--save", "", "--appendonly", "no"]);
+    let redis = await startPrivateRedis(port, ["--save", "", "--appendonly", "no"]);
     const prefix = freshPrefix("worker-restart");
     const env = { REDIS_URL: `redis://127.0.0.1:${port}` };
     const g = await startGateway(prefix, env);
@@ -319,7 +275,7 @@ describe("Redis restarted while sockets are open", () => {
 
     await redis.kill();
     await waitFor(async () => expect(await readyz(g.port)).toBe(503), 10000);
-    redis = await startRedis(port, ["--save", "", "--appendonly", "no"]);
+    redis = await startPrivateRedis(port, ["--save", "", "--appendonly", "no"]);
     const restartAt = Date.now();
     await waitFor(async () => expect(await readyz(g.port)).toBe(200), 15000);
     const names = redisNames(prefix);
@@ -341,7 +297,7 @@ describe("Redis restarted while sockets are open", () => {
     const dir = mkdtempSync(join(tmpdir(), "chat-fault-redis-"));
     onTestFinished(() => rmSync(dir, { recursive: true, force: true }));
     const aof = ["--save", "", "--appendonly", "yes", "--appendfsync", "always", "--dir", dir];
-    let redis = await startRedis(port, aof);
+    let redis = await startPrivateRedis(port, aof);
     const prefix = freshPrefix("aof");
     const names = redisNames(prefix);
     const env = { REDIS_URL: `redis://127.0.0.1:${port}`, ...NO_RATE_LIMIT };
@@ -368,7 +324,7 @@ describe("Redis restarted while sockets are open", () => {
     await redis.kill();
     await waitFor(async () => expect(await readyz(g1.port)).toBe(503), 10000);
     const restartAt = Date.now();
-    redis = await startRedis(port, aof);
+    redis = await startPrivateRedis(port, aof);
     const inStream = (await inspector(port).xrange(names.stream, "-", "+")).map(([, f]) => (JSON.parse(f[1]!) as { id: string }).id);
     expect(inStream).toEqual(expect.arrayContaining(late));
     await waitFor(async () => {

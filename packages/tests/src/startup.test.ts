@@ -1,16 +1,17 @@
 import { spawn, type ChildProcess } from "node:child_process";
 import { randomBytes } from "node:crypto";
-import { createServer, type AddressInfo } from "node:net";
 import { Redis } from "ioredis";
 import postgres from "postgres";
 import { describe, expect, it, onTestFinished } from "vitest";
 import {
   DATABASE_URL,
   connectReady,
+  freePort,
   freshPrefix,
   refusedUpgrade,
   runScript,
   startGateway,
+  startPrivateRedis,
   testSql,
   tokenFor,
   uniqueUser,
@@ -38,50 +39,6 @@ async function runGateway(env: Record<string, string>, timeoutMs = 8000) {
   return { ...r, lines, listened: lines.some((l) => l["msg"] === "listening") };
 }
 
-async function freePort(): Promise<number> {
-  const srv = createServer();
-  await new Promise<void>((resolve) => srv.listen(0, "127.0.0.1", resolve));
-  const { port } = srv.address() as AddressInfo;
-  await new Promise<void>((resolve) => srv.close(() => resolve()));
-  return port;
-}
-
-interface RedisServer {
-  child: ChildProcess;
-  kill(): Promise<void>;
-}
-
-/** Starts a private redis-server on the port; killed by its pid when the test ends. */
-async function startRedis(port: number): Promise<RedisServer> {
-  const child = spawn("redis-server", ["--port", String(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"], {
-    stdio: ["ignore", "pipe", "pipe"],
-  });
-  const output: string[] = [];
-  child.stdout!.on("data", (d: Buffer) => output.push(d.toString()));
-  child.stderr!.on("data", (d: Buffer) => output.push(d.toString()));
-  const exited = new Promise<void>((resolve) => child.once("exit", () => resolve()));
-  const kill = async () => {
-    if (child.exitCode === null && child.signalCode === null) process.kill(child.pid!, "SIGKILL");
-    await exited;
-  };
-  onTestFinished(kill);
-  await waitFor(
-    async () => {
-      if (child.exitCode !== null) throw new Error(`redis-server exited: ${output.join("")}`);
-      const probe = new Redis({ host: "127.0.0.1", port, lazyConnect: true, retryStrategy: () => null, maxRetriesPerRequest: 0 });
-      probe.on("error", () => {});
-      try {
-        await probe.connect();
-        return (await probe.ping()) === "PONG";
-      } finally {
-        probe.disconnect();
-      }
-    },
-    10000,
-    50,
-  );
-  return { child, kill };
-}
 
 async function readyz(port: number): Promise<number> {
   const res = await fetch(`http://127.0.0.1:${port}/readyz`);
@@ -156,7 +113,7 @@ describe("gateway start-up", () => {
 describe("Redis outage", () => {
   it("refuses upgrades and messages while Redis is down, and recovers without a restart when it is back", async () => {
     const port = await freePort();
-    let redis = await startRedis(port);
+    let redis = await startPrivateRedis(port);
     const g = await startGateway(freshPrefix("outage"), { REDIS_URL: `redis://127.0.0.1:${port}` });
     const alice = uniqueUser("alice");
     const bob = uniqueUser("bob");
@@ -173,7 +130,7 @@ describe("Redis outage", () => {
     expect(await a.next("error")).toEqual({ type: "error", code: "unavailable", message: expect.any(String), client_id: "lost-1" });
     expect(a.closeCode).toBeNull();
 
-    redis = await startRedis(port);
+    redis = await startPrivateRedis(port);
     await waitFor(async () => (await readyz(g.port)) === 200, 15000);
     // The socket opened before the outage is subscribed again, and new sockets work.
     const b = await connectReady(g.url, `/ws/${alice}/`, tb);

@@ -1,7 +1,7 @@
 import { ALL, RedisPresence, encodeEnvelope, streamIdOf, streamPosition, type MessageEntry, type PresenceEntry, type ReadEntry } from "@chat/bus";
 import { ErrorCode, type AcceptedChatMessage, type ChatMessageEvent } from "@chat/protocol";
 import { v7 as uuidv7 } from "uuid";
-import { chatMessageEvent } from "./chat-message.js";
+import { chatMessageEvent, chatMessageIdOf } from "./chat-message.js";
 import type { GatewayCore } from "./core.js";
 import type { SessionSocket } from "./socket.js";
 import { SubscribedSession } from "./subscribed-session.js";
@@ -14,6 +14,14 @@ export class ChatSession extends SubscribedSession {
   private readonly roomId: string;
   private readonly roomChannel: string;
   private presence: PresenceEntry | null = null;
+  /**
+   * Accepted sends whose echo has not come back over the channel yet. The echo is the sender's
+   * only acknowledgement; if the node's subscriber drops between the accept and the delivery, the
+   * node sends these itself once it is resubscribed (see GatewayCore.flushEchoes).
+   */
+  private readonly pendingEchoes = new Map<string, string>();
+  /** Sends whose accept script has not answered yet. */
+  private sending = 0;
 
   constructor(
     core: GatewayCore,
@@ -85,14 +93,38 @@ export class ChatSession extends SubscribedSession {
       this.socket.send(JSON.stringify(m.event));
     }
     this.socket.send(JSON.stringify({ type: "catch_up_end", recovered, count: replayed.length }));
-    // A live chat_message frame starts with {"type":"chat_message","id":"<uuid>" (see chatMessageEvent).
     this.dropHeld((frame) => {
-      const head = frame.toString("latin1", 0, 80);
-      return head.startsWith('{"type":"chat_message","id":"') && ids.has(head.slice(29, 65));
+      const id = chatMessageIdOf(frame);
+      return id !== undefined && ids.has(id);
     });
   }
 
+  /** Ids delivered before their accept resolved (the channel can beat the script's reply). */
+  private readonly echoed = new Set<string>();
+
+  protected override delivered(frame: Buffer): void {
+    if (this.pendingEchoes.size === 0 && this.sending === 0) return;
+    const id = chatMessageIdOf(frame);
+    if (id === undefined) return;
+    if (!this.pendingEchoes.delete(id) && this.sending > 0) this.echoed.add(id);
+    if (this.pendingEchoes.size === 0) this.core.awaitingEcho.delete(this);
+  }
+
+  private sendSettled(): void {
+    this.sending--;
+    if (this.sending === 0) this.echoed.clear();
+  }
+
+  /** Sends the echoes the channel did not deliver; called once the node is resubscribed. */
+  flushEchoes(): void {
+    for (const frame of this.pendingEchoes.values()) this.socket.send(frame);
+    this.pendingEchoes.clear();
+    this.echoed.clear();
+  }
+
   protected release(): void {
+    this.pendingEchoes.clear();
+    this.core.awaitingEcho.delete(this);
     const entry = this.presence;
     if (!entry) return;
     this.presence = null;
@@ -133,10 +165,17 @@ export class ChatSession extends SubscribedSession {
     if (frame.multimedia_url_expiration !== undefined) entry.multimedia_url_expiration = frame.multimedia_url_expiration;
     if (frame.client_id !== undefined) entry.client_id = frame.client_id;
     const json = JSON.stringify(chatMessageEvent(entry));
+    this.sending++;
     this.accept(entry, frame.client_id, json).then(
       (result) => {
+        const echoedAlready = this.echoed.delete(entry.id);
+        this.sendSettled();
         if (result.kind === "accepted") {
           this.core.metrics.messagesReceived.inc();
+          if (!this.closed && !echoedAlready) {
+            this.pendingEchoes.set(entry.id, json);
+            this.core.awaitingEcho.add(this);
+          }
           this.core.log.debug({ id: entry.id, streamId: result.streamId, user: this.username, client_id: frame.client_id }, "message accepted");
         } else if (result.kind === "duplicate") {
           // A retry of a message already accepted: the original echo, to this socket only.
@@ -147,6 +186,7 @@ export class ChatSession extends SubscribedSession {
         }
       },
       (err: unknown) => {
+        this.sendSettled();
         this.core.log.warn({ err, user: this.username, client_id: frame.client_id }, "message refused by redis");
         if (!this.closed) this.sendError(ErrorCode.unavailable, "message not accepted: the cluster's Redis refused it", frame.client_id);
       },

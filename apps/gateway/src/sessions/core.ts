@@ -86,6 +86,8 @@ export class GatewayCore {
   readonly countedConnections = new Set<CountedConnection>();
   /** Refreshes the counted sockets' entries; set when the per-user limit is on. */
   refreshConnections: ((entries: Iterable<CountedConnection>) => Promise<void>) | null = null;
+  /** Chat sessions with accepted sends whose echo has not arrived over the channel yet. */
+  readonly awaitingEcho = new Set<{ flushEchoes(): void }>();
   /** Presence removals in flight, awaited before a draining node disconnects from Redis. */
   readonly pendingReleases = new Set<Promise<unknown>>();
   private socketSeq = 0;
@@ -124,6 +126,14 @@ export class GatewayCore {
    */
   get redisReady(): boolean {
     return this.isRedisReady();
+  }
+
+  /** Once resubscribed after a subscriber outage: echoes the channel did not deliver go out directly. */
+  flushEchoes(): void {
+    const sessions = [...this.awaitingEcho];
+    this.awaitingEcho.clear();
+    for (const s of sessions) s.flushEchoes();
+    if (sessions.length > 0) this.log.info({ sessions: sessions.length }, "echoes sent after resubscribing");
   }
 
   /**

@@ -60,9 +60,13 @@ export abstract class SubscribedSession implements Session, ChannelListener {
     for (const frame of envelope.frames) {
       if (this.held) this.held.push(frame);
       else this.socket.send(frame);
+      this.delivered(frame);
     }
     this.core.metrics.framesFannedOut.inc(envelope.frames.length);
   }
+
+  /** Sees every frame handed to this socket from its channel. */
+  protected delivered(_frame: Buffer): void {}
 
   /** Removes held-back frames (e.g. live messages a replay already sent). */
   protected dropHeld(drop: (frame: Buffer) => boolean): void {

@@ -5,3 +5,4 @@ export * from "./processes.js";
 export * from "./redis.js";
 export * from "./tokens.js";
 export * from "./wait.js";
+export * from "./private-redis.js";
