@@ -3,6 +3,29 @@ import { CloseCode, ErrorCode } from "@chat/protocol";
 import type { GatewayCore } from "./core.js";
 import type { Session, SessionSocket } from "./socket.js";
 
+/** A socket whose subscription or first event takes longer than this is closed with 1013 (reconnect). */
+const SETUP_TIMEOUT_MS = 5000;
+
+export class SetupTimeoutError extends Error {
+  override readonly name = "SetupTimeoutError";
+  readonly code = "socket_setup_timeout";
+}
+
+/** Bounds a setup step: a stalled Redis or Postgres call must not leave a socket open and silent. */
+async function withinSetupTime<T>(work: Promise<T>, stage: string): Promise<T> {
+  let timer: NodeJS.Timeout | undefined;
+  try {
+    return await Promise.race([
+      work,
+      new Promise<never>((_, reject) => {
+        timer = setTimeout(() => reject(new SetupTimeoutError(`${stage} took over ${SETUP_TIMEOUT_MS} ms`)), SETUP_TIMEOUT_MS);
+      }),
+    ]);
+  } finally {
+    clearTimeout(timer);
+  }
+}
+
 /**
  * A socket that listens to one channel. Until its first event is sent, channel frames are held
  * back, so that first event is first; once it is sent the socket is fully subscribed.
@@ -30,13 +53,15 @@ export abstract class SubscribedSession implements Session, ChannelListener {
   abstract receive(text: string): void;
 
   async start(): Promise<void> {
+    let stage = "subscribe";
     try {
-      await this.core.router.add(this.channel, this);
+      await withinSetupTime(this.core.router.add(this.channel, this), stage);
       this.subscribed = true;
       if (this.closed) return this.stop();
-      await this.greet();
+      stage = "greet";
+      await withinSetupTime(this.greet(), stage);
     } catch (err) {
-      this.core.log.warn({ err, user: this.username, channel: this.channel }, "socket setup failed");
+      this.core.log.warn({ err, stage, user: this.username, channel: this.channel }, "socket setup failed");
       this.socket.close(CloseCode.try_again_later, "setup failed, reconnect");
       return;
     }

@@ -105,11 +105,18 @@ export async function connect(baseUrl: string, path: string, token?: string): Pr
   return client;
 }
 
-/** Connects and waits for the endpoint's first event, after which the socket is fully subscribed. */
+/**
+ * Connects and waits for the endpoint's first event, after which the socket is fully subscribed.
+ * A close with 1013 ("try again later", the gateway could not set the socket up in time) is
+ * answered as docs/protocol.md tells clients to: by reconnecting, once.
+ */
 export async function connectReady(baseUrl: string, path: string, token: string): Promise<TestClient> {
-  const client = await connect(baseUrl, path, token);
-  await client.until((f) => f.length > 0, 10000, "first event");
-  return client;
+  for (let attempt = 1; ; attempt++) {
+    const client = await connect(baseUrl, path, token);
+    await client.until((f) => f.length > 0 || client.closeCode !== null, 12000, "first event");
+    if (client.frames.length > 0) return client;
+    if (client.closeCode !== 1013 || attempt >= 2) throw new Error(`socket closed (${client.closeCode}) before its first event`);
+  }
 }
 
 /** Tries an upgrade that should be refused; resolves to the HTTP status and JSON body. */
