@@ -20,6 +20,8 @@ import {
   type Gateway,
   type TestClient,
 } from "./helpers/index.js";
+import { dropPrefixAtEnd } from "./helpers/redis.js";
+import { freePort } from "./helpers/private-redis.js";
 
 const run = promisify(execFile);
 // Register the Redis connection's teardown at file level (it is first used inside the test).
@@ -28,27 +30,6 @@ const PG_BIN = "/usr/lib/postgresql/15/bin";
 const OUTAGE_MS = 30_000;
 /** One message per flow every this many ms: 4 flows, 80 messages/s in all. */
 const PACE_MS = 50;
-
-/** Deletes this test's keys from the shared Redis when it ends (registered first, so it runs after its processes are stopped). */
-function dropPrefixAtEnd(prefix: string): void {
-  onTestFinished(async () => {
-    const redis = testRedis();
-    let cursor = "0";
-    do {
-      const [next, keys] = await redis.scan(cursor, "MATCH", `${prefix}*`, "COUNT", 1000);
-      cursor = next;
-      if (keys.length > 0) await redis.unlink(...keys);
-    } while (cursor !== "0");
-  });
-}
-
-async function freePort(): Promise<number> {
-  const srv = createServer();
-  await new Promise<void>((resolve) => srv.listen(0, "127.0.0.1", resolve));
-  const { port } = srv.address() as AddressInfo;
-  await new Promise<void>((resolve) => srv.close(() => resolve()));
-  return port;
-}
 
 interface PrivatePostgres {
   url: string;

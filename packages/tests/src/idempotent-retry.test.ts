@@ -13,6 +13,7 @@ import {
   type Frame,
   type TestClient,
 } from "./helpers/index.js";
+import { dropPrefixAtEnd } from "./helpers/redis.js";
 
 // Register the pool's and the Redis connection's teardown at file level (first used inside a test).
 testSql();
@@ -26,19 +27,6 @@ async function rowsFrom(from: string, to: string) {
   const sql = testSql();
   return sql<{ id: string; content: string; client_id: string | null }[]>`
     SELECT id::text AS id, content, client_id FROM messages WHERE from_user = ${from} AND to_user = ${to} ORDER BY stream_position`;
-}
-
-/** Deletes this test's keys from the shared Redis when it ends (registered first, so it runs after its processes are stopped). */
-function dropPrefixAtEnd(prefix: string): void {
-  onTestFinished(async () => {
-    const redis = testRedis();
-    let cursor = "0";
-    do {
-      const [next, keys] = await redis.scan(cursor, "MATCH", `${prefix}*`, "COUNT", 1000);
-      cursor = next;
-      if (keys.length > 0) await redis.unlink(...keys);
-    } while (cursor !== "0");
-  });
 }
 
 describe("idempotent sends (client_id)", () => {

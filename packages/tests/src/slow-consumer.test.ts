@@ -3,6 +3,7 @@ import type { Socket } from "node:net";
 import { describe, expect, it, onTestFinished } from "vitest";
 import { redisNames } from "@chat/bus";
 import { connectReady, freshPrefix, startGateway, testRedis, tokenFor, uniqueUser, waitFor, type Gateway, type TestClient } from "./helpers/index.js";
+import { dropPrefixAtEnd } from "./helpers/redis.js";
 
 // Register the Redis connection's teardown at file level (it is first used inside the test).
 testRedis();
@@ -35,19 +36,6 @@ async function flood(from: TestClient, start: number, count: number, between?: (
     await from.until((f) => f.filter((x) => x.type === "chat_message").length >= end, 20000, `echoes up to ${end}`);
     await between?.();
   }
-}
-
-/** Deletes this test's keys from the shared Redis when it ends (registered first, so it runs after its processes are stopped). */
-function dropPrefixAtEnd(prefix: string): void {
-  onTestFinished(async () => {
-    const redis = testRedis();
-    let cursor = "0";
-    do {
-      const [next, keys] = await redis.scan(cursor, "MATCH", `${prefix}*`, "COUNT", 1000);
-      cursor = next;
-      if (keys.length > 0) await redis.unlink(...keys);
-    } while (cursor !== "0");
-  });
 }
 
 const ids = (c: TestClient) => c.ofType("chat_message").map((f) => String(f["id"]));

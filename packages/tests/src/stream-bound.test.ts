@@ -14,6 +14,7 @@ import {
   type Gateway,
   type TestClient,
 } from "./helpers/index.js";
+import { dropPrefixAtEnd } from "./helpers/redis.js";
 
 // Register the pool's and the Redis connection's teardown at file level (first used inside a test).
 testSql();
@@ -61,19 +62,6 @@ async function persistedIds(ids: readonly string[]): Promise<Set<string>> {
 /** Message ids in the stream, oldest first. */
 async function streamIds(stream: string): Promise<string[]> {
   return (await testRedis().xrange(stream, "-", "+")).map(([, f]) => (JSON.parse(f[f.indexOf("e") + 1]!) as { id: string }).id);
-}
-
-/** Deletes this test's keys from the shared Redis when it ends (registered first, so it runs after its processes are stopped). */
-function dropPrefixAtEnd(prefix: string): void {
-  onTestFinished(async () => {
-    const redis = testRedis();
-    let cursor = "0";
-    do {
-      const [next, keys] = await redis.scan(cursor, "MATCH", `${prefix}*`, "COUNT", 1000);
-      cursor = next;
-      if (keys.length > 0) await redis.unlink(...keys);
-    } while (cursor !== "0");
-  });
 }
 
 describe("stream growth", () => {

@@ -1,5 +1,5 @@
 import { Redis } from "ioredis";
-import { afterAll } from "vitest";
+import { afterAll, onTestFinished } from "vitest";
 import { REDIS_URL } from "./env.js";
 
 let client: Redis | null = null;
@@ -15,4 +15,20 @@ export function testRedis(): Redis {
     });
   }
   return client;
+}
+
+/**
+ * Deletes this test's keys from the shared Redis when it ends. Call it before starting the test's
+ * processes: teardowns run in reverse, so this runs after they are stopped.
+ */
+export function dropPrefixAtEnd(prefix: string): void {
+  onTestFinished(async () => {
+    const redis = testRedis();
+    let cursor = "0";
+    do {
+      const [next, keys] = await redis.scan(cursor, "MATCH", `${prefix}*`, "COUNT", 1000);
+      cursor = next;
+      if (keys.length > 0) await redis.unlink(...keys);
+    } while (cursor !== "0");
+  });
 }
