@@ -7,6 +7,7 @@ import {
   TestClient,
   connectReady,
   freshPrefix,
+  openSocket,
   refusedUpgrade,
   startGateway,
   tokenFor,
@@ -17,16 +18,7 @@ import {
 
 /** Opens a socket with request headers (Origin, Authorization); resolves once its first event arrived. */
 async function connectWith(url: string, headers: Record<string, string>): Promise<TestClient> {
-  const ws = new WebSocket(url, { headers });
-  const client = new TestClient(ws);
-  onTestFinished(() => {
-    if (ws.readyState === WebSocket.OPEN || ws.readyState === WebSocket.CONNECTING) ws.terminate();
-  });
-  await new Promise<void>((resolve, reject) => {
-    ws.once("open", () => resolve());
-    ws.once("error", reject);
-    ws.once("unexpected-response", (_req, res) => reject(new Error(`upgrade refused with ${res.statusCode}`)));
-  });
+  const client = await openSocket(url, headers);
   await client.until((f) => f.length > 0, 10000, "first event");
   return client;
 }

@@ -5,27 +5,13 @@ import {
   TestClient,
   connectReady,
   freshPrefix,
+  openSocket,
   refusedUpgrade,
   startGateway,
   tokenFor,
   uniqueUser,
   unsignedToken,
 } from "./helpers/index.js";
-
-/** Opens a socket with extra request headers (the ws client's `headers` option); resolves once open. */
-async function connectWithHeaders(url: string, headers: Record<string, string>): Promise<TestClient> {
-  const ws = new WebSocket(url, { headers });
-  const client = new TestClient(ws);
-  onTestFinished(() => {
-    if (ws.readyState === WebSocket.OPEN || ws.readyState === WebSocket.CONNECTING) ws.terminate();
-  });
-  await new Promise<void>((resolve, reject) => {
-    ws.once("open", () => resolve());
-    ws.once("error", reject);
-    ws.once("unexpected-response", (_req, res) => reject(new Error(`upgrade refused with ${res.statusCode}`)));
-  });
-  return client;
-}
 
 function expectRefusalBody(body: Record<string, unknown>): void {
   expect(typeof body["error"], `body ${JSON.stringify(body)} has a string "error"`).toBe("string");
@@ -108,18 +94,18 @@ describe("upgrade authentication", () => {
     const alice = uniqueUser("alice");
     const bob = uniqueUser("bob");
     const headers = { Authorization: `Bearer ${await tokenFor(alice)}` };
-    const chat = await connectWithHeaders(`${g.url}/ws/${bob}/`, headers);
+    const chat = await openSocket(`${g.url}/ws/${bob}/`, headers);
     await chat.until((f) => f.length > 0, 5000, "first event");
     expect(chat.frames[0]).toEqual({ type: "online_user_list", users: [alice] });
     chat.send({ type: "chat_message", message: "via header", client_id: "h1" });
     expect(await chat.next("chat_message")).toMatchObject({ from_user: { username: alice }, to_user: { username: bob }, client_id: "h1" });
 
-    const all = await connectWithHeaders(`${g.url}/ws/notifications/`, headers);
+    const all = await openSocket(`${g.url}/ws/notifications/`, headers);
     expect(await all.next()).toMatchObject({ type: "unread_count" });
-    const one = await connectWithHeaders(`${g.url}/ws/notifications/${bob}/`, headers);
+    const one = await openSocket(`${g.url}/ws/notifications/${bob}/`, headers);
     expect(await one.next()).toMatchObject({ type: "single_conversation_unread_count" });
     // A lower-case scheme is still a Bearer token.
-    const lower = await connectWithHeaders(`${g.url}/ws/${bob}`, { Authorization: `bearer ${await tokenFor(alice)}` });
+    const lower = await openSocket(`${g.url}/ws/${bob}`, { Authorization: `bearer ${await tokenFor(alice)}` });
     await lower.until((f) => f.length > 0, 5000, "first event");
     for (const c of [chat, all, one, lower]) expect(c.schemaViolations).toEqual([]);
   });
@@ -211,7 +197,7 @@ describe("secrets in logs", () => {
     expect((await refusedUpgrade(`${g.url}/ws/${alice}/?token=${good}`)).status).toBe(400);
     expect((await refusedUpgrade(`${g.url}/ws/a%20b/`, { Authorization: `Bearer ${good}` })).status).toBe(400);
     const a = await connectReady(g.url, `/ws/${bob}/`, good);
-    const b = await connectWithHeaders(`${g.url}/ws/${alice}/`, { Authorization: `Bearer ${goodBob}` });
+    const b = await openSocket(`${g.url}/ws/${alice}/`, { Authorization: `Bearer ${goodBob}` });
     await b.until((f) => f.length > 0, 5000, "first event");
     a.send({ type: "chat_message", message: "hi", client_id: "log-1" });
     await b.next("chat_message");

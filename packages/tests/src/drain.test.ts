@@ -13,6 +13,7 @@ import {
   waitFor,
   type TestClient,
 } from "./helpers/index.js";
+import { holdMemberRow } from "./helpers/db.js";
 
 async function httpStatus(port: number, path: string): Promise<number> {
   const res = await fetch(`http://127.0.0.1:${port}${path}`);
@@ -172,18 +173,8 @@ describe("graceful shutdown", () => {
     await waitFor(async () => expect((await groupInfo(prefix)).pending).toBe(0));
 
     // Hold bob's member row so that the worker's next batch is in flight (blocked in its transaction).
-    const sql = testSql();
-    let locked!: () => void;
-    const isLocked = new Promise<void>((r) => (locked = r));
-    let release!: () => void;
-    const released = new Promise<void>((r) => (release = r));
-    const holder = sql.begin(async (tx) => {
-      await tx`SELECT 1 FROM conversation_members WHERE username = ${bob} AND other_username = ${alice} FOR UPDATE`;
-      locked();
-      await released;
-    });
+    const lock = await holdMemberRow(bob, alice);
     try {
-      await isLocked;
 
       // Messages flow from here to the end of the worker's shutdown.
       let sent = 1;
@@ -209,8 +200,7 @@ describe("graceful shutdown", () => {
         expect(w1.child.exitCode).toBeNull();
         expect(await persistedIds(inFlightIds)).toEqual(new Set());
 
-        release();
-        await holder;
+        await lock.release();
         const code = await Promise.race([w1.exited, new Promise<string>((r) => setTimeout(() => r("still running"), 5000))]);
         expect(code).toBe(0);
         expect(w1.logs.some((l) => l["msg"] === "stopped")).toBe(true);
@@ -223,7 +213,7 @@ describe("graceful shutdown", () => {
         expect(Number(rows[0]!.n)).toBe(info.entriesRead);
       } finally {
         clearInterval(flow);
-        release();
+        await lock.release();
       }
 
       // Every message sent was accepted (echoed); a second worker persists all of them.
@@ -238,8 +228,7 @@ describe("graceful shutdown", () => {
       }, 15000);
       await waitFor(async () => expect(await groupInfo(prefix)).toMatchObject({ pending: 0, lag: 0 }), 5000);
     } finally {
-      release();
-      await holder.catch(() => undefined);
+      await lock.release().catch(() => undefined);
     }
   });
 });

@@ -14,6 +14,7 @@ import {
   type Gateway,
   type TestClient,
 } from "./helpers/index.js";
+import { holdMemberRow } from "./helpers/db.js";
 import { dropPrefixAtEnd } from "./helpers/redis.js";
 
 // Register the pool's and the Redis connection's teardown at file level (first used inside a test).
@@ -142,18 +143,8 @@ describe("stream growth", () => {
     expect(await streamIds(names.stream)).toEqual([...early, ...held]);
 
     // bob's member row is locked, so the next worker reads those 50 and cannot commit them.
-    const sql = testSql();
-    let locked!: () => void;
-    const isLocked = new Promise<void>((r) => (locked = r));
-    let release!: () => void;
-    const released = new Promise<void>((r) => (release = r));
-    const holder = sql.begin(async (tx) => {
-      await tx`SELECT 1 FROM conversation_members WHERE username = ${b} AND other_username = ${a} FOR UPDATE`;
-      locked();
-      await released;
-    });
+    const lock = await holdMemberRow(b, a);
     try {
-      await isLocked;
       await startWorker(prefix, workerEnv);
       await waitFor(async () => expect(((await testRedis().xpending(names.stream, names.group)) as [number])[0]).toBe(50), 10000);
 
@@ -174,8 +165,7 @@ describe("stream growth", () => {
       expect((await persistedIds(held)).size).toBe(0);
       expect(w3.child.exitCode).toBeNull();
     } finally {
-      release();
-      await holder;
+      await lock.release();
     }
 
     // Released: the blocked worker commits, every message is persisted exactly once, the stream empties.

@@ -89,10 +89,9 @@ export class TestClient {
   }
 }
 
-/** Opens a socket; resolves once it is open. Closed when the test ends. */
-export async function connect(baseUrl: string, path: string, token?: string): Promise<TestClient> {
-  const url = token === undefined ? `${baseUrl}${path}` : `${baseUrl}${path}${path.includes("?") ? "&" : "?"}token=${token}`;
-  const ws = new WebSocket(url);
+/** Opens a socket with optional request headers (Origin, Authorization); resolves once it is open. Closed when the test ends. */
+export async function openSocket(url: string, headers: Record<string, string> = {}): Promise<TestClient> {
+  const ws = new WebSocket(url, { headers });
   const client = new TestClient(ws);
   onTestFinished(() => {
     if (ws.readyState === WebSocket.OPEN || ws.readyState === WebSocket.CONNECTING) ws.terminate();
@@ -103,6 +102,11 @@ export async function connect(baseUrl: string, path: string, token?: string): Pr
     ws.once("unexpected-response", (_req, res) => reject(new Error(`upgrade refused with ${res.statusCode}`)));
   });
   return client;
+}
+
+/** Opens a socket with the token as `?token=`; resolves once it is open. */
+export async function connect(baseUrl: string, path: string, token?: string): Promise<TestClient> {
+  return openSocket(token === undefined ? `${baseUrl}${path}` : `${baseUrl}${path}${path.includes("?") ? "&" : "?"}token=${token}`);
 }
 
 /**

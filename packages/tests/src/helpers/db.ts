@@ -31,3 +31,26 @@ export async function unreadOf(username: string, other: string): Promise<number>
     SELECT unread_count FROM conversation_members WHERE username = ${username} AND other_username = ${other}`;
   return rows[0]?.unread_count ?? 0;
 }
+
+/**
+ * Locks a conversation_members row in a transaction of the test's own, so that a worker's batch
+ * touching it blocks mid-write. Resolves once the lock is held; `release` commits and waits for it.
+ */
+export async function holdMemberRow(username: string, other: string): Promise<{ release(): Promise<void> }> {
+  let locked!: () => void;
+  const isLocked = new Promise<void>((r) => (locked = r));
+  let release!: () => void;
+  const released = new Promise<void>((r) => (release = r));
+  const holder = testSql().begin(async (tx) => {
+    await tx`SELECT 1 FROM conversation_members WHERE username = ${username} AND other_username = ${other} FOR UPDATE`;
+    locked();
+    await released;
+  });
+  await Promise.race([isLocked, holder]);
+  return {
+    release: async () => {
+      release();
+      await holder;
+    },
+  };
+}
