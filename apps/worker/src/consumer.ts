@@ -1,5 +1,4 @@
-import type { Redis } from "ioredis";
-import { MessageStream, type RedisNames, type ReceivedEntry } from "@chat/bus";
+import type { MessageLog, Publisher, RedisNames, ReceivedEntry } from "@chat/bus";
 import { ReserveTimeoutError, persistBatch, type BatchOutcome, type DbClient } from "@chat/db";
 import type { Logger } from "@chat/log";
 import type { WorkerMetrics } from "./metrics.js";
@@ -33,10 +32,9 @@ const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));
 export class StreamConsumer {
   private stopping = false;
   private stopped: Promise<void> | null = null;
-  private readonly stream: MessageStream;
-
   constructor(
-    private readonly redis: Redis,
+    private readonly stream: MessageLog,
+    private readonly publisher: Publisher,
     private db: DbClient,
     private readonly names: RedisNames,
     private readonly options: ConsumerOptions,
@@ -44,9 +42,7 @@ export class StreamConsumer {
     private readonly metrics: WorkerMetrics,
     /** Opens a fresh pool, to replace one that stopped handing out connections. */
     private readonly reopenDb: () => DbClient,
-  ) {
-    this.stream = new MessageStream(redis, names.stream, names.group);
-  }
+  ) {}
 
   start(): void {
     this.stopped = this.run();
@@ -58,15 +54,9 @@ export class StreamConsumer {
     await this.stopped;
   }
 
-  /** The stream's backlog for the metrics: not yet delivered (lag) and delivered but unacknowledged. */
-  async streamState(): Promise<{ lag: number; pending: number }> {
-    const groups = (await this.redis.xinfo("GROUPS", this.names.stream)) as unknown[][];
-    for (const g of groups) {
-      const o: Record<string, unknown> = {};
-      for (let i = 0; i + 1 < g.length; i += 2) o[String(g[i])] = g[i + 1];
-      if (o["name"] === this.names.group) return { lag: Number(o["lag"] ?? 0), pending: Number(o["pending"] ?? 0) };
-    }
-    return { lag: 0, pending: 0 };
+  /** The log's backlog for the metrics: not yet delivered (lag) and delivered but unacknowledged. */
+  streamState(): Promise<{ lag: number; pending: number }> {
+    return this.stream.backlog();
   }
 
   /** The pool in use (replaced when it stopped handing out connections). */
@@ -170,14 +160,14 @@ export class StreamConsumer {
       const notifications = notificationsFor(batch, outcome, this.names, this.options.consumerName);
       if (notifications.length === 0) return;
       for (let attempt = 1; ; attempt++) {
-        const pipeline = this.redis.pipeline();
-        for (const [channel, payload] of notifications) pipeline.publish(channel, payload);
-        const results = await pipeline.exec().catch((err: unknown) => [[err, null]] as [unknown, unknown][]);
-        const failed = results?.find(([err]) => err);
-        if (!failed) break;
-        if (attempt >= 5 || this.stopping) {
-          this.log.error({ err: failed[0], notifications: notifications.length }, "notifications not published after commit");
-          return;
+        try {
+          await this.publisher.publishAll(notifications);
+          break;
+        } catch (err) {
+          if (attempt >= 5 || this.stopping) {
+            this.log.error({ err, notifications: notifications.length }, "notifications not published after commit");
+            return;
+          }
         }
         await sleep(100 * attempt);
       }
@@ -216,14 +206,14 @@ export class StreamConsumer {
   private async deadLetterMessage(id: string, err: unknown): Promise<void> {
     this.metrics.deadLettered.inc();
     this.log.error({ err, id }, "message cannot be persisted; moved to the dead-letter stream");
-    await this.redis.xadd(this.names.deadLetterStream, "*", "id", id, "error", String((err as Error).message ?? err));
+    await this.stream.deadLetter({ id, error: String((err as Error).message ?? err) });
   }
 
   private async deadLetter(entries: ReceivedEntry[], reason: string): Promise<void> {
     for (const e of entries) {
       this.metrics.deadLettered.inc();
       this.log.error({ streamId: e.streamId, reason }, "poison stream entry; moved to the dead-letter stream");
-      await this.redis.xadd(this.names.deadLetterStream, "*", "streamId", e.streamId, "raw", e.raw.slice(0, 65536), "error", reason);
+      await this.stream.deadLetter({ streamId: e.streamId, raw: e.raw.slice(0, 65536), error: reason });
     }
   }
 }

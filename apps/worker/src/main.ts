@@ -1,11 +1,10 @@
 import { Redis } from "ioredis";
-import { redisNames } from "@chat/bus";
+import { MessageStream, RedisPublisher, redisNames } from "@chat/bus";
 import { ConfigError } from "@chat/config";
 import { createDb, redactUrl } from "@chat/db";
 import { createLogger } from "@chat/log";
 import { loadWorkerConfig, type WorkerConfig } from "./config.js";
-import { StreamConsumer } from "./consumer.js";
-import { WorkerMetrics } from "./metrics.js";
+import { startWorker, type RunningWorker } from "./worker.js";
 
 let config: Readonly<WorkerConfig>;
 try {
@@ -22,37 +21,31 @@ const redis = new Redis(config.redisUrl, {
   retryStrategy: (times) => Math.min(times * 200, 2000),
 });
 redis.on("error", (err: Error) => log.warn({ err: err.message, redis: redactUrl(config.redisUrl) }, "redis error"));
-const openDb = () => createDb(config.databaseUrl, { max: config.dbPoolSize, applicationName: `worker ${config.consumerName}` });
-const db = openDb();
 
-const metrics = new WorkerMetrics(() => consumer.streamState());
-const consumer: StreamConsumer = new StreamConsumer(
-  redis,
-  db,
-  redisNames(config.redisPrefix),
-  config,
-  log.child({ component: "worker:consumer" }),
-  metrics,
-  openDb,
-);
-let httpPort: number;
+let worker: RunningWorker;
 try {
-  const http = await metrics.serve(config.httpPort, config.httpHost, () => consumer.running && redis.status === "ready");
-  httpPort = (http.address() as import("node:net").AddressInfo).port;
+  worker = await startWorker(
+    config,
+    {
+      stream: new MessageStream(redis, redisNames(config.redisPrefix)),
+      publisher: new RedisPublisher(redis),
+      openDb: () => createDb(config.databaseUrl, { max: config.dbPoolSize, applicationName: `worker ${config.consumerName}` }),
+      busReady: () => redis.status === "ready",
+    },
+    log,
+  );
 } catch (err) {
   log.fatal({ err, port: config.httpPort }, "cannot open the metrics port");
   process.exit(1);
 }
-consumer.start();
-log.info({ prefix: config.redisPrefix, database: redactUrl(config.databaseUrl), httpPort }, "consuming");
 
 let stopping = false;
 async function shutdown(signal: string): Promise<void> {
   if (stopping) return;
   stopping = true;
   log.info({ signal }, "stopping after the batch in hand");
-  await consumer.stop();
-  await Promise.allSettled([redis.quit(), consumer.dbClient.close()]);
+  await worker.stop();
+  await redis.quit().catch(() => {});
   log.info({}, "stopped");
   process.exit(0);
 }

@@ -1,7 +1,12 @@
+export * from "./bus.js";
 export * from "./envelope.js";
 export type { Log } from "./log.js";
 export * from "./names.js";
 export * from "./presence-redis.js";
+export * from "./presence-memory.js";
+export * from "./pubsub-redis.js";
+export * from "./pubsub-memory.js";
 export * from "./router.js";
 export * from "./stream.js";
-export * from "./connection-limit.js";
+export * from "./connection-limit-redis.js";
+export * from "./connection-limit-memory.js";

@@ -1,22 +1,10 @@
 import { readFileSync } from "node:fs";
 import type { Redis } from "ioredis";
+import type { Presence, PresenceEntry } from "./bus.js";
 import type { RedisNames } from "./names.js";
 
-/** One open chat socket of `user` in conversation `roomId`. */
-export interface PresenceEntry {
-  roomId: string;
-  user: string;
-  /** Unique per socket across the cluster: `<user>|<node id>:<socket seq>`. */
-  member: string;
-}
-
-/**
- * Who has a chat socket open to which conversation, across every node.
- * Guarantees: join/leave are atomic, so exactly one socket sees `first` and exactly one `last` per
- * user and conversation; an entry not refreshed within the TTL is dropped by `sweepExpired`, which
- * reports each user whose last entry vanished exactly once cluster-wide.
- */
-export class RedisPresence {
+/** Presence in Redis sorted sets scored by expiry; multi-key changes are Lua scripts. */
+export class RedisPresence implements Presence {
   constructor(
     private readonly redis: Redis,
     private readonly names: RedisNames,
@@ -29,11 +17,6 @@ export class RedisPresence {
     redis.defineCommand("chatPresenceRefresh", { lua: lua("presence-refresh") });
   }
 
-  static member(user: string, nodeId: string, socketSeq: number): string {
-    return `${user}|${nodeId}:${socketSeq}`;
-  }
-
-  /** Adds the entry; `first` when the user had no other live socket in the room; `users` is everyone online there. */
   async join(e: PresenceEntry): Promise<{ first: boolean; users: string[] }> {
     const reply = (await this.call("chatPresenceJoin", [
       this.names.presenceRoom(e.roomId), this.names.presenceIndex, e.member, e.roomId, e.user, this.ttlMs,
@@ -42,7 +25,6 @@ export class RedisPresence {
     return { first: first === 1, users };
   }
 
-  /** Removes the entry; `last` when the user has no live socket left in the room. */
   async leave(e: PresenceEntry): Promise<{ last: boolean }> {
     const reply = await this.call("chatPresenceLeave", [
       this.names.presenceRoom(e.roomId), this.names.presenceIndex, e.member, e.roomId, e.user, "",
@@ -50,7 +32,6 @@ export class RedisPresence {
     return { last: reply === 1 };
   }
 
-  /** Extends the life of live entries (call every TTL/3 or so). */
   async refresh(entries: readonly PresenceEntry[]): Promise<void> {
     for (let i = 0; i < entries.length; i += 500) {
       const batch = entries.slice(i, i + 500);
@@ -60,10 +41,6 @@ export class RedisPresence {
     }
   }
 
-  /**
-   * Drops entries whose node stopped refreshing them (it died without closing its sockets).
-   * Returns the users who thereby left a room, each reported by exactly one caller.
-   */
   async sweepExpired(limit = 200): Promise<{ roomId: string; user: string }[]> {
     const due = await this.redis.zrangebyscore(this.names.presenceIndex, "-inf", Date.now(), "LIMIT", 0, limit);
     const left: { roomId: string; user: string }[] = [];

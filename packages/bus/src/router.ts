@@ -1,4 +1,4 @@
-import type { Redis } from "ioredis";
+import type { ChannelTransport } from "./bus.js";
 import { decodeEnvelope, type Envelope } from "./envelope.js";
 import type { Log } from "./log.js";
 
@@ -22,11 +22,10 @@ export interface RouterOptions {
 }
 
 /**
- * The gateway's local index `channel -> listeners`, which drives its Redis subscriptions: a node is
+ * The gateway's local index `channel -> listeners`, which drives its subscriptions: a node is
  * subscribed to a channel exactly while it has a local listener for it (plus a short grace delay).
  * Guarantee: pub/sub is at-most-once and ordered per channel; once `add` resolves, every message
- * published on the channel afterwards reaches the listener while Redis stays connected. ioredis
- * re-subscribes every channel after a reconnect; messages published during the outage are lost.
+ * published on the channel afterwards reaches the listener while the transport stays connected.
  */
 export class SubscriptionRouter {
   private readonly channels = new Map<string, ChannelEntry>();
@@ -37,13 +36,13 @@ export class SubscriptionRouter {
   decodeErrors = 0;
 
   constructor(
-    private readonly subscriber: Redis,
+    private readonly transport: ChannelTransport,
     options: RouterOptions,
   ) {
     this.unsubscribeDelayMs = options.unsubscribeDelayMs ?? 2000;
     this.log = options.log;
     this.observe = options.observe;
-    subscriber.on("messageBuffer", (channel: Buffer, payload: Buffer) => this.dispatch(channel.toString(), payload));
+    transport.onMessage((channel, payload) => this.dispatch(channel, payload));
   }
 
   /** Number of channels this node is subscribed to. */
@@ -57,14 +56,14 @@ export class SubscriptionRouter {
    */
   async resubscribeAll(): Promise<void> {
     const channels = [...this.channels.keys()];
-    for (let i = 0; i < channels.length; i += 1000) await this.subscriber.subscribe(...channels.slice(i, i + 1000));
+    for (let i = 0; i < channels.length; i += 1000) await this.transport.subscribe(channels.slice(i, i + 1000));
   }
 
   /** Resolves once the node is subscribed; on failure the listener is not registered. */
   async add(channel: string, listener: ChannelListener): Promise<void> {
     let entry = this.channels.get(channel);
     if (!entry) {
-      entry = { listeners: new Set(), subscribed: this.subscriber.subscribe(channel).then(() => undefined), unsubscribeTimer: null };
+      entry = { listeners: new Set(), subscribed: this.transport.subscribe([channel]), unsubscribeTimer: null };
       this.channels.set(channel, entry);
     }
     if (entry.unsubscribeTimer) {
@@ -87,7 +86,7 @@ export class SubscriptionRouter {
       // Re-check: a socket may have arrived during the delay.
       if (entry.listeners.size > 0 || this.channels.get(channel) !== entry) return;
       this.channels.delete(channel);
-      this.subscriber.unsubscribe(channel).catch((err: unknown) => {
+      this.transport.unsubscribe(channel).catch((err: unknown) => {
         this.log.warn({ channel, err }, "unsubscribe failed");
       });
     }, this.unsubscribeDelayMs);

@@ -1,5 +1,7 @@
 import { readFileSync } from "node:fs";
 import type { Redis } from "ioredis";
+import type { MessageLog } from "./bus.js";
+import type { RedisNames } from "./names.js";
 
 /** A chat message the gateway accepted. The stream entry is the message's source of truth until persisted. */
 export interface MessageEntry {
@@ -85,29 +87,28 @@ export function streamIdOf(position: bigint): string {
 
 type XEntries = [id: string, fields: string[]][];
 
+/** An entry as read from a log, decoded; a poison entry (undecodable) keeps only its raw text. */
+export function receivedEntry(streamId: string, raw: string): ReceivedEntry {
+  let entry: StreamEntry | undefined;
+  try {
+    entry = decodeStreamEntry(raw);
+  } catch {
+    entry = undefined;
+  }
+  return { streamId, entry, raw };
+}
+
 function toReceived(entries: XEntries): ReceivedEntry[] {
   const out: ReceivedEntry[] = [];
   for (const [streamId, fields] of entries) {
     // XAUTOCLAIM returns deleted entries with null fields; nothing is left to process for those.
     if (!fields) continue;
     const at = fields.indexOf(FIELD);
-    const raw = at >= 0 ? (fields[at + 1] ?? "") : "";
-    let entry: StreamEntry | undefined;
-    try {
-      entry = decodeStreamEntry(raw);
-    } catch {
-      entry = undefined;
-    }
-    out.push({ streamId, entry, raw });
+    out.push(receivedEntry(streamId, at >= 0 ? (fields[at + 1] ?? "") : ""));
   }
   return out;
 }
 
-/**
- * The message stream. Guarantee: at-least-once. An entry stays pending in the group until a
- * consumer acknowledges it, and an entry pending longer than `claimIdleMs` is handed to another
- * consumer, so consumers must be idempotent (the message id is the key).
- */
 export type AcceptResult =
   | { kind: "accepted"; streamId: string }
   /** The sender's client_id was accepted before: nothing new was stored; `frame` is the original chat_message. */
@@ -131,20 +132,22 @@ export interface AcceptOptions {
 
 const acceptLua = readFileSync(new URL("./lua/accept.lua", import.meta.url), "utf8");
 
-export class MessageStream {
+/** The message log as a Redis stream with one consumer group; `accept` is one Lua script (one round trip). */
+export class MessageStream implements MessageLog {
+  readonly stream: string;
+  readonly group: string;
+  private readonly deadLetterStream: string;
+
   constructor(
     private readonly redis: Redis,
-    readonly stream: string,
-    readonly group: string,
+    names: RedisNames,
   ) {
+    this.stream = names.stream;
+    this.group = names.group;
+    this.deadLetterStream = names.deadLetterStream;
     if (!("chatAccept" in redis)) redis.defineCommand("chatAccept", { lua: acceptLua });
   }
 
-  /**
-   * Accepts a client's entry in one script (one round trip): the sender's rate limit, then its
-   * client_id (a retry gets the original frame back and stores nothing), then XADD and PUBLISH.
-   * A message is accepted exactly when it is in the stream.
-   */
   async accept(entry: StreamEntry, o: AcceptOptions): Promise<AcceptResult> {
     const keys = o.idempotencyKey ? [this.stream, o.rateKey, o.idempotencyKey] : [this.stream, o.rateKey];
     const run = (this.redis as unknown as { chatAccept(...args: (string | number)[]): Promise<[string, string]> }).chatAccept;
@@ -165,15 +168,10 @@ export class MessageStream {
     return { kind: "rate_limited", retryAfterMs: Number(value) };
   }
 
-  /** Appends one entry as is, without the checks of `accept`: for tools that fill a stream (benchmarks, tests). */
   async append(entry: StreamEntry): Promise<string> {
     return (await this.redis.xadd(this.stream, "*", FIELD, JSON.stringify(entry))) as string;
   }
 
-  /**
-   * Entries after `afterId` (exclusive), oldest first, at most `count`. The stream still holds every
-   * entry not yet persisted, so this plus Postgres covers every accepted message.
-   */
   async rangeAfter(afterId: string, count: number): Promise<ReceivedEntry[]> {
     const start = afterId === "-" ? "-" : `(${afterId}`;
     return toReceived((await this.redis.xrange(this.stream, start, "+", "COUNT", count)) as XEntries);
@@ -188,7 +186,6 @@ export class MessageStream {
     }
   }
 
-  /** New entries for this consumer; waits up to blockMs when there are none (null: returns at once). */
   async read(consumer: string, count: number, blockMs: number | null): Promise<ReceivedEntry[]> {
     const reply = (
       blockMs === null
@@ -198,7 +195,6 @@ export class MessageStream {
     return reply?.[0] ? toReceived(reply[0][1]) : [];
   }
 
-  /** Takes over entries another consumer left pending for at least minIdleMs. */
   async claim(consumer: string, minIdleMs: number, count: number): Promise<ReceivedEntry[]> {
     const reply = (await this.redis.xautoclaim(this.stream, this.group, consumer, minIdleMs, "0-0", "COUNT", count)) as [
       string,
@@ -212,17 +208,32 @@ export class MessageStream {
     if (streamIds.length > 0) await this.redis.xack(this.stream, this.group, ...streamIds);
   }
 
+  async backlog(): Promise<{ lag: number; pending: number }> {
+    for (const g of await this.groups()) {
+      if (g["name"] === this.group) return { lag: Number(g["lag"] ?? 0), pending: Number(g["pending"] ?? 0) };
+    }
+    return { lag: 0, pending: 0 };
+  }
+
+  async deadLetter(fields: Readonly<Record<string, string>>): Promise<void> {
+    await this.redis.xadd(this.deadLetterStream, "*", ...Object.entries(fields).flat());
+  }
+
+  private async groups(): Promise<Record<string, unknown>[]> {
+    const groups = (await this.redis.xinfo("GROUPS", this.stream)) as unknown[][];
+    return groups.map((g) => {
+      const o: Record<string, unknown> = {};
+      for (let i = 0; i + 1 < g.length; i += 2) o[String(g[i])] = g[i + 1];
+      return o;
+    });
+  }
+
   /**
    * Deletes entries every consumer is done with: everything before the oldest pending entry, or
    * before the group's last delivered id when nothing is pending. Never drops an unacknowledged entry.
    */
   async trimAcknowledged(): Promise<number> {
-    const groups = (await this.redis.xinfo("GROUPS", this.stream)) as unknown[][];
-    const info = groups.map((g) => {
-      const o: Record<string, unknown> = {};
-      for (let i = 0; i + 1 < g.length; i += 2) o[String(g[i])] = g[i + 1];
-      return o;
-    });
+    const info = await this.groups();
     let minId: string | undefined;
     for (const g of info) {
       const pending = (await this.redis.xpending(this.stream, String(g["name"]))) as [number, string | null, ...unknown[]];

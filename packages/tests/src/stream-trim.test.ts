@@ -6,7 +6,7 @@ describe("stream trimming", () => {
   it("deletes acknowledged entries only, never a pending or undelivered one", async () => {
     const redis = testRedis();
     const names = redisNames(freshPrefix("trim"));
-    const stream = new MessageStream(redis, names.stream, names.group);
+    const stream = new MessageStream(redis, names);
     await stream.ensureGroup();
     for (let i = 0; i < 10; i++) await stream.append({ kind: "read", reader: `r${i}`, other: "o" });
     const batch = await stream.read("c1", 6, 100);

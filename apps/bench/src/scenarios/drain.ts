@@ -39,7 +39,7 @@ export async function workerDrain(ctx: BenchContext, prefix: string, entries: nu
   const text = "x".repeat(ctx.messageBytes);
   const expected = new Map<string, number>();
   try {
-    const stream = new MessageStream(redis, names.stream, names.group);
+    const stream = new MessageStream(redis, names);
     const loadStarted = performance.now();
     let lastId = "";
     const chunk = 2000;

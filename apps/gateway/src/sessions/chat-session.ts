@@ -1,4 +1,4 @@
-import { ALL, RedisPresence, encodeEnvelope, streamIdOf, streamPosition, type MessageEntry, type PresenceEntry, type ReadEntry } from "@chat/bus";
+import { ALL, encodeEnvelope, presenceMember, streamIdOf, streamPosition, type MessageEntry, type PresenceEntry, type ReadEntry } from "@chat/bus";
 import { ErrorCode, type AcceptedChatMessage, type ChatMessageEvent } from "@chat/protocol";
 import { v7 as uuidv7 } from "uuid";
 import { chatMessageEvent, chatMessageIdOf } from "./chat-message.js";
@@ -42,7 +42,7 @@ export class ChatSession extends SubscribedSession {
     const entry: PresenceEntry = {
       roomId: this.roomId,
       user: this.username,
-      member: RedisPresence.member(this.username, this.core.nodeId, this.core.nextSocketSeq()),
+      member: presenceMember(this.username, this.core.nodeId, this.core.nextSocketSeq()),
     };
     const { first, users } = await this.core.presence.join(entry);
     this.presence = entry;
@@ -150,7 +150,7 @@ export class ChatSession extends SubscribedSession {
 
   private sendMessage(frame: AcceptedChatMessage): void {
     if (!this.core.redisReady) {
-      return this.sendError(ErrorCode.unavailable, "message not accepted: the cluster's Redis is unreachable", frame.client_id);
+      return this.sendError(ErrorCode.unavailable, "message not accepted: the message bus is unreachable", frame.client_id);
     }
     const entry: MessageEntry = {
       kind: "message",
@@ -187,8 +187,8 @@ export class ChatSession extends SubscribedSession {
       },
       (err: unknown) => {
         this.sendSettled();
-        this.core.log.warn({ err, user: this.username, client_id: frame.client_id }, "message refused by redis");
-        if (!this.closed) this.sendError(ErrorCode.unavailable, "message not accepted: the cluster's Redis refused it", frame.client_id);
+        this.core.log.warn({ err, user: this.username, client_id: frame.client_id }, "message refused by the bus");
+        if (!this.closed) this.sendError(ErrorCode.unavailable, "message not accepted: the message bus refused it", frame.client_id);
       },
     );
   }
@@ -218,8 +218,8 @@ export class ChatSession extends SubscribedSession {
         else if (result.kind === "rate_limited") this.rateLimited(result.retryAfterMs);
       },
       (err: unknown) => {
-        this.core.log.warn({ err, user: this.username }, "read receipt refused by redis");
-        if (!this.closed) this.sendError(ErrorCode.unavailable, "read not recorded: the cluster's Redis refused it");
+        this.core.log.warn({ err, user: this.username }, "read receipt refused by the bus");
+        if (!this.closed) this.sendError(ErrorCode.unavailable, "read not recorded: the message bus refused it");
       },
     );
   }

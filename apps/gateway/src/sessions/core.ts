@@ -1,12 +1,12 @@
-import type { Redis } from "ioredis";
 import {
   ALL,
-  MessageStream,
-  RedisPresence,
   SubscriptionRouter,
   encodeEnvelope,
   type CountedConnection,
+  type MessageLog,
+  type Presence,
   type PresenceEntry,
+  type Publisher,
   type RedisNames,
 } from "@chat/bus";
 import { createFrameParser, type ChatMessageEvent, type ParseResult } from "@chat/protocol";
@@ -33,7 +33,7 @@ export interface History {
   latestAfter(roomId: string, position: bigint, limit: number): Promise<StoredMessage[]>;
 }
 
-/** Per-user limits, enforced cluster-wide in Redis. */
+/** Per-user limits, enforced cluster-wide by the message log's accept. */
 export interface SendLimits {
   /** Sends (messages and reads) per second per user; 0 disables. */
   ratePerSecond: number;
@@ -45,17 +45,19 @@ export interface SendLimits {
 export interface CoreOptions {
   nodeId: string;
   names: RedisNames;
-  /** Commands: stream appends, publishes, presence. Must not queue commands while disconnected. */
-  redis: Redis;
+  /** Must fail at once while disconnected, not queue. */
+  publisher: Publisher;
+  /** Where accepted sends go; must fail at once while disconnected, not queue. */
+  stream: MessageLog;
   router: SubscriptionRouter;
-  presence: RedisPresence;
+  presence: Presence;
   unread: UnreadCounts;
   history: History;
   /** Most messages a reconnecting socket is replayed. */
   maxReplay: number;
   maxMessageLength: number;
   limits: SendLimits;
-  /** Whether both Redis connections serve: commands, and a subscriber with every channel in place. */
+  /** Whether the bus serves: commands, and a subscriber with every channel in place. */
   redisReady: () => boolean;
   log: Logger;
   metrics: GatewayMetrics;
@@ -63,15 +65,15 @@ export interface CoreOptions {
 
 /**
  * What every session of this node shares. Holds no state another node needs: presence lives in
- * Redis, so this node may die at any time and its entries expire.
+ * the bus, so this node may die at any time and its entries expire.
  */
 export class GatewayCore {
   readonly nodeId: string;
   readonly names: RedisNames;
-  readonly redis: Redis;
+  readonly publisher: Publisher;
   readonly router: SubscriptionRouter;
-  readonly presence: RedisPresence;
-  readonly stream: MessageStream;
+  readonly presence: Presence;
+  readonly stream: MessageLog;
   readonly unread: UnreadCounts;
   readonly history: History;
   readonly maxReplay: number;
@@ -96,10 +98,10 @@ export class GatewayCore {
   constructor(options: CoreOptions) {
     this.nodeId = options.nodeId;
     this.names = options.names;
-    this.redis = options.redis;
+    this.publisher = options.publisher;
     this.router = options.router;
     this.presence = options.presence;
-    this.stream = new MessageStream(options.redis, options.names.stream, options.names.group);
+    this.stream = options.stream;
     this.unread = options.unread;
     this.history = options.history;
     this.maxReplay = options.maxReplay;
@@ -110,7 +112,7 @@ export class GatewayCore {
     this.metrics = options.metrics;
   }
 
-  /** Keeps track of a background Redis operation that must finish before shutdown. */
+  /** Keeps track of a background bus operation that must finish before shutdown. */
   track(work: Promise<unknown>): void {
     this.pendingReleases.add(work);
     void work.finally(() => this.pendingReleases.delete(work));
@@ -153,7 +155,7 @@ export class GatewayCore {
 
   /** Publishes server frames to every socket of a room or user channel, on every node. */
   async publish(channel: string, frames: readonly string[], target: string = ALL): Promise<void> {
-    await this.redis.publish(channel, encodeEnvelope(this.nodeId, target, frames));
+    await this.publisher.publish(channel, encodeEnvelope(this.nodeId, target, frames));
   }
 
   /** Starts presence upkeep: refresh our entries every TTL/3, sweep dead nodes' entries every few seconds. */

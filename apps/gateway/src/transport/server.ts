@@ -1,5 +1,5 @@
 import type { HttpRequest, HttpResponse, TemplatedApp, us_listen_socket, us_socket_context_t, WebSocket } from "uWebSockets.js";
-import type { ConnectionLimit, CountedConnection } from "@chat/bus";
+import type { ConnectionCounter, CountedConnection } from "@chat/bus";
 import { CloseCode, ErrorCode, UpgradeRefusal, clientIdOf } from "@chat/protocol";
 import { AuthError, extractToken, type TokenVerifier, type VerifiedToken } from "../auth.js";
 import { UpgradeLimiter } from "./upgrade-limiter.js";
@@ -38,7 +38,7 @@ export interface ServerOptions {
   idleTimeoutSeconds: number;
 }
 
-/** Decides whether this node takes new sockets (Redis up, not draining). */
+/** Decides whether this node takes new sockets (bus up, not draining). */
 export interface Readiness {
   ready(): boolean;
 }
@@ -72,7 +72,7 @@ export class GatewayServer {
     private readonly metrics: GatewayMetrics,
     api: HttpApi,
     /** Cluster-wide sockets-per-user limit; null when off. */
-    private readonly connections: ConnectionLimit | null,
+    private readonly connections: ConnectionCounter | null,
   ) {
     this.upgradeLimiter = options.upgradesPerIpPerSecond > 0 ? new UpgradeLimiter(options.upgradesPerIpPerSecond) : null;
     this.app = uws.App();
@@ -91,7 +91,7 @@ export class GatewayServer {
     this.app.get("/healthz", (res) => void res.end("ok"));
     this.app.get("/readyz", (res) => {
       if (this.readiness.ready()) res.end("ready");
-      else refuse(res, 503, "not_ready", "redis unreachable or draining");
+      else refuse(res, 503, "not_ready", "message bus unreachable or draining");
     });
     this.app.get("/metrics", (res) => {
       let aborted = false;

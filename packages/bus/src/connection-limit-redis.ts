@@ -1,18 +1,10 @@
 import { readFileSync } from "node:fs";
 import type { Redis } from "ioredis";
+import type { ConnectionCounter, CountedConnection } from "./bus.js";
 import type { RedisNames } from "./names.js";
 
-/** One open socket counted against its user's limit. */
-export interface CountedConnection {
-  key: string;
-  member: string;
-}
-
-/**
- * Open sockets per user across the cluster. Guarantee: at most `limit` counted sockets per user
- * at any time; a node that dies stops refreshing its entries and they expire after the TTL.
- */
-export class ConnectionLimit {
+/** Open sockets per user in one Redis sorted set per user, scored by expiry. */
+export class RedisConnectionLimit implements ConnectionCounter {
   constructor(
     private readonly redis: Redis,
     private readonly names: RedisNames,
@@ -27,7 +19,6 @@ export class ConnectionLimit {
     }
   }
 
-  /** Counts the socket; null when the user already has `limit` open. */
   async acquire(username: string, member: string): Promise<CountedConnection | null> {
     const key = this.names.userConnections(username);
     const run = (this.redis as unknown as { chatConnectionsAcquire(...a: (string | number)[]): Promise<number> }).chatConnectionsAcquire;
@@ -39,7 +30,6 @@ export class ConnectionLimit {
     await this.redis.zrem(c.key, c.member);
   }
 
-  /** Extends the life of live sockets' entries (with the presence refresh). */
   async refresh(connections: Iterable<CountedConnection>): Promise<void> {
     const expiry = Date.now() + this.ttlMs;
     const pipeline = this.redis.pipeline();

@@ -1,0 +1,152 @@
+import {
+  SubscriptionRouter,
+  redisNames,
+  type ChannelTransport,
+  type ConnectionCounter,
+  type MessageLog,
+  type Presence,
+  type Publisher,
+} from "@chat/bus";
+import { latestMessagesAfter, messageById, totalUnread, unreadFrom, type DbClient } from "@chat/db";
+import { CloseCode } from "@chat/protocol";
+import type { Logger } from "@chat/log";
+import { HttpApi } from "./api/http-api.js";
+import { messageEvent } from "./api/serialize.js";
+import { TokenVerifier } from "./auth.js";
+import type { GatewayConfig } from "./config.js";
+import { LocalMediaStorage } from "./media/local-storage.js";
+import { S3MediaStorage } from "./media/s3-storage.js";
+import type { MediaStorage } from "./media/storage.js";
+import { GatewayMetrics } from "./metrics.js";
+import { GatewayCore } from "./sessions/core.js";
+
+/** What a gateway runs on: the bus of one engine (Redis, or memory in one process) and its database. */
+export interface GatewayParts {
+  publisher: Publisher;
+  transport: ChannelTransport;
+  stream: MessageLog;
+  presence: Presence;
+  /** Sockets-per-user limit; null when off. */
+  connections: ConnectionCounter | null;
+  db: DbClient;
+  /** Whether the bus serves: commands go through and every channel is subscribed. */
+  busReady: () => boolean;
+}
+
+/** Set by the engine's connection handling, once the gateway exists, to recover after an outage. */
+export interface BusRecovery {
+  /** Commands work again (the bus may have come back empty): restore what this node keeps there. */
+  commandsBack(): void;
+  /** The subscriber is back: subscribe every channel again; resolves once live delivery is whole. */
+  resubscribe(): Promise<void>;
+}
+
+export interface RunningGateway {
+  readonly port: number;
+  readonly recovery: BusRecovery;
+  /** Turns not-ready, closes sockets over the drain window, lets their presence go, stops listening. */
+  drain(): Promise<void>;
+}
+
+/**
+ * Builds a gateway node on the given parts and starts listening. Fails fast (rejects) when the native
+ * uWebSockets.js binary is missing, before any connection opens.
+ */
+export async function startGateway(config: Readonly<GatewayConfig>, parts: GatewayParts, log: Logger): Promise<RunningGateway> {
+  const { GatewayServer } = await import("./transport/server.js");
+  const busLog = log.child({ component: "bus" });
+  const names = redisNames(config.redisPrefix);
+  const db = parts.db;
+  let draining = false;
+
+  // The gauge reads the router at scrape time; the router exists by then.
+  const metrics = new GatewayMetrics(() => router.channelCount);
+  const router: SubscriptionRouter = new SubscriptionRouter(parts.transport, {
+    log: busLog,
+    observe: (envelope) => metrics.deliverLatency.observe(Math.max(0, Date.now() - envelope.sentAt) / 1000),
+  });
+  const core = new GatewayCore({
+    nodeId: config.nodeId,
+    names,
+    publisher: parts.publisher,
+    stream: parts.stream,
+    router,
+    metrics,
+    presence: parts.presence,
+    unread: { total: (u) => totalUnread(db.db, u), from: (u, o) => unreadFrom(db.db, u, o) },
+    history: {
+      positionOf: async (id, roomId) => {
+        const row = await messageById(db.db, id);
+        return row && row.roomId === roomId ? row.streamPosition : null;
+      },
+      latestAfter: async (roomId, position, limit) =>
+        (await latestMessagesAfter(db.db, roomId, position, limit)).map((row) => ({ position: row.streamPosition, event: messageEvent(row) })),
+    },
+    maxReplay: config.maxReplay,
+    redisReady: parts.busReady,
+    limits: {
+      ratePerSecond: config.rateMessagesPerSecond,
+      burst: config.rateMessagesBurst,
+      idempotencyTtlSeconds: config.idempotencyTtlSeconds,
+    },
+    maxMessageLength: config.maxMessageLength,
+    log: log.child({ component: "gateway:sessions" }),
+  });
+  const connections = parts.connections;
+  if (connections) core.refreshConnections = (entries) => connections.refresh(entries);
+  core.startPresenceUpkeep();
+
+  const verifier = new TokenVerifier(config.jwtSecret, { audience: config.jwtAudience, issuer: config.jwtIssuer });
+  const storage: MediaStorage =
+    config.mediaStorage === "s3"
+      ? new S3MediaStorage({
+          bucket: config.s3Bucket!,
+          region: config.s3Region,
+          endpoint: config.s3Endpoint,
+          forcePathStyle: config.s3ForcePathStyle,
+          urlTtlSeconds: config.s3UrlTtlSeconds,
+        })
+      : new LocalMediaStorage(config.mediaDir);
+  const api = new HttpApi({
+    db: db.db,
+    verifier,
+    storage,
+    upload: { maxBytes: config.uploadMaxBytes, contentTypes: config.uploadContentTypes },
+    roomId: names.roomId,
+    log: log.child({ component: "gateway:api" }),
+  });
+  const server = new GatewayServer(
+    core,
+    verifier,
+    { ready: () => !draining && parts.busReady() },
+    config,
+    log.child({ component: "gateway:uws" }),
+    metrics,
+    api,
+    connections,
+  );
+  const port = await server.listen();
+  log.info({ host: config.host, port, prefix: config.redisPrefix, development: config.development }, "listening");
+
+  return {
+    port,
+    recovery: {
+      commandsBack: () => void core.rejoinPresence(),
+      resubscribe: async () => {
+        await router.resubscribeAll();
+        busLog.info({ channels: router.channelCount }, "subscriptions restored");
+        core.flushEchoes();
+      },
+    },
+    async drain() {
+      if (draining) return;
+      draining = true;
+      metrics.drains.inc();
+      log.info({ sockets: server.socketCount, windowMs: config.drainWindowMs }, "draining");
+      await server.closeGradually(CloseCode.going_away, "server shutting down, reconnect", config.drainWindowMs);
+      core.stopPresenceUpkeep();
+      await Promise.allSettled([...core.pendingReleases]);
+      server.stopListening();
+    },
+  };
+}

@@ -1,0 +1,2 @@
+export { loadGatewayConfig, GATEWAY_SETTINGS, DEVELOPMENT_JWT_SECRET, type GatewayConfig } from "./config.js";
+export { startGateway, type BusRecovery, type GatewayParts, type RunningGateway } from "./gateway.js";
