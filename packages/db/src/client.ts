@@ -15,6 +15,8 @@ export interface DbOptions {
   max?: number;
   /** Application name shown in pg_stat_activity. */
   applicationName?: string;
+  /** A Unix socket to connect through instead of the URL's host (the embedded engine's PGlite). */
+  socketPath?: string;
 }
 
 /** Opens a pool lazily (no connection until the first query). */
@@ -24,6 +26,7 @@ export function createDb(url: string, options: DbOptions = {}): DbClient {
     onnotice: () => {},
     connection: { application_name: options.applicationName ?? "chat" },
     types: { bigint: postgres.BigInt },
+    ...(options.socketPath ? { path: options.socketPath } : {}),
   });
   return { db: drizzle(client, { schema }), sql: client, close: () => client.end({ timeout: 5 }) };
 }

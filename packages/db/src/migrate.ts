@@ -13,14 +13,21 @@ export class MigrationError extends Error {
   readonly code = "migration_failed";
 }
 
+export interface MigrateOptions {
+  /** A Unix socket to connect through instead of the URL's host (the embedded engine's PGlite). */
+  socketPath?: string;
+}
+
+const socket = (options: MigrateOptions): { path?: string } => (options.socketPath ? { path: options.socketPath } : {});
+
 /** Creates the database named in `url` when it does not exist; connects to the `postgres` database for that. */
-export async function ensureDatabase(url: string): Promise<void> {
+export async function ensureDatabase(url: string, options: MigrateOptions = {}): Promise<void> {
   const target = new URL(url);
   const name = decodeURIComponent(target.pathname.slice(1));
   if (!name) throw new MigrationError("DATABASE_URL names no database");
   const admin = new URL(url);
   admin.pathname = "/postgres";
-  const sql = postgres(admin.toString(), { max: 1, onnotice: () => {} });
+  const sql = postgres(admin.toString(), { max: 1, onnotice: () => {}, ...socket(options) });
   try {
     const found = await sql`SELECT 1 FROM pg_database WHERE datname = ${name}`;
     if (found.length === 0) {
@@ -37,9 +44,9 @@ export async function ensureDatabase(url: string): Promise<void> {
 }
 
 /** Applies the checked-in migrations, idempotently, on a dedicated one-connection client. */
-export async function runMigrations(url: string): Promise<void> {
-  await ensureDatabase(url);
-  const sql = postgres(url, { max: 1, onnotice: () => {} });
+export async function runMigrations(url: string, options: MigrateOptions = {}): Promise<void> {
+  await ensureDatabase(url, options);
+  const sql = postgres(url, { max: 1, onnotice: () => {}, ...socket(options) });
   try {
     await sql`SELECT pg_advisory_lock(${MIGRATION_LOCK})`;
     await migrate(drizzle(sql), { migrationsFolder });

@@ -1,5 +1,5 @@
 import { sql } from "drizzle-orm";
-import { bigint, index, integer, pgTable, primaryKey, text, timestamp, uuid } from "drizzle-orm/pg-core";
+import { bigint, bigserial, index, integer, jsonb, pgTable, primaryKey, text, timestamp, uuid } from "drizzle-orm/pg-core";
 
 /** Every persisted chat message. Written only by the worker, keyed by the gateway-assigned id. */
 export const messages = pgTable(
@@ -73,4 +73,30 @@ export const uploads = pgTable(
 export const userUnread = pgTable("user_unread", {
   username: text("username").primaryKey(),
   total: integer("total").notNull().default(0),
+});
+
+/**
+ * The message log of the embedded engine (one process, PGlite): what a Redis stream holds in a
+ * cluster. An accepted entry is a row here until a worker has persisted it; acknowledging deletes
+ * it. Unused with Redis.
+ */
+export const messageLog = pgTable(
+  "message_log",
+  {
+    /** The entry's position, `ms * 1e6 + seq` like a Redis stream id (see @chat/bus streamPosition). */
+    position: bigint("position", { mode: "bigint" }).primaryKey(),
+    /** The entry as JSON text, exactly as a stream entry holds it. */
+    entry: text("entry").notNull(),
+    /** The consumer it was delivered to; null while not yet delivered. */
+    consumer: text("consumer"),
+    deliveredAt: timestamp("delivered_at", { withTimezone: true, mode: "string" }),
+  },
+  (t) => [index("message_log_undelivered_idx").on(t.position).where(sql`${t.consumer} IS NULL`)],
+);
+
+/** Entries of the embedded message log that can never be persisted, kept for an operator. */
+export const messageLogDead = pgTable("message_log_dead", {
+  id: bigserial("id", { mode: "bigint" }).primaryKey(),
+  fields: jsonb("fields").notNull(),
+  at: timestamp("at", { withTimezone: true, mode: "string" }).notNull().defaultNow(),
 });
