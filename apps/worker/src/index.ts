@@ -1,2 +1,3 @@
 export { loadWorkerConfig, WORKER_SETTINGS, type WorkerConfig } from "./config.js";
 export { startWorker, type RunningWorker, type WorkerParts } from "./worker.js";
+export { openRedisWorkerBus } from "./bus-redis.js";

@@ -1,8 +1,7 @@
-import { Redis } from "ioredis";
-import { MessageStream, RedisPublisher, redisNames } from "@chat/bus";
 import { ConfigError } from "@chat/config";
-import { createDb, redactUrl } from "@chat/db";
+import { createDb } from "@chat/db";
 import { createLogger } from "@chat/log";
+import { openRedisWorkerBus } from "./bus-redis.js";
 import { loadWorkerConfig, type WorkerConfig } from "./config.js";
 import { startWorker, type RunningWorker } from "./worker.js";
 
@@ -15,22 +14,15 @@ try {
 }
 
 const log = createLogger(config.logLevel, { component: "worker", consumer: config.consumerName });
-const redis = new Redis(config.redisUrl, {
-  connectionName: `${config.consumerName}:worker`,
-  maxRetriesPerRequest: null,
-  retryStrategy: (times) => Math.min(times * 200, 2000),
-});
-redis.on("error", (err: Error) => log.warn({ err: err.message, redis: redactUrl(config.redisUrl) }, "redis error"));
+const bus = openRedisWorkerBus(config, log);
 
 let worker: RunningWorker;
 try {
   worker = await startWorker(
     config,
     {
-      stream: new MessageStream(redis, redisNames(config.redisPrefix)),
-      publisher: new RedisPublisher(redis),
+      ...bus,
       openDb: () => createDb(config.databaseUrl, { max: config.dbPoolSize, applicationName: `worker ${config.consumerName}` }),
-      busReady: () => redis.status === "ready",
     },
     log,
   );
@@ -45,7 +37,7 @@ async function shutdown(signal: string): Promise<void> {
   stopping = true;
   log.info({ signal }, "stopping after the batch in hand");
   await worker.stop();
-  await redis.quit().catch(() => {});
+  await bus.close();
   log.info({}, "stopped");
   process.exit(0);
 }

@@ -1,0 +1,85 @@
+import { Redis } from "ioredis";
+import { MessageStream, RedisChannelTransport, RedisConnectionLimit, RedisPresence, RedisPublisher, redisNames } from "@chat/bus";
+import { redactUrl } from "@chat/db";
+import type { Logger } from "@chat/log";
+import type { GatewayConfig } from "./config.js";
+import type { BusRecovery, GatewayParts } from "./gateway.js";
+
+/** A gateway's Redis bus: a command connection and a subscriber connection, with outage recovery. */
+export interface RedisGatewayBus extends Omit<GatewayParts, "db"> {
+  /** Hands the gateway's recovery steps to the reconnect handlers (Redis cannot reconnect before start-up ends). */
+  setRecovery(recovery: BusRecovery): void;
+  close(): Promise<void>;
+}
+
+export class RedisUnreachableError extends Error {
+  override readonly name = "RedisUnreachableError";
+  readonly code = "redis_unreachable";
+}
+
+/** Connects both clients; rejects with RedisUnreachableError when Redis does not answer at start-up. */
+export async function openRedisBus(config: Readonly<GatewayConfig>, log: Logger): Promise<RedisGatewayBus> {
+  const busLog = log.child({ component: "bus" });
+  let recovery: BusRecovery | null = null;
+
+  function connect(name: string, enableOfflineQueue: boolean, onReconnect: () => void): Redis {
+    const redis = new Redis(config.redisUrl, {
+      connectionName: `${config.nodeId}:${name}`,
+      enableOfflineQueue,
+      // Commands issued in the same tick (many sockets sending at once) go out in one write.
+      enableAutoPipelining: true,
+      maxRetriesPerRequest: enableOfflineQueue ? null : 1,
+      retryStrategy: (times) => Math.min(times * 200, 2000),
+      lazyConnect: true,
+    });
+    let wasReady = false;
+    redis.on("ready", () => {
+      if (wasReady) {
+        busLog.info({ client: name }, "redis reconnected");
+        onReconnect();
+      }
+      wasReady = true;
+    });
+    redis.on("error", (err: Error) => busLog.warn({ client: name, err: err.message, redis: redactUrl(config.redisUrl) }, "redis error"));
+    return redis;
+  }
+
+  // Commands fail at once while disconnected (the sender gets `error`), instead of waiting in a queue.
+  const redis = connect("commands", false, () => recovery?.commandsBack());
+  // Until a reconnected subscriber has every channel back, this node takes no sends and no sockets.
+  let subscriberSynced = true;
+  const subscriber = connect("subscriber", true, () => {
+    recovery?.resubscribe().then(
+      () => {
+        subscriberSynced = true;
+      },
+      (err: unknown) => busLog.warn({ err }, "resubscribe failed; waiting for the next reconnect"),
+    );
+  });
+  subscriber.on("close", () => {
+    subscriberSynced = false;
+  });
+  try {
+    await Promise.all([redis.connect(), subscriber.connect()]);
+  } catch (cause) {
+    redis.disconnect();
+    subscriber.disconnect();
+    throw new RedisUnreachableError(`redis unreachable at ${redactUrl(config.redisUrl)}`, { cause });
+  }
+
+  const names = redisNames(config.redisPrefix);
+  return {
+    publisher: new RedisPublisher(redis),
+    transport: new RedisChannelTransport(subscriber),
+    stream: new MessageStream(redis, names),
+    presence: new RedisPresence(redis, names, config.presenceTtlMs),
+    connections: config.maxConnectionsPerUser > 0 ? new RedisConnectionLimit(redis, names, config.maxConnectionsPerUser, config.presenceTtlMs) : null,
+    busReady: () => redis.status === "ready" && subscriber.status === "ready" && subscriberSynced,
+    setRecovery: (r) => {
+      recovery = r;
+    },
+    close: async () => {
+      await Promise.allSettled([redis.quit(), subscriber.quit()]);
+    },
+  };
+}

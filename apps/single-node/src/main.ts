@@ -1,0 +1,105 @@
+import { MemoryConnectionLimit, MemoryPresence, MemoryPubSub } from "@chat/bus";
+import { ConfigError } from "@chat/config";
+import { createDb, redactUrl, runMigrations, type DbClient } from "@chat/db";
+import { PostgresMessageLog, openEmbeddedPostgres, type EmbeddedPostgres } from "@chat/embedded";
+import { loadGatewayConfig, openRedisBus, startGateway, type GatewayConfig, type RunningGateway } from "@chat/gateway";
+import { createLogger } from "@chat/log";
+import { loadWorkerConfig, openRedisWorkerBus, startWorker, type RunningWorker, type WorkerConfig } from "@chat/worker";
+import { chooseEngine, type Engine } from "./engine.js";
+
+// `npm start` passes --development: tokens from the development secret and the sign-in endpoint
+// work without configuring anything. A deployment runs without the flag.
+if (process.argv.includes("--development") && !process.env["NODE_ENV"]) process.env["NODE_ENV"] = "development";
+
+let engine: Engine;
+let gatewayConfig: Readonly<GatewayConfig>;
+let workerConfig: Readonly<WorkerConfig>;
+try {
+  engine = chooseEngine(process.env);
+  gatewayConfig = loadGatewayConfig();
+  workerConfig = loadWorkerConfig();
+} catch (err) {
+  process.stderr.write(JSON.stringify({ level: "fatal", component: "single-node", msg: (err as Error).message, problems: (err as ConfigError).problems }) + "\n");
+  process.exit(2);
+}
+
+const log = createLogger(gatewayConfig.logLevel, { component: "single-node", node: gatewayConfig.nodeId });
+const closers: (() => Promise<void>)[] = [];
+let gateway: RunningGateway;
+let worker: RunningWorker;
+let describe: string;
+
+try {
+  if (engine.kind === "embedded") {
+    const pg: EmbeddedPostgres = await openEmbeddedPostgres(engine.dataDir);
+    closers.push(() => pg.close());
+    await runMigrations(pg.url, { socketPath: pg.socketPath });
+    const open = (max: number, name: string): DbClient => createDb(pg.url, { max, applicationName: name, socketPath: pg.socketPath });
+    const bus = new MemoryPubSub();
+    // One connection: positions commit, and live events go out, in the order they were assigned.
+    const logDb = open(1, "message log");
+    closers.unshift(() => logDb.close());
+    const stream = await PostgresMessageLog.open(logDb.sql, bus);
+    const gatewayDb = open(4, "gateway");
+    closers.unshift(() => gatewayDb.close());
+    const { presenceTtlMs, maxConnectionsPerUser } = gatewayConfig;
+    gateway = await startGateway(
+      gatewayConfig,
+      {
+        publisher: bus,
+        transport: bus.transport(),
+        stream,
+        presence: new MemoryPresence(presenceTtlMs),
+        connections: maxConnectionsPerUser > 0 ? new MemoryConnectionLimit(maxConnectionsPerUser, presenceTtlMs) : null,
+        db: gatewayDb,
+        busReady: () => true,
+      },
+      log,
+    );
+    worker = await startWorker(
+      { ...workerConfig, databaseUrl: `pglite:${pg.dataDir}` },
+      { stream, publisher: bus, openDb: () => open(2, "worker"), busReady: () => true },
+      log,
+    );
+    describe = `embedded: in-process bus, PGlite under ${pg.dataDir}`;
+  } else {
+    const bus = await openRedisBus(gatewayConfig, log);
+    closers.push(() => bus.close());
+    const gatewayDb = createDb(engine.databaseUrl, { max: gatewayConfig.dbPoolSize, applicationName: `gateway ${gatewayConfig.nodeId}` });
+    closers.unshift(() => gatewayDb.close());
+    await runMigrations(engine.databaseUrl);
+    gateway = await startGateway(gatewayConfig, { ...bus, db: gatewayDb }, log);
+    bus.setRecovery(gateway.recovery);
+    const workerBus = openRedisWorkerBus(workerConfig, log);
+    closers.unshift(() => workerBus.close());
+    const databaseUrl = engine.databaseUrl;
+    const openDb = () => createDb(databaseUrl, { max: workerConfig.dbPoolSize, applicationName: `worker ${workerConfig.consumerName}` });
+    worker = await startWorker(workerConfig, { ...workerBus, openDb }, log);
+    describe = `redis: ${redactUrl(engine.redisUrl)}, postgres: ${redactUrl(engine.databaseUrl)}`;
+  }
+} catch (err) {
+  log.fatal({ err, engine: engine.kind }, "cannot start");
+  for (const close of closers) await close().catch(() => {});
+  process.exit(1);
+}
+
+const url = `http://${gatewayConfig.host === "0.0.0.0" ? "127.0.0.1" : gatewayConfig.host}:${gateway.port}/`;
+log.info({ engine: engine.kind, parts: describe, url, workerHttpPort: worker.httpPort, development: gatewayConfig.development }, "started");
+process.stderr.write(
+  `\nchat server on ${url} (engine ${describe})\n` +
+    (gatewayConfig.development ? `development mode: open ${url} in a browser and sign in with any username\n\n` : "\n"),
+);
+
+let stopping = false;
+async function shutdown(signal: string): Promise<void> {
+  if (stopping) return;
+  stopping = true;
+  log.info({ signal }, "signal received");
+  await gateway.drain();
+  await worker.stop();
+  for (const close of closers) await close().catch((err: unknown) => log.warn({ err }, "close failed"));
+  log.info({}, "stopped");
+  process.exit(0);
+}
+process.on("SIGTERM", () => void shutdown("SIGTERM"));
+process.on("SIGINT", () => void shutdown("SIGINT"));

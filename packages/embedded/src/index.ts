@@ -1,0 +1,2 @@
+export * from "./embedded-postgres.js";
+export * from "./message-log-postgres.js";

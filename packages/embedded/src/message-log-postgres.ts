@@ -1,0 +1,191 @@
+import type postgres from "postgres";
+import {
+  receivedEntry,
+  streamIdOf,
+  streamPosition,
+  type AcceptOptions,
+  type AcceptResult,
+  type MessageLog,
+  type Publisher,
+  type ReceivedEntry,
+  type StreamEntry,
+} from "@chat/bus";
+
+interface Bucket {
+  tokens: number;
+  at: number;
+}
+
+/**
+ * The message log of the embedded engine: a table (message_log) of the embedded database instead of
+ * a Redis stream, so an accepted message survives a crash of the process. One process owns it: the
+ * rate limits and client_ids live in memory (a client_id is remembered for the idempotency TTL
+ * while the process runs), and positions come from a clock kept here, above every position already
+ * used. Appends go through a client of one connection, so positions commit in order and live events
+ * are published in that order.
+ */
+export class PostgresMessageLog implements MessageLog {
+  private lastMs = 0;
+  private lastSeq = 0;
+  private readonly buckets = new Map<string, Bucket>();
+  private readonly clientIds = new Map<string, { frame: string; expiresAt: number }>();
+  private readonly waiters = new Set<() => void>();
+  private sweeps = 0;
+
+  private constructor(
+    private readonly sql: postgres.Sql,
+    private readonly publisher: Publisher,
+    private readonly now: () => number,
+  ) {}
+
+  /**
+   * Opens the log: positions continue above the last one used (log, messages or read watermarks),
+   * and entries delivered to a consumer of an earlier run go back to undelivered.
+   */
+  static async open(sql: postgres.Sql, publisher: Publisher, now: () => number = Date.now): Promise<PostgresMessageLog> {
+    const log = new PostgresMessageLog(sql, publisher, now);
+    const [row] = await sql<{ last: bigint | null }[]>`
+      SELECT GREATEST(
+        (SELECT max(position) FROM message_log),
+        (SELECT max(stream_position) FROM messages),
+        (SELECT max(read_position) FROM conversation_members)) AS last`;
+    const last = row?.last ?? 0n;
+    log.lastMs = Number(last / 1_000_000n);
+    log.lastSeq = Number(last % 1_000_000n);
+    await sql`UPDATE message_log SET consumer = NULL, delivered_at = NULL WHERE consumer IS NOT NULL`;
+    return log;
+  }
+
+  async accept(entry: StreamEntry, o: AcceptOptions): Promise<AcceptResult> {
+    const now = this.now();
+    this.forgetExpired(now);
+    // Checked and reserved before the first await: two copies sent at once cannot both pass.
+    if (o.idempotencyKey) {
+      const original = this.clientIds.get(o.idempotencyKey);
+      if (original) return { kind: "duplicate", frame: original.frame };
+    }
+    if (o.ratePerSecond > 0) {
+      const b = this.buckets.get(o.rateKey) ?? { tokens: o.burst, at: now };
+      const tokens = Math.min(o.burst, b.tokens + ((now - b.at) * o.ratePerSecond) / 1000);
+      if (tokens < 1) return { kind: "rate_limited", retryAfterMs: Math.ceil(((1 - tokens) * 1000) / o.ratePerSecond) };
+      this.buckets.set(o.rateKey, { tokens: tokens - 1, at: now });
+    }
+    if (o.idempotencyKey) this.clientIds.set(o.idempotencyKey, { frame: o.frame ?? "", expiresAt: now + o.idempotencyTtlSeconds * 1000 });
+    let id: string;
+    try {
+      id = await this.insert(entry);
+    } catch (err) {
+      if (o.idempotencyKey) this.clientIds.delete(o.idempotencyKey);
+      throw err;
+    }
+    if (o.channel) await this.publisher.publish(o.channel, o.envelope ?? "");
+    return { kind: "accepted", streamId: id };
+  }
+
+  append(entry: StreamEntry): Promise<string> {
+    return this.insert(entry);
+  }
+
+  async rangeAfter(afterId: string, count: number): Promise<ReceivedEntry[]> {
+    const after = afterId === "-" ? -1n : streamPosition(afterId);
+    const rows = await this.sql<{ position: bigint; entry: string }[]>`
+      SELECT position, entry FROM message_log WHERE position > ${after.toString()} ORDER BY position LIMIT ${count}`;
+    return rows.map((r) => receivedEntry(streamIdOf(r.position), r.entry));
+  }
+
+  async ensureGroup(): Promise<void> {
+    // One implicit group: every row not yet acknowledged belongs to it.
+  }
+
+  async read(consumer: string, count: number, blockMs: number | null): Promise<ReceivedEntry[]> {
+    const entries = await this.deliver(consumer, count, null);
+    if (entries.length > 0 || blockMs === null) return entries;
+    await this.waitForAppend(blockMs);
+    return this.deliver(consumer, count, null);
+  }
+
+  claim(consumer: string, minIdleMs: number, count: number): Promise<ReceivedEntry[]> {
+    return this.deliver(consumer, count, minIdleMs);
+  }
+
+  async ack(ids: readonly string[]): Promise<void> {
+    if (ids.length === 0) return;
+    await this.sql`DELETE FROM message_log WHERE position = ANY(${positionsArray(ids)}::bigint[])`;
+  }
+
+  async trimAcknowledged(): Promise<number> {
+    // Acknowledging deletes the row: nothing acknowledged is left to trim.
+    return 0;
+  }
+
+  async backlog(): Promise<{ lag: number; pending: number }> {
+    const [row] = await this.sql<{ lag: number; pending: number }[]>`
+      SELECT count(*) FILTER (WHERE consumer IS NULL)::int AS lag, count(*) FILTER (WHERE consumer IS NOT NULL)::int AS pending
+      FROM message_log`;
+    return row ?? { lag: 0, pending: 0 };
+  }
+
+  async deadLetter(fields: Readonly<Record<string, string>>): Promise<void> {
+    await this.sql`INSERT INTO message_log_dead (fields) VALUES (${this.sql.json({ ...fields })})`;
+  }
+
+  private async insert(entry: StreamEntry): Promise<string> {
+    const position = this.nextPosition();
+    await this.sql`INSERT INTO message_log (position, entry) VALUES (${position.toString()}, ${JSON.stringify(entry)})`;
+    for (const wake of this.waiters) wake();
+    return streamIdOf(position);
+  }
+
+  /** Marks up to `count` undelivered rows (or, claiming, rows delivered at least `idleMs` ago) as delivered to `consumer`. */
+  private async deliver(consumer: string, count: number, idleMs: number | null): Promise<ReceivedEntry[]> {
+    const rows =
+      idleMs === null
+        ? await this.sql<{ position: bigint; entry: string }[]>`
+            UPDATE message_log SET consumer = ${consumer}, delivered_at = now()
+            WHERE position IN (SELECT position FROM message_log WHERE consumer IS NULL ORDER BY position LIMIT ${count})
+            RETURNING position, entry`
+        : await this.sql<{ position: bigint; entry: string }[]>`
+            UPDATE message_log SET consumer = ${consumer}, delivered_at = now()
+            WHERE position IN (
+              SELECT position FROM message_log
+              WHERE consumer IS NOT NULL AND delivered_at < now() - ${idleMs} * interval '1 millisecond'
+              ORDER BY position LIMIT ${count})
+            RETURNING position, entry`;
+    return [...rows].sort((a, b) => (a.position < b.position ? -1 : 1)).map((r) => receivedEntry(streamIdOf(r.position), r.entry));
+  }
+
+  private waitForAppend(ms: number): Promise<void> {
+    return new Promise((resolve) => {
+      const wake = () => {
+        clearTimeout(timer);
+        this.waiters.delete(wake);
+        resolve();
+      };
+      const timer = setTimeout(wake, ms);
+      this.waiters.add(wake);
+    });
+  }
+
+  /** Like a Redis stream id: the clock in ms and a sequence within the ms, never going back. */
+  private nextPosition(): bigint {
+    const now = this.now();
+    if (now > this.lastMs) {
+      this.lastMs = now;
+      this.lastSeq = 0;
+    } else if (++this.lastSeq >= 1_000_000) {
+      this.lastMs++;
+      this.lastSeq = 0;
+    }
+    return BigInt(this.lastMs) * 1_000_000n + BigInt(this.lastSeq);
+  }
+
+  private forgetExpired(now: number): void {
+    // Amortized: a full sweep every 1,000 accepts keeps both maps bounded by the live senders.
+    if (++this.sweeps % 1000 !== 0) return;
+    for (const [k, v] of this.clientIds) if (v.expiresAt <= now) this.clientIds.delete(k);
+    for (const [k, b] of this.buckets) if (now - b.at > 60_000) this.buckets.delete(k);
+  }
+}
+
+/** Stream ids as a Postgres array literal; streamPosition validates each id (digits only). */
+const positionsArray = (ids: readonly string[]): string => `{${ids.map((id) => streamPosition(id).toString()).join(",")}}`;
