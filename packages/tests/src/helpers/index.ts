@@ -6,3 +6,4 @@ export * from "./redis.js";
 export * from "./tokens.js";
 export * from "./wait.js";
 export * from "./private-redis.js";
+export * from "./engines.js";

@@ -18,7 +18,7 @@ export interface Gateway extends RunningProcess {
   url: string;
 }
 
-interface SpawnOptions {
+export interface SpawnOptions {
   env?: Record<string, string | undefined>;
   /** Resolve when a log line with this msg appears. */
   readyMessage: string;
@@ -30,7 +30,8 @@ process.on("exit", () => {
   for (const c of running) c.kill("SIGKILL");
 });
 
-function spawnNode(script: string, options: SpawnOptions): Promise<RunningProcess & { ready: Record<string, unknown> }> {
+/** Spawns a built script of the repository; env values set to undefined are left out of its environment. */
+export function spawnNode(script: string, options: SpawnOptions): Promise<RunningProcess & { ready: Record<string, unknown> }> {
   const child = spawn(process.execPath, [script], {
     cwd: REPO_ROOT,
     env: {

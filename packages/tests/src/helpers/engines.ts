@@ -1,0 +1,103 @@
+import { mkdtempSync, rmSync } from "node:fs";
+import { tmpdir } from "node:os";
+import { join } from "node:path";
+import { onTestFinished } from "vitest";
+import { freshPrefix } from "./env.js";
+import { spawnNode, startGateway, startWorker, type RunningProcess } from "./processes.js";
+
+/** The two engines the same code runs on. */
+export type EngineKind = "embedded" | "redis";
+
+/** Set by vitest.config.ts after probing: "up" when Redis and Postgres answer, else why not. */
+export const servicesUp = process.env["CHAT_TEST_SERVICES"] === "up";
+
+/** The engines this run can test: embedded always, Redis and Postgres when they answer. */
+export const engines: EngineKind[] = servicesUp ? ["embedded", "redis"] : ["embedded"];
+
+/** A running deployment of one engine, seen from outside: WebSocket and HTTP entry points. */
+export interface EngineDeployment {
+  readonly kind: EngineKind;
+  /** Two entry points: two gateway processes on Redis; the one process, twice, embedded. */
+  readonly nodes: readonly [string, string];
+  /** HTTP base URL of each entry point. */
+  readonly http: readonly [string, string];
+  /**
+   * Kills every process of the deployment with SIGKILL, then starts them again on the same data.
+   * The entry points change (new ports): read `nodes` and `http` again afterwards.
+   */
+  crashAndRestart(): Promise<void>;
+}
+
+const wsOf = (port: number) => `ws://127.0.0.1:${port}`;
+const httpOf = (port: number) => `http://127.0.0.1:${port}`;
+
+/** Starts a deployment; every process is killed and its data removed when the test ends. */
+export async function startEngine(kind: EngineKind, env: Record<string, string | undefined> = {}): Promise<EngineDeployment> {
+  return kind === "embedded" ? startEmbedded(env) : startRedis(env);
+}
+
+async function startEmbedded(env: Record<string, string | undefined>): Promise<EngineDeployment> {
+  const dataDir = mkdtempSync(join(tmpdir(), "chat-embedded-"));
+  onTestFinished(() => rmSync(dataDir, { recursive: true, force: true }));
+  let proc: RunningProcess;
+  let port = 0;
+  const start = async () => {
+    const p = await spawnNode("apps/single-node/dist/main.js", {
+      env: {
+        REDIS_URL: undefined,
+        DATABASE_URL: undefined,
+        CHAT_DATA_DIR: dataDir,
+        PORT: "0",
+        HOST: "127.0.0.1",
+        CHAT_WORKER_HTTP_PORT: "0",
+        CHAT_WORKER_HTTP_HOST: "127.0.0.1",
+        ...env,
+      },
+      readyMessage: "started",
+      timeoutMs: 30_000,
+    });
+    proc = p;
+    port = Number(new URL(String(p.ready["url"])).port);
+  };
+  await start();
+  return {
+    kind: "embedded",
+    get nodes() {
+      return [wsOf(port), wsOf(port)] as const;
+    },
+    get http() {
+      return [httpOf(port), httpOf(port)] as const;
+    },
+    async crashAndRestart() {
+      await proc.stop("SIGKILL");
+      await start();
+    },
+  };
+}
+
+async function startRedis(env: Record<string, string | undefined>): Promise<EngineDeployment> {
+  const prefix = freshPrefix("engine");
+  let processes: RunningProcess[] = [];
+  const ports: [number, number] = [0, 0];
+  const start = async () => {
+    const [g1, g2] = await Promise.all([startGateway(prefix, env), startGateway(prefix, env)]);
+    const w = await startWorker(prefix, env);
+    ports[0] = g1.port;
+    ports[1] = g2.port;
+    processes = [g1, g2, w];
+  };
+  await start();
+  return {
+    kind: "redis",
+    get nodes() {
+      return [wsOf(ports[0]), wsOf(ports[1])] as const;
+    },
+    get http() {
+      return [httpOf(ports[0]), httpOf(ports[1])] as const;
+    },
+    async crashAndRestart() {
+      await Promise.all(processes.map((p) => p.stop("SIGKILL")));
+      await start();
+    },
+  };
+}
