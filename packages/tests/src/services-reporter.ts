@@ -6,6 +6,11 @@ import type { Reporter } from "vitest/reporters";
  */
 export default class ServicesReporter implements Reporter {
   onTestRunEnd(): void {
+    // At exit, so it comes after the default reporter's summary (stdout writes are synchronous then).
+    process.once("exit", () => this.print());
+  }
+
+  private print(): void {
     const problems = process.env["CHAT_TEST_SERVICES_PROBLEMS"];
     if (process.env["CHAT_TEST_SERVICES"] === "up") {
       process.stdout.write("\nEngines tested: embedded, and Redis + Postgres (both answered).\n");
