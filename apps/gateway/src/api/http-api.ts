@@ -18,6 +18,7 @@ import type { Logger } from "@chat/log";
 import { AuthError, extractToken, type TokenVerifier } from "../auth.js";
 import { needsRefresh } from "../media/s3-storage.js";
 import { IDENTIFIER_PATTERN, type MediaStorage } from "../media/storage.js";
+import { devTokenHandler, type DevTokenSigning } from "./dev-token.js";
 import { messageResource } from "./serialize.js";
 import { ApiError, errorResponse, json, parseLimit, type ApiRequest, type ApiResponse } from "./types.js";
 
@@ -37,6 +38,10 @@ export interface HttpApiOptions {
   roomId: (a: string, b: string) => string;
   log: Logger;
   now?: () => Date;
+  /** Development mode (config.development): turns on POST /api/dev/token. @default false */
+  development?: boolean;
+  /** How POST /api/dev/token signs (config.jwtSecret, jwtAudience, jwtIssuer); without it the endpoint stays off. */
+  devTokenSigning?: DevTokenSigning;
 }
 
 const EXTENSIONS: Record<string, string> = {
@@ -70,15 +75,23 @@ class ByteLimit extends Transform {
 export class HttpApi {
   private readonly now: () => Date;
 
+  /** POST /api/dev/token (no bearer token: run it with handleAnonymous); 404 unless development. */
+  readonly devToken: (req: ApiRequest) => Promise<ApiResponse>;
+
   constructor(private readonly o: HttpApiOptions) {
     this.now = o.now ?? (() => new Date());
+    this.devToken = devTokenHandler(o.development ?? false, o.devTokenSigning);
   }
 
   /** Runs a handler with the caller's username; maps refusals and failures to responses. */
   async handle(req: ApiRequest, handler: (req: ApiRequest, username: string) => Promise<ApiResponse>): Promise<ApiResponse> {
+    return this.handleAnonymous(req, async () => handler(req, await this.authenticate(req)));
+  }
+
+  /** Runs a handler that needs no token; maps refusals and failures to responses like handle. */
+  async handleAnonymous(req: ApiRequest, handler: (req: ApiRequest) => Promise<ApiResponse>): Promise<ApiResponse> {
     try {
-      const username = await this.authenticate(req);
-      return await handler(req, username);
+      return await handler(req);
     } catch (err) {
       if (err instanceof ApiError) return errorResponse(err);
       this.o.log.error({ err, method: req.method, path: req.path }, "api request failed");

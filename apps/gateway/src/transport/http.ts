@@ -117,7 +117,7 @@ function streamFile(res: HttpResponse, state: RequestState, status: string, file
 
 /** Registers the API routes of docs/openapi.yaml on the uWebSockets.js app. */
 export function registerApiRoutes(app: TemplatedApp, api: HttpApi): void {
-  const route = (method: "get" | "post", pattern: string, paramNames: readonly string[], handler: Handler) => {
+  const serve = (method: "get" | "post", pattern: string, paramNames: readonly string[], run: (request: ApiRequest) => Promise<ApiResponse>) => {
     app[method](pattern, (res, req) => {
       const request = copyRequest(req, method.toUpperCase(), paramNames);
       const state: RequestState = { aborted: false, responded: false };
@@ -126,9 +126,11 @@ export function registerApiRoutes(app: TemplatedApp, api: HttpApi): void {
         request.body?.destroy();
       });
       if (method === "post") request.body = bodyStream(res, state);
-      void api.handle(request, handler).then((out) => send(res, state, out));
+      void run(request).then((out) => send(res, state, out));
     });
   };
+  const route = (method: "get" | "post", pattern: string, paramNames: readonly string[], handler: Handler) =>
+    serve(method, pattern, paramNames, (request) => api.handle(request, handler));
   route("get", "/api/conversations", [], api.conversations);
   route("get", "/api/conversations/", [], api.conversations);
   route("get", "/api/rooms/check-url", [], api.checkUrl);
@@ -140,4 +142,7 @@ export function registerApiRoutes(app: TemplatedApp, api: HttpApi): void {
   route("get", "/api/rooms/:username/messages", ["username"], api.messages);
   route("get", "/api/rooms/:username/messages/", ["username"], api.messages);
   route("get", "/chat-media/:identifier", ["identifier"], api.media);
+  // No bearer token: this is where a development client gets one.
+  serve("post", "/api/dev/token", [], (request) => api.handleAnonymous(request, api.devToken));
+  serve("post", "/api/dev/token/", [], (request) => api.handleAnonymous(request, api.devToken));
 }
