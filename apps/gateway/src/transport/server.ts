@@ -12,6 +12,7 @@ import { NotificationSession } from "../sessions/notification-session.js";
 import type { Session, SessionSocket } from "../sessions/socket.js";
 import type { HttpApi } from "../api/http-api.js";
 import { registerApiRoutes } from "./http.js";
+import { registerStaticFiles } from "./static-files.js";
 import { loadNativeUws } from "./uws.js";
 
 const uws = loadNativeUws();
@@ -104,6 +105,7 @@ export class GatewayServer {
       });
     });
     registerApiRoutes(this.app, api);
+    registerStaticFiles(this.app, log);
     this.app.any("/*", (res) => refuse(res, 404, "not_found", "no such endpoint"));
   }
 

@@ -1,0 +1,773 @@
+// Reference browser client of the chat cluster. It uses only the public protocol (docs/protocol.md:
+// the chat socket /ws/{other}/ and the notifications socket /ws/notifications/) and the HTTP API
+// (docs/openapi.yaml, bearer tokens). User text only ever goes through textContent and attribute
+// setters, never parsed as markup.
+
+/** Messages per history page (GET /api/rooms/{other}/messages?limit=). */
+const PAGE_SIZE = 25;
+/** Conversations per page of GET /api/conversations. */
+const CONVERSATION_PAGE = 50;
+/** Reconnect backoff: first delay, cap (ms); each attempt doubles it, with jitter. */
+const BACKOFF_FIRST_MS = 500;
+const BACKOFF_MAX_MS = 10_000;
+const USERNAME = /^[A-Za-z0-9@.+\-_]{1,150}$/;
+const STORAGE_TOKEN = "chat.token";
+const STORAGE_USER = "chat.username";
+
+/** The element with data-testid=`id`, under `root`. */
+function el(id, root = document) {
+  const found = root.querySelector(`[data-testid="${id}"]`);
+  if (!found) throw new Error(`missing element ${id}`);
+  return found;
+}
+
+/** A new element with a class, a data-testid and text (as textContent). */
+function make(tag, { cls, testid, text } = {}) {
+  const node = document.createElement(tag);
+  if (cls) node.className = cls;
+  if (testid) node.dataset.testid = testid;
+  if (text !== undefined) node.textContent = text;
+  return node;
+}
+
+function wsUrl(path) {
+  return `${location.protocol === "https:" ? "wss" : "ws"}://${location.host}${path}`;
+}
+
+/** The `exp` of a JWT (seconds), or null; the token is only decoded, the server verifies it. */
+function tokenExpiry(token) {
+  try {
+    const payload = JSON.parse(atob(token.split(".")[1].replace(/-/g, "+").replace(/_/g, "/")));
+    return typeof payload.exp === "number" ? payload.exp : null;
+  } catch {
+    return null;
+  }
+}
+
+function formatTime(iso) {
+  const d = new Date(iso);
+  if (Number.isNaN(d.getTime())) return "";
+  const sameDay = d.toDateString() === new Date().toDateString();
+  return sameDay ? d.toLocaleTimeString([], { hour: "2-digit", minute: "2-digit" }) : d.toLocaleString([], { dateStyle: "short", timeStyle: "short" });
+}
+
+// ---------------------------------------------------------------------------------------------
+// Session: the token lives in sessionStorage (per tab, gone when the tab closes).
+// ---------------------------------------------------------------------------------------------
+
+const session = {
+  token: sessionStorage.getItem(STORAGE_TOKEN),
+  username: sessionStorage.getItem(STORAGE_USER),
+  renewTimer: 0,
+};
+
+class HttpError extends Error {
+  constructor(status, code, message) {
+    super(message);
+    this.status = status;
+    this.code = code;
+  }
+}
+
+/** Calls the HTTP API with the bearer token; JSON in and out, refusals thrown as HttpError. */
+async function api(path, { method = "GET", body, json } = {}) {
+  const headers = {};
+  if (session.token) headers.authorization = `Bearer ${session.token}`;
+  if (json !== undefined) headers["content-type"] = "application/json";
+  const res = await fetch(path, { method, headers, body: json !== undefined ? JSON.stringify(json) : body });
+  const isJson = (res.headers.get("content-type") || "").startsWith("application/json");
+  const data = isJson ? await res.json() : null;
+  if (!res.ok) {
+    if (res.status === 401 && session.token) void renewOrSignOut("session expired");
+    throw new HttpError(res.status, data?.error ?? "http_error", data?.message ?? `HTTP ${res.status}`);
+  }
+  return data;
+}
+
+/** POST /api/dev/token (development gateways only). */
+async function devToken(username) {
+  const { token } = await api("/api/dev/token", { method: "POST", json: { username } });
+  return token;
+}
+
+function storeSession(username, token) {
+  session.username = username;
+  session.token = token;
+  sessionStorage.setItem(STORAGE_USER, username);
+  sessionStorage.setItem(STORAGE_TOKEN, token);
+  clearTimeout(session.renewTimer);
+  const exp = tokenExpiry(token);
+  // Renew five minutes before expiry, so open sockets are never closed with 4001 in practice.
+  if (exp) session.renewTimer = setTimeout(() => void renewOrSignOut(), Math.max(0, exp * 1000 - Date.now() - 300_000));
+}
+
+let renewing = null;
+/** Gets a fresh development token for the same user; signs out when that is refused. */
+function renewOrSignOut(reason) {
+  if (!renewing) {
+    const username = session.username;
+    session.token = null;
+    renewing = devToken(username)
+      .then((token) => storeSession(username, token))
+      .catch(() => signOut(reason ?? "session expired: sign in again"))
+      .finally(() => (renewing = null));
+  }
+  return renewing;
+}
+
+// ---------------------------------------------------------------------------------------------
+// A socket that reconnects with exponential backoff and jitter.
+// ---------------------------------------------------------------------------------------------
+
+class ReconnectingSocket {
+  /**
+   * @param {() => string} path path and query of the next attempt (asked again at every attempt, so
+   *   the token and ?since= are current)
+   * @param {{ onEvent(e: object): void, onStatus(s: "connecting" | "open" | "closed"): void }} handlers
+   */
+  constructor(path, handlers) {
+    this.path = path;
+    this.handlers = handlers;
+    this.ws = null;
+    this.attempt = 0;
+    this.timer = 0;
+    this.stopped = false;
+  }
+
+  start() {
+    this.stopped = false;
+    this.connect();
+  }
+
+  connect() {
+    if (this.stopped) return;
+    this.handlers.onStatus("connecting");
+    const ws = new WebSocket(wsUrl(this.path()));
+    this.ws = ws;
+    let sawEvent = false;
+    ws.onmessage = (m) => {
+      let event;
+      try {
+        event = JSON.parse(m.data);
+      } catch {
+        return;
+      }
+      if (!sawEvent) {
+        // The first event means the socket is fully subscribed (docs/protocol.md, Guarantees).
+        sawEvent = true;
+        this.attempt = 0;
+        this.handlers.onStatus("open");
+      }
+      this.handlers.onEvent(event);
+    };
+    ws.onclose = (e) => {
+      if (this.ws !== ws) return;
+      this.ws = null;
+      if (this.stopped) return;
+      this.handlers.onStatus("closed");
+      void this.retry(e.code);
+    };
+  }
+
+  async retry(code) {
+    // 4001: the token expired while open; an upgrade refused with 401 shows up as 1006 too, so the
+    // expiry is checked before every attempt.
+    const exp = session.token ? tokenExpiry(session.token) : null;
+    if (code === 4001 || (exp !== null && exp * 1000 <= Date.now())) await renewOrSignOut();
+    if (this.stopped || !session.token) return;
+    const delay = Math.min(BACKOFF_MAX_MS, BACKOFF_FIRST_MS * 2 ** this.attempt) * (0.5 + Math.random() / 2);
+    this.attempt++;
+    this.timer = setTimeout(() => this.connect(), delay);
+  }
+
+  /** Sends a frame; false when the socket is not open (the caller keeps it for later). */
+  send(frame) {
+    if (this.ws?.readyState !== WebSocket.OPEN) return false;
+    this.ws.send(JSON.stringify(frame));
+    return true;
+  }
+
+  stop() {
+    this.stopped = true;
+    clearTimeout(this.timer);
+    const ws = this.ws;
+    this.ws = null;
+    ws?.close(1000, "closed by the client");
+  }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Conversation list: GET /api/conversations, kept live by /ws/notifications/.
+// ---------------------------------------------------------------------------------------------
+
+const list = {
+  /** other username → { other, unread, last: { content, multimedia_url, date_added, from } | null } */
+  entries: new Map(),
+  nextCursor: null,
+  socket: null,
+  loading: null,
+  again: false,
+};
+
+/** Reloads the first page(s) of the list; calls made while one runs are merged into one rerun. */
+async function refreshConversations() {
+  if (list.loading) {
+    list.again = true;
+    return list.loading;
+  }
+  list.loading = (async () => {
+    do {
+      list.again = false;
+      const limit = Math.min(100, Math.max(CONVERSATION_PAGE, list.entries.size));
+      try {
+        const page = await api(`/api/conversations?limit=${limit}`);
+        const local = [...list.entries.values()].filter((e) => e.localOnly && !page.conversations.some((c) => c.other_user.username === e.other));
+        list.entries = new Map();
+        for (const e of local) list.entries.set(e.other, e);
+        addConversations(page.conversations);
+        list.nextCursor = page.next_cursor;
+        el("list-error").textContent = "";
+      } catch (err) {
+        el("list-error").textContent = `conversations: ${err.message}`;
+      }
+      renderConversations();
+    } while (list.again);
+  })().finally(() => (list.loading = null));
+  return list.loading;
+}
+
+function addConversations(conversations) {
+  for (const c of conversations) {
+    const m = c.last_message;
+    list.entries.set(c.other_user.username, {
+      other: c.other_user.username,
+      unread: c.unread_count,
+      last: m ? { content: m.content, multimedia_url: m.multimedia_url, date_added: m.date_added, from: m.from_user.username } : null,
+      localOnly: false,
+    });
+  }
+}
+
+async function moreConversations() {
+  if (!list.nextCursor) return;
+  try {
+    const page = await api(`/api/conversations?limit=${CONVERSATION_PAGE}&cursor=${encodeURIComponent(list.nextCursor)}`);
+    addConversations(page.conversations);
+    list.nextCursor = page.next_cursor;
+  } catch (err) {
+    el("list-error").textContent = `conversations: ${err.message}`;
+  }
+  renderConversations();
+}
+
+function renderConversations() {
+  const ul = el("conversation-list");
+  const items = [...list.entries.values()].sort((a, b) => {
+    if (a.localOnly !== b.localOnly) return a.localOnly ? -1 : 1;
+    return (b.last?.date_added ?? "").localeCompare(a.last?.date_added ?? "");
+  });
+  ul.replaceChildren(
+    ...items.map((entry) => {
+      const li = make("li", { cls: "conversation-item", testid: "conversation-item" });
+      li.dataset.username = entry.other;
+      li.tabIndex = 0;
+      li.setAttribute("role", "button");
+      if (view.current?.other === entry.other) li.classList.add("active");
+      const badge = make("span", { cls: "badge", testid: "unread-badge", text: String(entry.unread) });
+      badge.hidden = entry.unread === 0;
+      let last = "No messages yet";
+      if (entry.last) {
+        const what = entry.last.content || (entry.last.multimedia_url ? "[attachment]" : "");
+        last = `${entry.last.from === session.username ? "You: " : ""}${what} · ${formatTime(entry.last.date_added)}`;
+      }
+      li.append(make("span", { cls: "name", testid: "conversation-name", text: entry.other }), badge, make("span", { cls: "last", testid: "last-message", text: last }));
+      li.addEventListener("click", () => openConversation(entry.other));
+      li.addEventListener("keydown", (e) => {
+        if (e.key === "Enter") openConversation(entry.other);
+      });
+      return li;
+    }),
+  );
+  el("conversations-more").hidden = !list.nextCursor;
+}
+
+function setTotalUnread(n) {
+  const badge = el("unread-total");
+  badge.textContent = String(n);
+  badge.title = `${n} unread`;
+  badge.hidden = n === 0;
+}
+
+/** The locally known last message of a conversation (our own sends get no notification). */
+function noteLastMessage(other, m) {
+  const entry = list.entries.get(other) ?? { other, unread: 0, last: null, localOnly: false };
+  if (!entry.last || entry.last.date_added <= m.date_added) {
+    entry.last = { content: m.message, multimedia_url: m.multimedia_url, date_added: m.date_added, from: m.from_user.username };
+  }
+  entry.localOnly = false;
+  list.entries.set(other, entry);
+  renderConversations();
+}
+
+function startNotifications() {
+  list.socket = new ReconnectingSocket(() => `/ws/notifications/?token=${encodeURIComponent(session.token ?? "")}`, {
+    onStatus: (s) => {
+      el("notifications-status").dataset.state = s;
+      // Events may have been missed while closed: the list is reloaded once the socket is back.
+      if (s === "open") void refreshConversations();
+    },
+    onEvent: (e) => {
+      if (e.type === "unread_count" || e.type === "new_message_notification") {
+        setTotalUnread(e.unread_count);
+        // The notice carries only the total: the list (per-conversation counts, last messages) is re-read.
+        void refreshConversations();
+      }
+    },
+  });
+  list.socket.start();
+}
+
+// ---------------------------------------------------------------------------------------------
+// Conversation view: history pages, the chat socket, presence, sending and reading.
+// ---------------------------------------------------------------------------------------------
+
+const view = {
+  /** The open conversation, or null. */
+  current: null,
+};
+
+class Conversation {
+  constructor(other) {
+    this.other = other;
+    /** id → <li> of every message shown. */
+    this.shown = new Map();
+    /** client_id → { frame, li } of sends not yet echoed; resent (idempotently) after a reconnect. */
+    this.pending = new Map();
+    /** Newest message id seen: the ?since= of the next reconnect. */
+    this.newestId = null;
+    /** `before` cursor of the next older page; null once the first message is shown. */
+    this.olderCursor = null;
+    this.historyDone = false;
+    this.loadingOlder = null;
+    this.readTimer = 0;
+    this.closed = false;
+    this.socket = new ReconnectingSocket(() => this.socketPath(), {
+      onStatus: (s) => this.onStatus(s),
+      onEvent: (e) => this.onEvent(e),
+    });
+  }
+
+  socketPath() {
+    const q = new URLSearchParams({ token: session.token ?? "" });
+    if (this.newestId) q.set("since", this.newestId);
+    return `/ws/${encodeURIComponent(this.other)}/?${q}`;
+  }
+
+  start() {
+    this.socket.start();
+    void this.loadOlder();
+  }
+
+  close() {
+    this.closed = true;
+    clearTimeout(this.readTimer);
+    this.socket.stop();
+  }
+
+  onStatus(s) {
+    const status = el("connection-status");
+    status.dataset.state = s;
+    status.textContent = s === "open" ? "connected" : s === "connecting" ? "connecting…" : "reconnecting…";
+    if (s !== "open") setPresence(false);
+  }
+
+  onEvent(e) {
+    switch (e.type) {
+      case "online_user_list":
+        setPresence(e.users.includes(this.other));
+        this.markRead();
+        for (const { frame } of this.pending.values()) this.socket.send(frame);
+        break;
+      case "user_join":
+        if (e.user === this.other) setPresence(true);
+        break;
+      case "user_leave":
+        if (e.user === this.other) setPresence(false);
+        break;
+      case "chat_message":
+        this.receive(e);
+        break;
+      case "catch_up_end":
+        // Incomplete replay (too many missed, or an unknown since id): read the history again.
+        if (!e.recovered) this.reloadHistory();
+        break;
+      case "error": {
+        const p = e.client_id ? this.pending.get(e.client_id) : undefined;
+        if (p) {
+          p.li.classList.add("failed");
+          this.pending.delete(e.client_id);
+        }
+        el("chat-error").textContent = `${e.code}: ${e.message}`;
+        break;
+      }
+    }
+  }
+
+  /** A live or replayed chat_message. */
+  receive(m) {
+    const p = m.client_id ? this.pending.get(m.client_id) : undefined;
+    if (p && m.from_user.username === session.username) {
+      this.pending.delete(m.client_id);
+      p.li.remove();
+    }
+    this.newestId = m.id;
+    noteLastMessage(this.other, m);
+    if (this.shown.has(m.id)) return;
+    const scroller = el("message-scroller");
+    const atBottom = scroller.scrollHeight - scroller.scrollTop - scroller.clientHeight < 60;
+    const li = renderMessage({ id: m.id, from: m.from_user.username, content: m.message, multimedia_url: m.multimedia_url, date_added: m.date_added });
+    this.shown.set(m.id, li);
+    el("message-list").append(li);
+    if (atBottom || m.from_user.username === session.username) scroller.scrollTop = scroller.scrollHeight;
+    if (m.from_user.username === this.other) this.scheduleRead();
+  }
+
+  /** One more page of history, older than what is shown; the first call loads the newest page. */
+  loadOlder() {
+    if (this.historyDone || this.loadingOlder) return this.loadingOlder;
+    this.loadingOlder = (async () => {
+      const q = new URLSearchParams({ limit: String(PAGE_SIZE) });
+      if (this.olderCursor) q.set("before", this.olderCursor);
+      try {
+        const page = await api(`/api/rooms/${encodeURIComponent(this.other)}/messages?${q}`);
+        if (this.closed) return;
+        this.prepend(page.messages);
+        this.olderCursor = page.next_cursor;
+        this.historyDone = page.next_cursor === null;
+        el("load-older").hidden = this.historyDone;
+        el("history-start").hidden = !this.historyDone;
+      } catch (err) {
+        el("chat-error").textContent = `history: ${err.message}`;
+      }
+    })().finally(() => (this.loadingOlder = null));
+    return this.loadingOlder.then(() => {
+      // A first page that does not fill the view leaves nothing to scroll: load on.
+      const scroller = el("message-scroller");
+      if (!this.closed && !this.historyDone && scroller.scrollHeight <= scroller.clientHeight) return this.loadOlder();
+    });
+  }
+
+  /** Inserts a page (newest first, as the API returns it) above what is shown, keeping the scroll position. */
+  prepend(messages) {
+    const scroller = el("message-scroller");
+    const first = this.shown.size === 0;
+    const heightBefore = scroller.scrollHeight;
+    const fragment = document.createDocumentFragment();
+    for (const m of [...messages].reverse()) {
+      if (this.shown.has(m.id)) continue;
+      const li = renderMessage({ id: m.id, from: m.from_user.username, content: m.content, multimedia_url: m.multimedia_url, date_added: m.date_added });
+      this.shown.set(m.id, li);
+      fragment.append(li);
+    }
+    el("message-list").prepend(fragment);
+    if (!this.newestId && messages[0]) this.newestId = messages[0].id;
+    if (first) scroller.scrollTop = scroller.scrollHeight;
+    else scroller.scrollTop += scroller.scrollHeight - heightBefore;
+  }
+
+  reloadHistory() {
+    this.shown.clear();
+    el("message-list").replaceChildren();
+    this.olderCursor = null;
+    this.historyDone = false;
+    void this.loadOlder();
+  }
+
+  /** read_messages once the other's messages are on screen (debounced: reads count toward the rate limit). */
+  scheduleRead() {
+    clearTimeout(this.readTimer);
+    this.readTimer = setTimeout(() => this.markRead(), 250);
+  }
+
+  markRead() {
+    if (document.visibilityState === "hidden") {
+      this.readWhenVisible = true;
+      return;
+    }
+    this.readWhenVisible = false;
+    this.socket.send({ type: "read_messages" });
+  }
+
+  /** Sends a chat_message; kept as pending until its echo, and resent with the same client_id after a reconnect. */
+  send(text, media) {
+    const clientId = `c-${crypto.randomUUID()}`;
+    const frame = { type: "chat_message", client_id: clientId };
+    if (text) frame.message = text;
+    if (media) {
+      frame.multimedia_url = media.file_location;
+      frame.file_identifier = media.file_identifier;
+      if (media.expiration_time) frame.multimedia_url_expiration = media.expiration_time;
+    }
+    const li = renderMessage({ id: null, from: session.username, content: text, multimedia_url: media?.file_location ?? null, date_added: new Date().toISOString() });
+    li.classList.add("pending");
+    el("message-list").append(li);
+    const scroller = el("message-scroller");
+    scroller.scrollTop = scroller.scrollHeight;
+    this.pending.set(clientId, { frame, li });
+    this.socket.send(frame);
+  }
+}
+
+function setPresence(online) {
+  const p = el("presence");
+  p.dataset.state = online ? "online" : "offline";
+  p.textContent = online ? "online" : "offline";
+}
+
+/** Only http(s) URLs (absolute, or relative to this gateway); our own /chat-media/ files need ?token=. */
+function mediaHref(url) {
+  let u;
+  try {
+    u = new URL(url, location.origin);
+  } catch {
+    return null;
+  }
+  if (u.protocol !== "http:" && u.protocol !== "https:") return null;
+  if (u.origin === location.origin && u.pathname.startsWith("/chat-media/")) u.searchParams.set("token", session.token ?? "");
+  return u.href;
+}
+
+function renderMessage(m) {
+  const mine = m.from === session.username;
+  const li = make("li", { cls: mine ? "message mine" : "message theirs", testid: "message" });
+  if (m.id) li.dataset.id = m.id;
+  li.dataset.from = m.from;
+  if (m.content) li.append(make("span", { cls: "text", testid: "message-text", text: m.content }));
+  if (m.multimedia_url) {
+    const href = mediaHref(m.multimedia_url);
+    if (href) {
+      const a = make("a", { testid: "message-attachment" });
+      a.href = href;
+      a.target = "_blank";
+      a.rel = "noopener noreferrer";
+      if (/\.(png|jpe?g|gif|webp)(\?|$)/i.test(new URL(href).pathname)) {
+        const img = make("img", { testid: "message-image" });
+        img.alt = "attachment";
+        img.src = href;
+        if (m.id) watchImage(m.id, img, a);
+        // The picture grows the message after it was placed: keep the newest in view.
+        img.addEventListener("load", () => {
+          const scroller = el("message-scroller");
+          if (li.nextElementSibling === null && scroller.scrollHeight - scroller.scrollTop - scroller.clientHeight < img.height + 80) {
+            scroller.scrollTop = scroller.scrollHeight;
+          }
+        });
+        a.append(img);
+      } else {
+        a.textContent = "Attachment";
+      }
+      li.append(a);
+    }
+  }
+  li.append(make("span", { cls: "meta", text: `${mine ? "you" : m.from} · ${formatTime(m.date_added)}` }));
+  return li;
+}
+
+/**
+ * Retries an image that failed to load, a few times with backoff: a file sent a moment ago becomes
+ * visible to the recipient once its message is persisted (typically milliseconds after the live
+ * chat_message), and a presigned URL that expired is renewed through check-url / refresh-url.
+ */
+function watchImage(messageId, img, a) {
+  let attempt = 0;
+  img.addEventListener("error", () => {
+    if (attempt >= 5) return;
+    const delay = 250 * 2 ** attempt++;
+    setTimeout(async () => {
+      let href = img.src;
+      try {
+        const check = await api(`/api/rooms/check-url/?message_id=${encodeURIComponent(messageId)}`);
+        if (check.refresh_url) {
+          const { file_location } = await api(`/api/rooms/refresh-url/?message_id=${encodeURIComponent(messageId)}`);
+          href = mediaHref(file_location) ?? href;
+        }
+      } catch {
+        // Not persisted yet (404) or unreachable: try the same URL again.
+      }
+      const u = new URL(href);
+      if (u.origin === location.origin) u.searchParams.set("attempt", String(attempt));
+      img.src = u.href;
+      a.href = href;
+    }, delay);
+  });
+}
+
+function openConversation(other) {
+  if (view.current?.other === other) return;
+  closeConversation(false);
+  el("chat-error").textContent = "";
+  el("conversation-title").textContent = other;
+  el("message-list").replaceChildren();
+  el("load-older").hidden = true;
+  el("history-start").hidden = true;
+  setPresence(false);
+  el("no-conversation").hidden = true;
+  el("conversation-view").hidden = false;
+  el("app").classList.add("has-conversation");
+  if (!list.entries.has(other)) list.entries.set(other, { other, unread: 0, last: null, localOnly: true });
+  view.current = new Conversation(other);
+  view.current.start();
+  renderConversations();
+  const hash = `#/${encodeURIComponent(other)}`;
+  if (location.hash !== hash) history.replaceState(null, "", hash);
+  el("message-input").focus();
+}
+
+function closeConversation(updateHash = true) {
+  view.current?.close();
+  view.current = null;
+  el("conversation-view").hidden = true;
+  el("no-conversation").hidden = false;
+  el("app").classList.remove("has-conversation");
+  if (updateHash && location.hash) history.replaceState(null, "", location.pathname);
+  renderConversations();
+}
+
+// ---------------------------------------------------------------------------------------------
+// Wiring
+// ---------------------------------------------------------------------------------------------
+
+/** The conversation named by the location hash (`#/bob`), or null. */
+function hashUser() {
+  let other;
+  try {
+    other = decodeURIComponent(location.hash.replace(/^#\//, ""));
+  } catch {
+    return null;
+  }
+  return USERNAME.test(other) && other !== "notifications" && other !== session.username ? other : null;
+}
+
+function showSignIn(message = "") {
+  el("app").hidden = true;
+  el("signin").hidden = false;
+  el("signin-error").textContent = message;
+  el("signin-username").focus();
+}
+
+function showApp() {
+  el("signin").hidden = true;
+  el("app").hidden = false;
+  el("current-user").textContent = session.username;
+  startNotifications();
+  void refreshConversations();
+  const fromHash = hashUser();
+  if (fromHash) openConversation(fromHash);
+}
+
+function signOut(message) {
+  closeConversation();
+  list.socket?.stop();
+  list.socket = null;
+  list.entries.clear();
+  renderConversations();
+  clearTimeout(session.renewTimer);
+  session.token = null;
+  session.username = null;
+  sessionStorage.removeItem(STORAGE_TOKEN);
+  sessionStorage.removeItem(STORAGE_USER);
+  showSignIn(message);
+}
+
+el("signin-form").addEventListener("submit", async (e) => {
+  e.preventDefault();
+  const username = el("signin-username").value.trim();
+  if (!USERNAME.test(username) || username === "notifications") {
+    el("signin-error").textContent = "1-150 letters, digits and @.+-_ only";
+    return;
+  }
+  el("signin-submit").disabled = true;
+  try {
+    storeSession(username, await devToken(username));
+    showApp();
+  } catch (err) {
+    el("signin-error").textContent =
+      err instanceof HttpError && err.status === 404 ? "this gateway does not issue development tokens (NODE_ENV is not development)" : `sign-in failed: ${err.message}`;
+  } finally {
+    el("signin-submit").disabled = false;
+  }
+});
+
+el("signout").addEventListener("click", () => signOut(""));
+el("conversations-more").addEventListener("click", () => void moreConversations());
+el("close-conversation").addEventListener("click", () => closeConversation());
+el("load-older").addEventListener("click", () => void view.current?.loadOlder());
+el("message-scroller").addEventListener("scroll", (e) => {
+  if (e.currentTarget.scrollTop < 40) void view.current?.loadOlder();
+});
+
+el("new-conversation").addEventListener("submit", (e) => {
+  e.preventDefault();
+  const input = el("new-conversation-input");
+  const other = input.value.trim();
+  if (!USERNAME.test(other) || other === "notifications" || other === session.username) {
+    el("list-error").textContent = other === session.username ? "that is you" : "not a valid username";
+    return;
+  }
+  el("list-error").textContent = "";
+  input.value = "";
+  openConversation(other);
+});
+
+el("attach-input").addEventListener("change", () => {
+  el("attachment-name").textContent = el("attach-input").files?.[0]?.name ?? "";
+});
+
+el("composer").addEventListener("submit", async (e) => {
+  e.preventDefault();
+  const conversation = view.current;
+  if (!conversation) return;
+  const input = el("message-input");
+  const fileInput = el("attach-input");
+  const text = input.value;
+  const file = fileInput.files?.[0];
+  if (!text && !file) return;
+  el("chat-error").textContent = "";
+  let media;
+  if (file) {
+    const form = new FormData();
+    form.append("myFile", file);
+    el("send-button").disabled = true;
+    try {
+      media = await api("/api/rooms/upload", { method: "POST", body: form });
+    } catch (err) {
+      el("chat-error").textContent = `upload: ${err.message}`;
+      return;
+    } finally {
+      el("send-button").disabled = false;
+    }
+    fileInput.value = "";
+    el("attachment-name").textContent = "";
+  }
+  input.value = "";
+  conversation.send(text, media);
+});
+
+document.addEventListener("visibilitychange", () => {
+  if (document.visibilityState === "visible" && view.current?.readWhenVisible) view.current.markRead();
+});
+
+window.addEventListener("hashchange", () => {
+  if (!session.token) return;
+  const other = hashUser();
+  if (other) openConversation(other);
+  else if (!location.hash) closeConversation();
+});
+
+const exp = session.token ? tokenExpiry(session.token) : null;
+if (session.token && session.username && exp !== null && exp * 1000 > Date.now()) {
+  storeSession(session.username, session.token);
+  showApp();
+} else {
+  signOut("");
+}
