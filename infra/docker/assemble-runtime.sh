@@ -22,9 +22,12 @@ done
 # drizzle's migrator reads packages/db/migrations next to dist/ at run time.
 cp -R packages/db/migrations "$out/packages/db/migrations"
 
+# The gateway serves the browser client from apps/gateway/public (next to dist/) at `/`.
+cp -R apps/gateway/public "$out/apps/gateway/public"
+
 # Fail the image build, not the pod, when an entry point or a run-time file is missing.
 for f in apps/gateway/dist/main.js apps/worker/dist/main.js packages/db/dist/migrate-cli.js \
-  packages/db/migrations/meta/_journal.json; do
+  packages/db/migrations/meta/_journal.json apps/gateway/public/index.html apps/gateway/public/app.js; do
   [ -f "$out/$f" ] || { echo "assemble-runtime: missing $f" >&2; exit 1; }
 done
 if ! ls "$out"/packages/bus/dist/lua/*.lua >/dev/null 2>&1; then

@@ -49,6 +49,8 @@ describe(".dockerignore", () => {
     "packages/db/migrations/meta/_journal.json",
     "packages/tests/package.json",
     "infra/docker/assemble-runtime.sh",
+    "apps/gateway/public/index.html",
+    "apps/gateway/public/app.js",
   ])("sends %s to the build", (path) => {
     expect(dockerIgnores(patterns, path)).toBe(false);
   });
@@ -77,8 +79,9 @@ describe("the image layout runs the three processes", () => {
     NODE_ENV: "production",
   };
 
-  it("assemble-runtime.sh copies the entry points, the migrations and the Lua scripts", () => {
+  it("assemble-runtime.sh copies the entry points, the migrations, the Lua scripts and the browser client", () => {
     execFileSync("sh", [join(DOCKER, "assemble-runtime.sh"), app], { cwd: REPO_ROOT, stdio: "pipe" });
+    expect(readdirSync(join(app, "apps/gateway/public"))).toEqual(expect.arrayContaining(["index.html", "app.js", "style.css"]));
     expect(readdirSync(join(app, "packages/db/migrations")).filter((f) => f.endsWith(".sql")).length).toBeGreaterThan(0);
     expect(readdirSync(join(app, "packages/bus/dist/lua")).filter((f) => f.endsWith(".lua")).length).toBeGreaterThan(0);
     mkdirSync(join(app, "node_modules/@chat"), { recursive: true });
@@ -135,6 +138,9 @@ describe("the image layout runs the three processes", () => {
     const port = gateway.ready["port"] as number;
     expect((await fetch(`http://127.0.0.1:${port}/readyz`)).status).toBe(200);
     expect(await (await fetch(`http://127.0.0.1:${port}/metrics`)).text()).toContain("chat_gateway_open_sockets");
+    const page = await fetch(`http://127.0.0.1:${port}/`);
+    expect(page.status).toBe(200);
+    expect(page.headers.get("content-type")).toMatch(/^text\/html/);
     expect(await gateway.stop()).toBe(0);
   });
 });
