@@ -2,6 +2,9 @@
 // the chat socket /ws/{other}/ and the notifications socket /ws/notifications/) and the HTTP API
 // (docs/openapi.yaml, bearer tokens). User text only ever goes through textContent and attribute
 // setters, never parsed as markup.
+//
+// One file on purpose: the client is a single ES module served as is (no bundler, no build step),
+// in sections: session and API, reconnecting socket, conversation list, conversation view, wiring.
 
 /** Messages per history page (GET /api/rooms/{other}/messages?limit=). */
 const PAGE_SIZE = 25;
