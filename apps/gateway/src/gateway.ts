@@ -114,6 +114,8 @@ export async function startGateway(config: Readonly<GatewayConfig>, parts: Gatew
     upload: { maxBytes: config.uploadMaxBytes, contentTypes: config.uploadContentTypes },
     roomId: names.roomId,
     log: log.child({ component: "gateway:api" }),
+    development: config.development,
+    devTokenSigning: { secret: config.jwtSecret, audience: config.jwtAudience, issuer: config.jwtIssuer },
   });
   const server = new GatewayServer(
     core,
