@@ -1,5 +1,5 @@
 import type { MessageLog, Publisher, RedisNames, ReceivedEntry } from "@chat/bus";
-import { ReserveTimeoutError, persistBatch, type BatchOutcome, type DbClient } from "@chat/db";
+import { BatchStalledError, ReserveTimeoutError, persistBatch, type BatchOutcome, type DbClient } from "@chat/db";
 import type { Logger } from "@chat/log";
 import type { WorkerMetrics } from "./metrics.js";
 import { notificationsFor, prepareBatch, type PreparedBatch } from "./batch.js";
@@ -13,6 +13,8 @@ export interface ConsumerOptions {
   trimIntervalMs: number;
   /** How long a short batch waits to fill up before it is written. */
   batchWaitMs: number;
+  /** A batch attempt with no answer from Postgres for this long is abandoned and the pool replaced (ms). */
+  stallTimeoutMs: number;
 }
 
 /** Postgres SQLSTATE classes that no retry can fix: data exceptions (22) and integrity violations (23). */
@@ -134,7 +136,8 @@ export class StreamConsumer {
         return;
       } catch (err) {
         this.metrics.writeErrors.inc();
-        if (err instanceof ReserveTimeoutError) {
+        if (err instanceof ReserveTimeoutError || err instanceof BatchStalledError) {
+          this.metrics.poolReplacements.inc();
           this.log.warn({ err }, "replacing the Postgres pool");
           const old = this.db;
           this.db = this.reopenDb();
@@ -178,7 +181,7 @@ export class StreamConsumer {
   /** One transaction for the batch; on a data error, entry by entry so one bad entry cannot block the rest. */
   private async persist(batch: PreparedBatch): Promise<BatchOutcome> {
     try {
-      return await persistBatch(this.db, batch.messages, batch.reads, this.publishNotifications(batch));
+      return await persistBatch(this.db, batch.messages, batch.reads, this.publishNotifications(batch), this.options.stallTimeoutMs);
     } catch (err) {
       if (!isPermanentDbError(err)) throw err;
       this.log.warn({ err }, "batch has invalid data; writing entries one by one");
@@ -191,7 +194,7 @@ export class StreamConsumer {
     ];
     for (const single of singles) {
       try {
-        const o = await persistBatch(this.db, single.messages, single.reads, this.publishNotifications(single));
+        const o = await persistBatch(this.db, single.messages, single.reads, this.publishNotifications(single), this.options.stallTimeoutMs);
         for (const id of o.inserted) merged.inserted.add(id);
         kept.push(...single.messages);
       } catch (err) {

@@ -38,6 +38,11 @@ export class WorkerMetrics {
     help: "Batches whose write, publish or acknowledgement failed (and were retried)",
     registers: [this.registry],
   });
+  readonly poolReplacements = new Counter({
+    name: "chat_worker_pool_replacements_total",
+    help: "Postgres pools replaced because no connection came or a batch got no answer (see CHAT_WORKER_STALL_TIMEOUT_MS)",
+    registers: [this.registry],
+  });
   readonly deadLettered = new Counter({
     name: "chat_worker_dead_lettered_total",
     help: "Entries moved to the dead-letter stream",

@@ -54,6 +54,28 @@ export class ReserveTimeoutError extends Error {
   readonly code = "db_reserve_timeout";
 }
 
+/** How long a batch may take, connection in hand, before the connection is presumed dead (see BatchStalledError). */
+export const DEFAULT_STALL_TIMEOUT_MS = 30_000;
+
+/**
+ * A batch's statements stopped answering: its connection neither replied nor failed for
+ * the stall timeout (a batch takes milliseconds). Seen once under load around a Postgres restart,
+ * where the worker then waited forever in silence. Like ReserveTimeoutError, the caller should
+ * replace its pool, which destroys the stuck connection.
+ */
+export class BatchStalledError extends Error {
+  override readonly name = "BatchStalledError";
+  readonly code = "db_batch_stalled";
+}
+
+function withinStallTimeout<T>(work: Promise<T>, ms: number): Promise<T> {
+  let timer: NodeJS.Timeout | undefined;
+  const stalled = new Promise<never>((_, reject) => {
+    timer = setTimeout(() => reject(new BatchStalledError(`a batch got no answer from Postgres for ${ms} ms`)), ms);
+  });
+  return Promise.race([work, stalled]).finally(() => clearTimeout(timer));
+}
+
 async function reserveWithin(client: DbClient, ms: number): Promise<postgres.ReservedSql> {
   let timer: NodeJS.Timeout | undefined;
   const reserving = client.sql.reserve();
@@ -89,36 +111,40 @@ export async function persistBatch(
   newMessages: readonly NewMessage[],
   reads: readonly ReadReceipt[],
   afterCommit?: (outcome: BatchOutcome) => Promise<void>,
+  stallTimeoutMs: number = DEFAULT_STALL_TIMEOUT_MS,
 ): Promise<BatchOutcome> {
   const users = new Set<string>();
   for (const m of newMessages) users.add(m.fromUser).add(m.toUser);
   for (const r of reads) users.add(r.reader).add(r.otherUser);
   const conn = await reserveWithin(client, RESERVE_TIMEOUT_MS);
-  try {
-    // Session-level locks: they outlive the transaction, until afterCommit is done. This is the
-    // first statement on a possibly new connection, before postgres.js knows the array types: it
-    // passes a plain array of non-null strings, which serializes right without them; the
-    // statements after it use conn.array (whose NULLs need the fetched types).
-    await conn`SELECT pg_advisory_lock(${USER_LOCK_SPACE}, h) FROM (
-                 SELECT DISTINCT hashtext(u) AS h FROM unnest(${[...users]}::text[]) AS u ORDER BY h) AS keys`;
-    await conn`BEGIN`;
-    let outcome: BatchOutcome;
+  const work = (async () => {
     try {
-      outcome = await writeBatch(conn, newMessages, reads);
-      await conn`COMMIT`;
-    } catch (err) {
-      await conn`ROLLBACK`.catch(() => {});
-      throw err;
+      // Session-level locks: they outlive the transaction, until afterCommit is done. This is the
+      // first statement on a possibly new connection, before postgres.js knows the array types: it
+      // passes a plain array of non-null strings, which serializes right without them; the
+      // statements after it use conn.array (whose NULLs need the fetched types).
+      await conn`SELECT pg_advisory_lock(${USER_LOCK_SPACE}, h) FROM (
+                   SELECT DISTINCT hashtext(u) AS h FROM unnest(${[...users]}::text[]) AS u ORDER BY h) AS keys`;
+      await conn`BEGIN`;
+      let outcome: BatchOutcome;
+      try {
+        outcome = await writeBatch(conn, newMessages, reads);
+        await conn`COMMIT`;
+      } catch (err) {
+        await conn`ROLLBACK`.catch(() => {});
+        throw err;
+      }
+      await afterCommit?.(outcome);
+      return outcome;
+    } finally {
+      await conn`SELECT pg_advisory_unlock_all()`.catch(() => {});
+      conn.release();
     }
-    await afterCommit?.(outcome);
-    return outcome;
-  } finally {
-    await conn`SELECT pg_advisory_unlock_all()`.catch(() => {});
-    conn.release();
-  }
+  })();
+  // A stalled attempt is abandoned, not awaited: its connection goes down with the replaced pool.
+  work.catch(() => {});
+  return withinStallTimeout(work, stallTimeoutMs);
 }
-
-
 
 /**
  * The batch on the reserved connection, in raw SQL: the hot path of the worker, where building a
