@@ -1,4 +1,4 @@
-import { MemoryConnectionLimit, MemoryPresence, MemoryPubSub } from "@chat/bus";
+import { MemoryConnectionLimit, MemoryPresence, MemoryPubSub, redisNames } from "@chat/bus";
 import { ConfigError } from "@chat/config";
 import { createDb, redactUrl, runMigrations, type DbClient } from "@chat/db";
 import { PostgresMessageLog, openEmbeddedPostgres, type EmbeddedPostgres } from "@chat/embedded";
@@ -39,7 +39,11 @@ try {
     // One connection: positions commit, and live events go out, in the order they were assigned.
     const logDb = open(1, "message log");
     closers.unshift(() => logDb.close());
-    const stream = await PostgresMessageLog.open(logDb.sql, bus);
+    const clientMessage = redisNames(gatewayConfig.redisPrefix).clientMessage;
+    const stream = await PostgresMessageLog.open(logDb.sql, bus, Date.now, {
+      keyOf: clientMessage,
+      ttlSeconds: gatewayConfig.idempotencyTtlSeconds,
+    });
     const gatewayDb = open(4, "gateway");
     closers.unshift(() => gatewayDb.close());
     const { presenceTtlMs, maxConnectionsPerUser } = gatewayConfig;

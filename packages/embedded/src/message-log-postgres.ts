@@ -5,6 +5,7 @@ import {
   streamPosition,
   type AcceptOptions,
   type AcceptResult,
+  type MessageEntry,
   type MessageLog,
   type Publisher,
   type ReceivedEntry,
@@ -16,12 +17,18 @@ interface Bucket {
   at: number;
 }
 
+/** How the gateway keys a sender's client_id, and for how long it remembers one (see AcceptOptions). */
+export interface IdempotencyRestore {
+  keyOf(username: string, clientId: string): string;
+  ttlSeconds: number;
+}
+
 /**
  * The message log of the embedded engine: a table (message_log) of the embedded database instead of
  * a Redis stream, so an accepted message survives a crash of the process. One process owns it: the
- * rate limits and client_ids live in memory (a client_id is remembered for the idempotency TTL
- * while the process runs), and positions come from a clock kept here, above every position already
- * used. Appends go through a client of one connection, so positions commit in order and live events
+ * rate limits and client_ids live in memory (client_ids accepted within the idempotency TTL are
+ * recovered from the database on open, as Redis keeps them across a gateway crash), and positions
+ * come from a clock kept here, above every position already used. Appends go through a client of one connection, so positions commit in order and live events
  * are published in that order.
  */
 export class PostgresMessageLog implements MessageLog {
@@ -42,8 +49,14 @@ export class PostgresMessageLog implements MessageLog {
    * Opens the log: positions continue above the last one used (log, messages or read watermarks),
    * and entries delivered to a consumer of an earlier run go back to undelivered.
    */
-  static async open(sql: postgres.Sql, publisher: Publisher, now: () => number = Date.now): Promise<PostgresMessageLog> {
+  static async open(
+    sql: postgres.Sql,
+    publisher: Publisher,
+    now: () => number = Date.now,
+    idempotency?: IdempotencyRestore,
+  ): Promise<PostgresMessageLog> {
     const log = new PostgresMessageLog(sql, publisher, now);
+    if (idempotency) await log.restoreClientIds(idempotency);
     const [row] = await sql<{ last: bigint | null }[]>`
       SELECT GREATEST(
         (SELECT max(position) FROM message_log),
@@ -54,6 +67,46 @@ export class PostgresMessageLog implements MessageLog {
     log.lastSeq = Number(last % 1_000_000n);
     await sql`UPDATE message_log SET consumer = NULL, delivered_at = NULL WHERE consumer IS NOT NULL`;
     return log;
+  }
+
+  /**
+   * Remembers again the client_ids of messages accepted within the TTL before this process started
+   * (persisted, or still in the log), with the chat_message a retry gets back: without this, a
+   * client retrying after a crash, as the protocol tells it to, would store its message twice.
+   */
+  private async restoreClientIds({ keyOf, ttlSeconds }: IdempotencyRestore): Promise<void> {
+    const sinceMs = this.now() - ttlSeconds * 1000;
+    const since = (BigInt(Math.max(0, sinceMs)) * 1_000_000n).toString();
+    const remember = (e: MessageEntry, position: bigint) => {
+      if (e.client_id === undefined) return;
+      const expiresAt = Number(position / 1_000_000n) + ttlSeconds * 1000;
+      this.clientIds.set(keyOf(e.from, e.client_id), { frame: JSON.stringify(chatMessageFrame(e)), expiresAt });
+    };
+    // A full scan of recent rows, once at start-up (messages has no index on the position alone).
+    const stored = await this.sql<
+      { position: bigint; id: string; from_user: string; to_user: string; content: string; multimedia_url: string | null; client_id: string; date_added: Date }[]
+    >`
+      SELECT stream_position AS position, id::text AS id, from_user, to_user, content, multimedia_url, client_id, date_added
+      FROM messages WHERE client_id IS NOT NULL AND stream_position > ${since} ORDER BY stream_position`;
+    for (const r of stored) {
+      const e: MessageEntry = {
+        kind: "message",
+        id: r.id,
+        from: r.from_user,
+        to: r.to_user,
+        message: r.content,
+        multimedia_url: r.multimedia_url,
+        client_id: r.client_id,
+        date_added: new Date(r.date_added).toISOString(),
+      };
+      remember(e, r.position);
+    }
+    const pending = await this.sql<{ position: bigint; entry: string }[]>`
+      SELECT position, entry FROM message_log WHERE position > ${since} ORDER BY position`;
+    for (const r of pending) {
+      const { entry } = receivedEntry(streamIdOf(r.position), r.entry);
+      if (entry?.kind === "message") remember(entry, r.position);
+    }
   }
 
   async accept(entry: StreamEntry, o: AcceptOptions): Promise<AcceptResult> {
@@ -185,6 +238,24 @@ export class PostgresMessageLog implements MessageLog {
     for (const [k, v] of this.clientIds) if (v.expiresAt <= now) this.clientIds.delete(k);
     for (const [k, b] of this.buckets) if (now - b.at > 60_000) this.buckets.delete(k);
   }
+}
+
+/**
+ * The chat_message event of an entry, field for field as the gateway builds it (apps/gateway
+ * sessions/chat-message.ts), which is what a retry of a send gets back.
+ */
+function chatMessageFrame(e: MessageEntry): Record<string, unknown> {
+  return {
+    type: "chat_message",
+    id: e.id,
+    message: e.message,
+    multimedia_url: e.multimedia_url,
+    date_added: e.date_added,
+    from_user: { username: e.from },
+    to_user: { username: e.to },
+    room: e.to,
+    ...(e.client_id === undefined ? {} : { client_id: e.client_id }),
+  };
 }
 
 /** Stream ids as a Postgres array literal; streamPosition validates each id (digits only). */
