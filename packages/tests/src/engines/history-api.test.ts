@@ -1,0 +1,130 @@
+import { describe, expect, it } from "vitest";
+import { connectReady, engines, startEngine, tokenFor, uniqueUser, waitFor, type Frame } from "../helpers/index.js";
+import { api, asHistoryMessage, chatPath, conversations, history, noSchemaViolations, say, type ApiResult, type Json } from "./support.js";
+
+const roomId = (a: string, b: string) => (a < b ? `${a}:${b}` : `${b}:${a}`);
+
+describe.each(engines)("history and conversations over HTTP (%s engine)", (kind) => {
+  it("serves the messages in keyset pages, newest first with before and oldest first with after, as the sockets saw them", async () => {
+    const engine = await startEngine(kind);
+    const [alice, bob, carol] = [uniqueUser("alice"), uniqueUser("bob"), uniqueUser("carol")];
+    const [ta, tb, tc] = await Promise.all([tokenFor(alice), tokenFor(bob), tokenFor(carol)]);
+    const a = await connectReady(engine.nodes[0], chatPath(bob), ta);
+    const b = await connectReady(engine.nodes[1], chatPath(alice), tb);
+    const sent: Frame[] = [];
+    for (let i = 0; i < 11; i++) sent.push(await say(i % 3 === 2 ? b : a, `m${i}`));
+    sent.push(await say(a, "", { multimedia_url: "https://cdn.example/p.png", client_id: "media-1" }));
+    // Without client_id: the history has no client_id field either.
+    a.send({ type: "chat_message", message: "no client id" });
+    await a.until((f) => f.some((x) => x.type === "chat_message" && x["message"] === "no client id"), 5000, "echo");
+    sent.push(a.ofType("chat_message").find((x) => x["message"] === "no client id")!);
+    const expected = sent.map(asHistoryMessage).reverse();
+
+    // Persisted shortly after the echo: poll until the whole history is there.
+    const [http0, http1] = engine.http;
+    await waitFor(async () => expect(await history(http0, bob, ta)).toHaveLength(sent.length), 10000);
+    // The order every socket saw is the order of the history (newest first); both users see the same.
+    expect(b.ofType("chat_message").map((f) => f["id"])).toEqual(sent.map((f) => f["id"]));
+    expect(await history(http0, bob, ta)).toEqual(expected);
+    expect(await history(http1, alice, tb)).toEqual(expected);
+
+    // Pages of 5 with before: newest first, next_cursor = the last id of a full page, null at the end.
+    const pages: ApiResult[] = [];
+    let before: string | null = null;
+    do {
+      const r: ApiResult = await api(before === null ? http0 : http1, `/api/rooms/${bob}/messages?limit=5${before === null ? "" : `&before=${before}`}`, ta);
+      expect(r.status).toBe(200);
+      pages.push(r);
+      before = r.body.next_cursor;
+      expect(pages.length).toBeLessThanOrEqual(4);
+    } while (before !== null);
+    expect(pages.map((p) => p.body.messages.length)).toEqual([5, 5, 3]);
+    expect(pages.flatMap((p) => p.body.messages)).toEqual(expected);
+    expect(pages[0]!.body.next_cursor).toBe(expected[4].id);
+
+    // after: oldest first, starting right after the pivot.
+    const oldest = [...expected].reverse();
+    const after = await api(http1, `/api/rooms/${alice}/messages?after=${oldest[2].id}&limit=4`, tb);
+    expect(after.body).toEqual({ messages: oldest.slice(3, 7), next_cursor: oldest[6].id });
+    const tail = await api(http0, `/api/rooms/${bob}/messages?after=${oldest.at(-1).id}`, ta);
+    expect(tail.body).toEqual({ messages: [], next_cursor: null });
+
+    // Nobody else reads it: carol's history with either of them is empty, and a cursor of theirs is not hers.
+    expect(await history(http0, alice, tc)).toEqual([]);
+    expect((await api(http0, `/api/rooms/${alice}/messages?before=${expected[0].id}`, tc)).status).toBe(404);
+    // No token, no history.
+    const anonymous = await api(http1, `/api/rooms/${alice}/messages`, undefined);
+    expect(anonymous.status).toBe(401);
+    expect(anonymous.body).toEqual({ error: expect.any(String), message: expect.any(String) });
+    // Bad parameters.
+    expect((await api(http0, `/api/rooms/${bob}/messages?limit=0`, ta)).status).toBe(400);
+    expect((await api(http0, `/api/rooms/${bob}/messages?limit=201`, ta)).status).toBe(400);
+    expect((await api(http0, `/api/rooms/${alice}/messages`, ta)).status).toBe(400);
+    noSchemaViolations(a, b);
+  });
+
+  it("lists conversations most recent first with the last message and the exact unread badge, cleared by a read", async () => {
+    const engine = await startEngine(kind);
+    const [alice, bob, carol, dave] = [uniqueUser("alice"), uniqueUser("bob"), uniqueUser("carol"), uniqueUser("dave")];
+    const [ta, tb, tc] = await Promise.all([tokenFor(alice), tokenFor(bob), tokenFor(carol)]);
+    const [http0, http1] = engine.http;
+    expect(await conversations(http0, ta)).toEqual([]);
+
+    const aToBob = await connectReady(engine.nodes[0], chatPath(bob), ta);
+    const aToDave = await connectReady(engine.nodes[1], chatPath(dave), ta);
+    const bob1 = await connectReady(engine.nodes[1], chatPath(alice), tb);
+    const carol1 = await connectReady(engine.nodes[0], chatPath(alice), tc);
+
+    const last: Record<string, Frame> = {};
+    last[bob] = await say(bob1, "bob 1");
+    last[bob] = await say(bob1, "bob 2");
+    last[carol] = await say(carol1, "carol 1");
+    last[dave] = await say(aToDave, "alice to dave");
+    last[bob] = await say(bob1, "bob 3");
+    const order = [bob, dave, carol];
+    const unread: Record<string, number> = { [bob]: 3, [carol]: 1, [dave]: 0 };
+
+    const expectList = async (base: string) => {
+      const list = await conversations(base, ta);
+      expect(list.map((c: Json) => c.other_user.username)).toEqual(order);
+      for (const c of list) {
+        const other = c.other_user.username as string;
+        expect(c).toEqual({
+          id: roomId(alice, other),
+          name: roomId(alice, other),
+          other_user: { username: other },
+          last_message: asHistoryMessage(last[other]!),
+          unread_count: unread[other],
+        });
+      }
+    };
+    await waitFor(() => expectList(http0), 10000);
+    await expectList(http1);
+
+    // Alice reads bob's conversation: the badge goes to 0, the others stay.
+    aToBob.send({ type: "read_messages" });
+    unread[bob] = 0;
+    await waitFor(() => expectList(http1), 10000);
+
+    // Bob and carol see their side: alice sent bob nothing, so nothing unread for him.
+    expect(await conversations(http0, tb)).toEqual([
+      { id: roomId(alice, bob), name: roomId(alice, bob), other_user: { username: alice }, last_message: asHistoryMessage(last[bob]!), unread_count: 0 },
+    ]);
+    expect((await conversations(http1, tc)).map((c: Json) => [c.other_user.username, c.unread_count])).toEqual([[alice, 0]]);
+
+    // Pages of one visit every conversation once, in the same order.
+    const seen: string[] = [];
+    let cursor: string | null = null;
+    do {
+      const r: ApiResult = await api(http0, `/api/conversations?limit=1${cursor === null ? "" : `&cursor=${encodeURIComponent(cursor)}`}`, ta);
+      expect(r.status).toBe(200);
+      seen.push(...r.body.conversations.map((c: Json) => c.other_user.username));
+      cursor = r.body.next_cursor;
+      expect(seen.length).toBeLessThanOrEqual(3);
+    } while (cursor !== null);
+    expect(seen).toEqual(order);
+    expect((await api(http0, "/api/conversations", undefined)).status).toBe(401);
+    expect((await api(http0, "/api/conversations?limit=0", ta)).status).toBe(400);
+    noSchemaViolations(aToBob, aToDave, bob1, carol1);
+  });
+});

@@ -1,0 +1,118 @@
+import { expect } from "vitest";
+import type { Frame, TestClient } from "../helpers/index.js";
+
+/**
+ * What the engine suites share. Everything here goes through the public surface (the WebSocket
+ * protocol of docs/protocol.md and the HTTP API of docs/openapi.yaml), never Redis or Postgres, so the
+ * same assertions hold on both engines.
+ */
+
+/** Sends (messages and reads) are not rate-limited: for tests that flood. */
+export const NO_RATE_LIMIT = { CHAT_RATE_MESSAGES_PER_SECOND: "0" } as const;
+
+export const UUID_V7 = /^[0-9a-f]{8}-[0-9a-f]{4}-7[0-9a-f]{3}-[89ab][0-9a-f]{3}-[0-9a-f]{12}$/;
+
+/** A chat socket path, a notifications socket path. */
+export const chatPath = (other: string, since?: string) => `/ws/${other}/${since === undefined ? "" : `?since=${since}`}`;
+export const notificationsPath = (other?: string) => (other === undefined ? "/ws/notifications/" : `/ws/notifications/${other}/`);
+
+// eslint-disable-next-line @typescript-eslint/no-explicit-any
+export type Json = any;
+
+export interface ApiResult {
+  status: number;
+  body: Json;
+}
+
+/** GET on the HTTP API with a bearer token (none when `token` is undefined). */
+export async function api(base: string, path: string, token: string | undefined): Promise<ApiResult> {
+  const res = await fetch(`${base}${path}`, { headers: token === undefined ? {} : { authorization: `Bearer ${token}` } });
+  const text = await res.text();
+  let body: Json;
+  try {
+    body = JSON.parse(text);
+  } catch {
+    body = { raw: text };
+  }
+  return { status: res.status, body };
+}
+
+/** Every message of the caller's conversation with `other`, newest first, following `before` pages of `limit`. */
+export async function history(base: string, other: string, token: string, limit = 50): Promise<Json[]> {
+  const all: Json[] = [];
+  let before: string | null = null;
+  for (let pages = 0; ; pages++) {
+    expect(pages, "history pages").toBeLessThan(1000);
+    const r: ApiResult = await api(base, `/api/rooms/${other}/messages?limit=${limit}${before === null ? "" : `&before=${before}`}`, token);
+    expect(r.status, JSON.stringify(r.body)).toBe(200);
+    all.push(...r.body.messages);
+    before = r.body.next_cursor;
+    if (before === null) return all;
+  }
+}
+
+/** The caller's conversations (one page of 100). */
+export async function conversations(base: string, token: string): Promise<Json[]> {
+  const r = await api(base, "/api/conversations?limit=100", token);
+  expect(r.status, JSON.stringify(r.body)).toBe(200);
+  return r.body.conversations;
+}
+
+/** The caller's conversation with `other` in GET /api/conversations, if listed. */
+export async function conversationWith(base: string, token: string, other: string): Promise<Json | undefined> {
+  return (await conversations(base, token)).find((c: Json) => c.other_user.username === other);
+}
+
+/** How a chat_message frame appears in the history (docs/openapi.yaml Message). */
+export function asHistoryMessage(f: Frame): Json {
+  return {
+    id: f["id"],
+    from_user: f["from_user"],
+    to_user: f["to_user"],
+    date_added: new Date(String(f["date_added"])).toISOString(),
+    content: f["message"],
+    multimedia_url: f["multimedia_url"],
+    ...(f["client_id"] === undefined ? {} : { client_id: f["client_id"] }),
+  };
+}
+
+export const chatMessages = (c: TestClient): Frame[] => c.ofType("chat_message");
+export const chatIds = (frames: Frame[]): string[] => frames.filter((f) => f.type === "chat_message").map((f) => String(f["id"]));
+
+/**
+ * Sends one message with `client_id` = text (unless `extra` gives one) and resolves to the sender's
+ * own echo (the proof it was accepted).
+ */
+export async function say(chat: TestClient, text: string, extra: Record<string, unknown> = {}): Promise<Frame> {
+  const clientId = extra["client_id"] ?? text;
+  chat.send({ type: "chat_message", message: text, client_id: clientId, ...extra });
+  for (;;) {
+    const f = await chat.next(undefined, 10000);
+    if (f.type === "error" && f["client_id"] === clientId) throw new Error(`refused: ${JSON.stringify(f)}`);
+    if (f.type === "chat_message" && f["client_id"] === clientId) return f;
+  }
+}
+
+/** Takes the next `n` frames of a socket, whatever their type (so nothing may slip in between). */
+export async function take(c: TestClient, n: number, timeoutMs = 10000): Promise<Frame[]> {
+  const out: Frame[] = [];
+  for (let i = 0; i < n; i++) out.push(await c.next(undefined, timeoutMs));
+  return out;
+}
+
+/** The three frames `/ws/notifications/{from}/` gets, in this order, for one message. */
+export function conversationTriple(count: number, echo: Frame): Frame[] {
+  return [
+    { type: "single_conversation_new_message_notification" },
+    { type: "single_conversation_unread_count", unread_count: count },
+    { type: "single_conversation_last_message", last_message: echo["message"], last_datetime: echo["date_added"] },
+  ];
+}
+
+/** Every frame of every socket matched the protocol's server schemas. */
+export function noSchemaViolations(...clients: TestClient[]): void {
+  for (const c of clients) expect(c.schemaViolations).toEqual([]);
+}
+
+/** Skips presence frames (they may interleave anywhere after the greeting). */
+export const withoutPresence = (frames: Frame[]): Frame[] => frames.filter((f) => f.type !== "user_join" && f.type !== "user_leave");
