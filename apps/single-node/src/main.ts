@@ -2,7 +2,7 @@ import { MemoryConnectionLimit, MemoryPresence, MemoryPubSub, redisNames } from 
 import { ConfigError } from "@chat/config";
 import { createDb, redactUrl, runMigrations, type DbClient } from "@chat/db";
 import { PostgresMessageLog, openEmbeddedPostgres, type EmbeddedPostgres } from "@chat/embedded";
-import { loadGatewayConfig, openRedisBus, startGateway, type GatewayConfig, type RunningGateway } from "@chat/gateway";
+import { chatMessageEvent, loadGatewayConfig, openRedisBus, startGateway, type GatewayConfig, type RunningGateway } from "@chat/gateway";
 import { createLogger } from "@chat/log";
 import { loadWorkerConfig, openRedisWorkerBus, startWorker, type RunningWorker, type WorkerConfig } from "@chat/worker";
 import { chooseEngine, type Engine } from "./engine.js";
@@ -33,19 +33,20 @@ try {
   if (engine.kind === "embedded") {
     const pg: EmbeddedPostgres = await openEmbeddedPostgres(engine.dataDir);
     closers.push(() => pg.close());
-    await runMigrations(pg.url, { socketPath: pg.socketPath });
-    const open = (max: number, name: string): DbClient => createDb(pg.url, { max, applicationName: name, socketPath: pg.socketPath });
+    // One client of one connection for the whole process (see EmbeddedPostgres): the gateway, the
+    // worker and the message log queue on it, so log positions also commit in assignment order.
+    const db = createDb(pg.url, { max: 1, applicationName: "single-node", socketPath: pg.socketPath });
+    closers.unshift(() => db.close());
+    // The worker replaces a pool that stalls; with one shared connection there is nothing to swap
+    // to, and closing it would take the gateway down too, so its "pool" never closes.
+    const workerDb: DbClient = { ...db, close: async () => {} };
     const bus = new MemoryPubSub();
-    // One connection: positions commit, and live events go out, in the order they were assigned.
-    const logDb = open(1, "message log");
-    closers.unshift(() => logDb.close());
-    const clientMessage = redisNames(gatewayConfig.redisPrefix).clientMessage;
-    const stream = await PostgresMessageLog.open(logDb.sql, bus, Date.now, {
-      keyOf: clientMessage,
+    const stream = await PostgresMessageLog.open(db.sql, bus, Date.now, {
+      keyOf: redisNames(gatewayConfig.redisPrefix).clientMessage,
       ttlSeconds: gatewayConfig.idempotencyTtlSeconds,
+      frameOf: (entry) => JSON.stringify(chatMessageEvent(entry)),
     });
-    const gatewayDb = open(4, "gateway");
-    closers.unshift(() => gatewayDb.close());
+    const gatewayDb = db;
     const { presenceTtlMs, maxConnectionsPerUser } = gatewayConfig;
     gateway = await startGateway(
       gatewayConfig,
@@ -62,7 +63,7 @@ try {
     );
     worker = await startWorker(
       { ...workerConfig, databaseUrl: `pglite:${pg.dataDir}` },
-      { stream, publisher: bus, openDb: () => open(2, "worker"), busReady: () => true },
+      { stream, publisher: bus, openDb: () => workerDb, busReady: () => true },
       log,
     );
     describe = `embedded: in-process bus, PGlite under ${pg.dataDir}`;

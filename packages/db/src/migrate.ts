@@ -3,7 +3,8 @@ import { drizzle } from "drizzle-orm/postgres-js";
 import { migrate } from "drizzle-orm/postgres-js/migrator";
 import postgres from "postgres";
 
-const migrationsFolder = fileURLToPath(new URL("../migrations", import.meta.url));
+/** The checked-in migrations (drizzle-kit), applied by runMigrations and by the embedded engine. */
+export const migrationsFolder = fileURLToPath(new URL("../migrations", import.meta.url));
 
 /** Arbitrary constant: serializes concurrent migrators (several pods or test runs starting at once). */
 const MIGRATION_LOCK = 7_202_611;

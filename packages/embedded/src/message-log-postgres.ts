@@ -17,10 +17,12 @@ interface Bucket {
   at: number;
 }
 
-/** How the gateway keys a sender's client_id, and for how long it remembers one (see AcceptOptions). */
+/** How the gateway keys a sender's client_id, for how long it remembers one, and what a retry gets back (see AcceptOptions). */
 export interface IdempotencyRestore {
   keyOf(username: string, clientId: string): string;
   ttlSeconds: number;
+  /** The serialized chat_message of an accepted entry, as the gateway sends it. */
+  frameOf(entry: MessageEntry): string;
 }
 
 /**
@@ -28,8 +30,9 @@ export interface IdempotencyRestore {
  * a Redis stream, so an accepted message survives a crash of the process. One process owns it: the
  * rate limits and client_ids live in memory (client_ids accepted within the idempotency TTL are
  * recovered from the database on open, as Redis keeps them across a gateway crash), and positions
- * come from a clock kept here, above every position already used. Appends go through a client of one connection, so positions commit in order and live events
- * are published in that order.
+ * come from a clock kept here, above every position already used. The process's client has one
+ * connection (see EmbeddedPostgres), so positions commit, and live events go out, in the order
+ * they were assigned.
  */
 export class PostgresMessageLog implements MessageLog {
   private lastMs = 0;
@@ -74,13 +77,13 @@ export class PostgresMessageLog implements MessageLog {
    * (persisted, or still in the log), with the chat_message a retry gets back: without this, a
    * client retrying after a crash, as the protocol tells it to, would store its message twice.
    */
-  private async restoreClientIds({ keyOf, ttlSeconds }: IdempotencyRestore): Promise<void> {
+  private async restoreClientIds({ keyOf, ttlSeconds, frameOf }: IdempotencyRestore): Promise<void> {
     const sinceMs = this.now() - ttlSeconds * 1000;
     const since = (BigInt(Math.max(0, sinceMs)) * 1_000_000n).toString();
     const remember = (e: MessageEntry, position: bigint) => {
       if (e.client_id === undefined) return;
       const expiresAt = Number(position / 1_000_000n) + ttlSeconds * 1000;
-      this.clientIds.set(keyOf(e.from, e.client_id), { frame: JSON.stringify(chatMessageFrame(e)), expiresAt });
+      this.clientIds.set(keyOf(e.from, e.client_id), { frame: frameOf(e), expiresAt });
     };
     // A full scan of recent rows, once at start-up (messages has no index on the position alone).
     const stored = await this.sql<
@@ -238,24 +241,6 @@ export class PostgresMessageLog implements MessageLog {
     for (const [k, v] of this.clientIds) if (v.expiresAt <= now) this.clientIds.delete(k);
     for (const [k, b] of this.buckets) if (now - b.at > 60_000) this.buckets.delete(k);
   }
-}
-
-/**
- * The chat_message event of an entry, field for field as the gateway builds it (apps/gateway
- * sessions/chat-message.ts), which is what a retry of a send gets back.
- */
-function chatMessageFrame(e: MessageEntry): Record<string, unknown> {
-  return {
-    type: "chat_message",
-    id: e.id,
-    message: e.message,
-    multimedia_url: e.multimedia_url,
-    date_added: e.date_added,
-    from_user: { username: e.from },
-    to_user: { username: e.to },
-    room: e.to,
-    ...(e.client_id === undefined ? {} : { client_id: e.client_id }),
-  };
 }
 
 /** Stream ids as a Postgres array literal; streamPosition validates each id (digits only). */
