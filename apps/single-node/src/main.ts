@@ -101,7 +101,15 @@ async function shutdown(signal: string): Promise<void> {
   stopping = true;
   log.info({ signal }, "signal received");
   await gateway.drain();
-  await worker.stop();
+  // As the worker alone does: what the loop holds stays pending (in the log or the stream), so a
+  // stop that cannot finish (its Redis or database gone) is given up after the timeout.
+  let timer: NodeJS.Timeout | undefined;
+  const stopped = await Promise.race([
+    worker.stop().then(() => true),
+    new Promise<boolean>((resolve) => (timer = setTimeout(() => resolve(false), workerConfig.stopTimeoutMs))),
+  ]);
+  clearTimeout(timer);
+  if (!stopped) log.warn({ timeoutMs: workerConfig.stopTimeoutMs }, "batch in hand not finished in time; leaving it pending");
   for (const close of closers) await close().catch((err: unknown) => log.warn({ err }, "close failed"));
   log.info({}, "stopped");
   process.exit(0);

@@ -18,7 +18,11 @@ export function openRedisWorkerBus(config: Readonly<WorkerConfig>, log: Logger):
     publisher: new RedisPublisher(redis),
     busReady: () => redis.status === "ready",
     close: async () => {
-      await redis.quit().catch(() => {});
+      // QUIT waits for a connection that may never come back; then just drop it.
+      let timer: NodeJS.Timeout | undefined;
+      await Promise.race([redis.quit().catch(() => {}), new Promise((resolve) => (timer = setTimeout(resolve, 2000)))]);
+      clearTimeout(timer);
+      redis.disconnect();
     },
   };
 }

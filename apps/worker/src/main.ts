@@ -36,7 +36,15 @@ async function shutdown(signal: string): Promise<void> {
   if (stopping) return;
   stopping = true;
   log.info({ signal }, "stopping after the batch in hand");
-  await worker.stop();
+  // With Redis or Postgres unreachable the loop may wait on them for ever; what it holds stays
+  // pending in the group and another worker claims it, so giving up here loses nothing.
+  let timer: NodeJS.Timeout | undefined;
+  const stopped = await Promise.race([
+    worker.stop().then(() => true),
+    new Promise<boolean>((resolve) => (timer = setTimeout(() => resolve(false), config.stopTimeoutMs))),
+  ]);
+  clearTimeout(timer);
+  if (!stopped) log.warn({ timeoutMs: config.stopTimeoutMs }, "batch in hand not finished in time; leaving it pending for another worker");
   await bus.close();
   log.info({}, "stopped");
   process.exit(0);

@@ -5,7 +5,7 @@ import { join } from "node:path";
 import { createInterface } from "node:readline";
 import { randomBytes } from "node:crypto";
 import { createRequire } from "node:module";
-import { afterAll, describe, expect, it } from "vitest";
+import { afterAll, describe, expect, it, onTestFinished } from "vitest";
 import { dockerIgnores, lintDockerfile } from "./dockerfile-rules.js";
 import { DOCKER, FIXTURES, REPO_ROOT } from "./paths.js";
 
@@ -98,6 +98,10 @@ describe.skipIf(process.env["CHAT_TEST_SERVICES"] !== "up")("the image layout ru
   function start(script: string, extra: Record<string, string>, readyMsg: string): Promise<{ stop: () => Promise<number | null>; ready: Record<string, unknown> }> {
     const child = spawn(process.execPath, [script], { cwd: app, env: { ...env, ...extra }, stdio: ["ignore", "pipe", "pipe"] });
     const exited = new Promise<number | null>((resolve) => child.on("exit", (code) => resolve(code)));
+    // A test that fails before its stop() must not leave the process running after the suite.
+    onTestFinished(() => {
+      if (child.exitCode === null && child.signalCode === null) child.kill("SIGKILL");
+    });
     let stderr = "";
     child.stderr.on("data", (d: Buffer) => (stderr += d.toString()));
     return new Promise((resolve, reject) => {

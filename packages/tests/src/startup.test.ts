@@ -12,6 +12,7 @@ import {
   runScript,
   startGateway,
   startPrivateRedis,
+  startWorker,
   testSql,
   tokenFor,
   uniqueUser,
@@ -180,5 +181,17 @@ describe("migrations", () => {
     const kept = await db<{ unread_count: number }[]>`
       SELECT unread_count FROM conversation_members WHERE username = 'keep' AND other_username = 'me'`;
     expect(kept).toEqual([{ unread_count: 3 }]);
+  });
+});
+
+describe("worker shutdown", () => {
+  it("exits 0 on SIGTERM within CHAT_WORKER_STOP_TIMEOUT_MS even while Redis is unreachable", async () => {
+    // A port nobody listens on: the worker starts (its HTTP server is up) but every read waits on Redis.
+    const deadRedis = `redis://127.0.0.1:${await freePort()}`;
+    const worker = await startWorker(freshPrefix("stop"), { REDIS_URL: deadRedis, CHAT_WORKER_STOP_TIMEOUT_MS: "1500" });
+    const signalledAt = Date.now();
+    expect(await worker.stop("SIGTERM")).toBe(0);
+    expect(Date.now() - signalledAt).toBeLessThan(10_000);
+    expect(worker.logs.some((l) => l["msg"] === "batch in hand not finished in time; leaving it pending for another worker")).toBe(true);
   });
 });
