@@ -23,7 +23,13 @@ try {
 }
 const db = createDb(config.databaseUrl, { max: config.dbPoolSize, applicationName: `gateway ${config.nodeId}` });
 
-let gateway: RunningGateway;
+// Signals are handled from the start: a SIGTERM during start-up must not kill the process with the
+// default action (exit by signal, no cleanup).
+let gateway: RunningGateway | undefined;
+let stopping = false;
+process.on("SIGTERM", () => void shutdown("SIGTERM"));
+process.on("SIGINT", () => void shutdown("SIGINT"));
+
 try {
   gateway = await startGateway(config, { ...bus, db }, log);
 } catch (err) {
@@ -37,15 +43,12 @@ bus.setRecovery(gateway.recovery);
  * over the drain window, let their presence go, then disconnect and exit. Kubernetes'
  * terminationGracePeriodSeconds must exceed CHAT_DRAIN_WINDOW_MS plus a few seconds.
  */
-let stopping = false;
 async function shutdown(signal: string): Promise<void> {
   if (stopping) return;
   stopping = true;
   log.info({ signal }, "signal received");
-  await gateway.drain();
+  await gateway?.drain();
   await Promise.allSettled([bus.close(), db.close()]);
   log.info({}, "stopped");
   process.exit(0);
 }
-process.on("SIGTERM", () => void shutdown("SIGTERM"));
-process.on("SIGINT", () => void shutdown("SIGINT"));

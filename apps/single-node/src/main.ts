@@ -25,8 +25,13 @@ try {
 
 const log = createLogger(gatewayConfig.logLevel, { component: "single-node", node: gatewayConfig.nodeId });
 const closers: (() => Promise<void>)[] = [];
-let gateway: RunningGateway;
-let worker: RunningWorker;
+let gateway: RunningGateway | undefined;
+let worker: RunningWorker | undefined;
+// Signals are handled from the start: a SIGTERM during start-up must not kill the process with the
+// default action (exit by signal, no cleanup).
+let stopping = false;
+process.on("SIGTERM", () => void shutdown("SIGTERM"));
+process.on("SIGINT", () => void shutdown("SIGINT"));
 let describe: string;
 
 try {
@@ -88,24 +93,23 @@ try {
   process.exit(1);
 }
 
-const url = `http://${gatewayConfig.host === "0.0.0.0" ? "127.0.0.1" : gatewayConfig.host}:${gateway.port}/`;
-log.info({ engine: engine.kind, parts: describe, url, workerHttpPort: worker.httpPort, development: gatewayConfig.development }, "started");
+const url = `http://${gatewayConfig.host === "0.0.0.0" ? "127.0.0.1" : gatewayConfig.host}:${gateway!.port}/`;
+log.info({ engine: engine.kind, parts: describe, url, workerHttpPort: worker!.httpPort, development: gatewayConfig.development }, "started");
 process.stderr.write(
   `\nchat server on ${url} (engine ${describe})\n` +
     (gatewayConfig.development ? `development mode: open ${url} in a browser and sign in with any username\n\n` : "\n"),
 );
 
-let stopping = false;
 async function shutdown(signal: string): Promise<void> {
   if (stopping) return;
   stopping = true;
   log.info({ signal }, "signal received");
-  await gateway.drain();
+  await gateway?.drain();
   // As the worker alone does: what the loop holds stays pending (in the log or the stream), so a
   // stop that cannot finish (its Redis or database gone) is given up after the timeout.
   let timer: NodeJS.Timeout | undefined;
   const stopped = await Promise.race([
-    worker.stop().then(() => true),
+    (worker ? worker.stop() : Promise.resolve()).then(() => true),
     new Promise<boolean>((resolve) => (timer = setTimeout(() => resolve(false), workerConfig.stopTimeoutMs))),
   ]);
   clearTimeout(timer);
@@ -114,5 +118,3 @@ async function shutdown(signal: string): Promise<void> {
   log.info({}, "stopped");
   process.exit(0);
 }
-process.on("SIGTERM", () => void shutdown("SIGTERM"));
-process.on("SIGINT", () => void shutdown("SIGINT"));

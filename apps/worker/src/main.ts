@@ -16,7 +16,13 @@ try {
 const log = createLogger(config.logLevel, { component: "worker", consumer: config.consumerName });
 const bus = openRedisWorkerBus(config, log);
 
-let worker: RunningWorker;
+// Signals are handled from the start: a SIGTERM during start-up must not kill the process with the
+// default action (exit by signal, no cleanup); it stops the worker once it is up.
+let worker: RunningWorker | undefined;
+let stopping = false;
+process.on("SIGTERM", () => void shutdown("SIGTERM"));
+process.on("SIGINT", () => void shutdown("SIGINT"));
+
 try {
   worker = await startWorker(
     config,
@@ -31,7 +37,6 @@ try {
   process.exit(1);
 }
 
-let stopping = false;
 async function shutdown(signal: string): Promise<void> {
   if (stopping) return;
   stopping = true;
@@ -40,7 +45,7 @@ async function shutdown(signal: string): Promise<void> {
   // pending in the group and another worker claims it, so giving up here loses nothing.
   let timer: NodeJS.Timeout | undefined;
   const stopped = await Promise.race([
-    worker.stop().then(() => true),
+    (worker ? worker.stop() : Promise.resolve()).then(() => true),
     new Promise<boolean>((resolve) => (timer = setTimeout(() => resolve(false), config.stopTimeoutMs))),
   ]);
   clearTimeout(timer);
@@ -49,5 +54,3 @@ async function shutdown(signal: string): Promise<void> {
   log.info({}, "stopped");
   process.exit(0);
 }
-process.on("SIGTERM", () => void shutdown("SIGTERM"));
-process.on("SIGINT", () => void shutdown("SIGINT"));
