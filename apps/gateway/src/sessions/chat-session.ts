@@ -19,7 +19,8 @@ export class ChatSession extends SubscribedSession {
    * only acknowledgement; if the node's subscriber drops between the accept and the delivery, the
    * node sends these itself once it is resubscribed (see GatewayCore.flushEchoes).
    */
-  private readonly pendingEchoes = new Map<string, string>();
+  /** Accepted sends whose echo has not come over the channel yet; created on first use (most sockets of a large node are idle). */
+  private pendingEchoes: Map<string, string> | null = null;
   /** Sends whose accept script has not answered yet. */
   private sending = 0;
 
@@ -99,31 +100,34 @@ export class ChatSession extends SubscribedSession {
     });
   }
 
-  /** Ids delivered before their accept resolved (the channel can beat the script's reply). */
-  private readonly echoed = new Set<string>();
+  /** Ids delivered before their accept resolved (the channel can beat the script's reply); created on first use. */
+  private echoed: Set<string> | null = null;
 
   protected override delivered(frame: Buffer): void {
-    if (this.pendingEchoes.size === 0 && this.sending === 0) return;
+    if (!this.pendingEchoes?.size && this.sending === 0) return;
     const id = chatMessageIdOf(frame);
     if (id === undefined) return;
-    if (!this.pendingEchoes.delete(id) && this.sending > 0) this.echoed.add(id);
-    if (this.pendingEchoes.size === 0) this.core.awaitingEcho.delete(this);
+    if (!this.pendingEchoes?.delete(id) && this.sending > 0) (this.echoed ??= new Set()).add(id);
+    if (!this.pendingEchoes?.size) {
+      this.pendingEchoes = null;
+      this.core.awaitingEcho.delete(this);
+    }
   }
 
   private sendSettled(): void {
     this.sending--;
-    if (this.sending === 0) this.echoed.clear();
+    if (this.sending === 0) this.echoed = null;
   }
 
   /** Sends the echoes the channel did not deliver; called once the node is resubscribed. */
   flushEchoes(): void {
-    for (const frame of this.pendingEchoes.values()) this.socket.send(frame);
-    this.pendingEchoes.clear();
-    this.echoed.clear();
+    for (const frame of this.pendingEchoes?.values() ?? []) this.socket.send(frame);
+    this.pendingEchoes = null;
+    this.echoed = null;
   }
 
   protected release(): void {
-    this.pendingEchoes.clear();
+    this.pendingEchoes = null;
     this.core.awaitingEcho.delete(this);
     const entry = this.presence;
     if (!entry) return;
@@ -168,12 +172,12 @@ export class ChatSession extends SubscribedSession {
     this.sending++;
     this.accept(entry, frame.client_id, json).then(
       (result) => {
-        const echoedAlready = this.echoed.delete(entry.id);
+        const echoedAlready = this.echoed?.delete(entry.id) ?? false;
         this.sendSettled();
         if (result.kind === "accepted") {
           this.core.metrics.messagesReceived.inc();
           if (!this.closed && !echoedAlready) {
-            this.pendingEchoes.set(entry.id, json);
+            (this.pendingEchoes ??= new Map()).set(entry.id, json);
             this.core.awaitingEcho.add(this);
           }
           this.core.log.debug({ id: entry.id, streamId: result.streamId, user: this.username, client_id: frame.client_id }, "message accepted");

@@ -21,13 +21,32 @@ interface SocketData {
   username: string;
   endpoint: Endpoint;
   since: string | undefined;
-  expiresAt: Date | null;
-  expiryTimer: NodeJS.Timeout | null;
+  /** When the token expires (epoch ms), or 0 for a token without `exp`. */
+  expiresAtMs: number;
   /** This socket's entry in its user's cluster-wide socket count, when that limit is on. */
   counted: CountedConnection | null;
   session: Session | null;
   closed: boolean;
 }
+
+/** A session's view of its socket: a class, not two closures per socket (idle sockets are most of a node's memory). */
+class UwsSessionSocket implements SessionSocket {
+  constructor(
+    private readonly ws: WebSocket<SocketData>,
+    private readonly data: SocketData,
+  ) {}
+
+  send(frame: string | Buffer): void {
+    if (!this.data.closed) this.ws.cork(() => void this.ws.send(frame, false, false));
+  }
+
+  close(code: number, reason: string): void {
+    if (!this.data.closed) this.ws.end(code, reason);
+  }
+}
+
+/** How often sockets are checked for an expired token: a token is honoured at most this long past `exp`. */
+const EXPIRY_SWEEP_MS = 1000;
 
 export interface ServerOptions {
   host: string;
@@ -60,7 +79,9 @@ function refuse(res: HttpResponse, status: number, code: string, message: string
 export class GatewayServer {
   private readonly app: TemplatedApp;
   private listenSocket: us_listen_socket | null = null;
-  private readonly sockets = new Set<WebSocket<SocketData>>();
+  /** Open sockets with their data, so the expiry sweep reads it without a native call per socket. */
+  private readonly sockets = new Map<WebSocket<SocketData>, SocketData>();
+  private expirySweep: NodeJS.Timeout | null = null;
   private allClosed: (() => void) | null = null;
   private readonly upgradeLimiter: UpgradeLimiter | null;
 
@@ -114,6 +135,8 @@ export class GatewayServer {
       this.app.listen(this.options.host, this.options.port, (socket) => {
         if (!socket) return reject(new Error(`could not listen on ${this.options.host}:${this.options.port}`));
         this.listenSocket = socket;
+        this.expirySweep = setInterval(() => this.closeExpired(), EXPIRY_SWEEP_MS);
+        this.expirySweep.unref();
         resolve(uws.us_socket_local_port(socket));
       });
     });
@@ -121,6 +144,8 @@ export class GatewayServer {
 
   /** Stops accepting connections; open sockets stay until closeAll. */
   stopListening(): void {
+    if (this.expirySweep) clearInterval(this.expirySweep);
+    this.expirySweep = null;
     if (this.listenSocket) uws.us_listen_socket_close(this.listenSocket);
     this.listenSocket = null;
   }
@@ -134,7 +159,7 @@ export class GatewayServer {
    * reconnect to the other nodes at the same instant. Resolves once all are closed.
    */
   async closeGradually(code: number, reason: string, windowMs: number): Promise<void> {
-    const sockets = [...this.sockets];
+    const sockets = [...this.sockets.keys()];
     if (sockets.length === 0) return;
     const done = new Promise<void>((resolve) => (this.allClosed = resolve));
     const n = sockets.length;
@@ -234,37 +259,33 @@ export class GatewayServer {
     if (!this.readiness.ready()) {
       return { refusal: [UpgradeRefusal.unavailable, "unavailable", "node not ready; try another"], ...(counted ? { counted } : {}) };
     }
-    return { data: { username, endpoint, since, expiresAt: token.expiresAt, counted, expiryTimer: null, session: null, closed: false } };
+    return { data: { username, endpoint, since, expiresAtMs: token.expiresAt?.getTime() ?? 0, counted, session: null, closed: false } };
   }
 
   private open(ws: WebSocket<SocketData>): void {
     const data = ws.getUserData();
-    this.sockets.add(ws);
+    this.sockets.set(ws, data);
     this.metrics.openSockets.inc({ endpoint: data.endpoint.kind });
     if (data.counted) this.core.countedConnections.add(data.counted);
-    if (data.expiresAt) {
-      const left = data.expiresAt.getTime() - Date.now();
-      // Beyond ~24.8 days setTimeout overflows; such sockets are closed by their next reconnect instead.
-      if (left < 2 ** 31 - 1) {
-        data.expiryTimer = setTimeout(() => {
-          if (!data.closed) ws.end(CloseCode.token_expired, "token expired, reconnect with a new one");
-        }, Math.max(0, left));
-      }
-    }
-    const socket: SessionSocket = {
-      send: (frame) => {
-        if (!data.closed) ws.cork(() => void ws.send(frame, false, false));
-      },
-      close: (code, reason) => {
-        if (!data.closed) ws.end(code, reason);
-      },
-    };
+    const socket = new UwsSessionSocket(ws, data);
     const endpoint = data.endpoint;
     data.session =
       endpoint.kind === "chat"
         ? new ChatSession(this.core, socket, data.username, endpoint.other, data.since)
         : new NotificationSession(this.core, socket, data.username, endpoint.kind === "notifications" ? undefined : endpoint.other);
     void data.session.start();
+  }
+
+  /**
+   * Closes (4001) the sockets whose token has expired. One sweep for the node instead of a timer
+   * per socket: a timer and its closure cost about as much memory as the rest of an idle socket's
+   * JavaScript state.
+   */
+  private closeExpired(): void {
+    const now = Date.now();
+    for (const [ws, data] of this.sockets) {
+      if (data.expiresAtMs > 0 && data.expiresAtMs <= now && !data.closed) ws.end(CloseCode.token_expired, "token expired, reconnect with a new one");
+    }
   }
 
   private message(ws: WebSocket<SocketData>, message: ArrayBuffer, isBinary: boolean): void {
@@ -287,7 +308,6 @@ export class GatewayServer {
   private closed(ws: WebSocket<SocketData>): void {
     const data = ws.getUserData();
     data.closed = true;
-    if (data.expiryTimer) clearTimeout(data.expiryTimer);
     if (data.counted) {
       this.core.countedConnections.delete(data.counted);
       this.core.track(this.connections!.release(data.counted).catch((err: unknown) => this.log.warn({ err }, "connection release failed")));
