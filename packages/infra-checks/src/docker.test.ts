@@ -64,11 +64,14 @@ describe(".dockerignore", () => {
 
 /**
  * The image's /app without Docker: assemble-runtime.sh's output next to a node_modules whose
- * workspace links point into it, then the three commands of the image run from there against the
- * suite's Redis and Postgres (so only where they answer: see vitest.config.ts). A missing migration
- * folder, Lua script or dist file fails here.
+ * workspace links point into it, then the commands of the image run from there: the three roles
+ * against the suite's Redis and Postgres (so only where they answer: see vitest.config.ts), and the
+ * single node on its embedded engine (anywhere). A missing migration folder, Lua script, WASM file
+ * or dist file fails here.
  */
-describe.skipIf(process.env["CHAT_TEST_SERVICES"] !== "up")("the image layout runs the three processes", () => {
+const withServices = it.skipIf(process.env["CHAT_TEST_SERVICES"] !== "up");
+
+describe("the image layout runs the processes", () => {
   const app = mkdtempSync(join(tmpdir(), "chat-image-"));
   afterAll(() => rmSync(app, { recursive: true, force: true }));
   const env = {
@@ -95,7 +98,7 @@ describe.skipIf(process.env["CHAT_TEST_SERVICES"] !== "up")("the image layout ru
     }
   });
 
-  function start(script: string, extra: Record<string, string>, readyMsg: string): Promise<{ stop: () => Promise<number | null>; ready: Record<string, unknown> }> {
+  function start(script: string, extra: Record<string, string | undefined>, readyMsg: string): Promise<{ stop: () => Promise<number | null>; ready: Record<string, unknown> }> {
     const child = spawn(process.execPath, [script], { cwd: app, env: { ...env, ...extra }, stdio: ["ignore", "pipe", "pipe"] });
     const exited = new Promise<number | null>((resolve) => child.on("exit", (code) => resolve(code)));
     // A test that fails before its stop() must not leave the process running after the suite.
@@ -125,20 +128,20 @@ describe.skipIf(process.env["CHAT_TEST_SERVICES"] !== "up")("the image layout ru
     });
   }
 
-  it("node packages/db/dist/migrate-cli.js applies the migrations", () => {
+  withServices("node packages/db/dist/migrate-cli.js applies the migrations", () => {
     const r = spawnSync(process.execPath, ["packages/db/dist/migrate-cli.js"], { cwd: app, env, encoding: "utf8" });
     expect(r.stderr).toBe("");
     expect(r.status).toBe(0);
   });
 
-  it("node apps/worker/dist/main.js becomes ready and stops on SIGTERM", async () => {
+  withServices("node apps/worker/dist/main.js becomes ready and stops on SIGTERM", async () => {
     const worker = await start("apps/worker/dist/main.js", { CHAT_WORKER_HTTP_PORT: "0" }, "consuming");
     const port = worker.ready["httpPort"] as number;
     await expect.poll(async () => (await fetch(`http://127.0.0.1:${port}/readyz`)).status, { timeout: 10000 }).toBe(200);
     expect(await worker.stop()).toBe(0);
   });
 
-  it("node apps/gateway/dist/main.js loads the native uWebSockets.js and the Lua scripts, serves /readyz and stops on SIGTERM", async () => {
+  withServices("node apps/gateway/dist/main.js loads the native uWebSockets.js and the Lua scripts, serves /readyz and stops on SIGTERM", async () => {
     const gateway = await start("apps/gateway/dist/main.js", { PORT: "0", CHAT_DRAIN_WINDOW_MS: "0" }, "listening");
     const port = gateway.ready["port"] as number;
     expect((await fetch(`http://127.0.0.1:${port}/readyz`)).status).toBe(200);
@@ -147,5 +150,23 @@ describe.skipIf(process.env["CHAT_TEST_SERVICES"] !== "up")("the image layout ru
     expect(page.status).toBe(200);
     expect(page.headers.get("content-type")).toMatch(/^text\/html/);
     expect(await gateway.stop()).toBe(0);
+  });
+
+  it("node apps/single-node/dist/main.js runs on its embedded engine (no Redis, no Postgres), serves the client and stops on SIGTERM", async () => {
+    const data = mkdtempSync(join(tmpdir(), "chat-image-data-"));
+    try {
+      const node = await start(
+        "apps/single-node/dist/main.js",
+        { REDIS_URL: undefined, DATABASE_URL: undefined, CHAT_DATA_DIR: data, PORT: "0", HOST: "127.0.0.1", CHAT_WORKER_HTTP_PORT: "0", CHAT_DRAIN_WINDOW_MS: "0" },
+        "started",
+      );
+      expect(node.ready["engine"]).toBe("embedded");
+      const url = String(node.ready["url"]);
+      expect((await fetch(`${url}readyz`)).status).toBe(200);
+      expect((await fetch(url)).headers.get("content-type")).toMatch(/^text\/html/);
+      expect(await node.stop()).toBe(0);
+    } finally {
+      rmSync(data, { recursive: true, force: true });
+    }
   });
 });
