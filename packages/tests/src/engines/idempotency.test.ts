@@ -27,7 +27,9 @@ describe.each(engines)("idempotent sends with client_id (%s engine)", (kind) => 
     second.send({ type: "chat_message", message: "hello (edited)", client_id: "c-1" });
     expect(await second.next("chat_message")).toEqual(original);
 
-    // A fresh client_id is a new message; bob saw the first one once, then this one.
+    // A fresh client_id is a new message; bob saw the first one once, then this one. Sent once the
+    // first is persisted: two messages committed in one batch both announce the batch's total.
+    await bAll.until((f) => f.some((x) => x.type === "new_message_notification"), 10000, "first notification");
     second.send({ type: "chat_message", message: "next", client_id: "c-2" });
     const next = await second.next("chat_message");
     expect(next).toMatchObject({ message: "next", client_id: "c-2" });
