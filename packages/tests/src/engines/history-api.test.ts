@@ -75,12 +75,20 @@ describe.each(engines)("history and conversations over HTTP (%s engine)", (kind)
     const bob1 = await connectReady(engine.nodes[1], chatPath(alice), tb);
     const carol1 = await connectReady(engine.nodes[0], chatPath(alice), tc);
 
+    // The list orders by the last message's date_added (milliseconds), then by username: each send
+    // waits for the clock to pass the previous message's millisecond (the embedded engine echoes fast
+    // enough for two sends to share one), so "most recent" is unambiguous.
     const last: Record<string, Frame> = {};
-    last[bob] = await say(bob1, "bob 1");
-    last[bob] = await say(bob1, "bob 2");
-    last[carol] = await say(carol1, "carol 1");
-    last[dave] = await say(aToDave, "alice to dave");
-    last[bob] = await say(bob1, "bob 3");
+    const said = async (socket: typeof bob1, text: string): Promise<Frame> => {
+      const frame = await say(socket, text);
+      await waitFor(() => expect(Date.now()).toBeGreaterThan(Date.parse(String(frame["date_added"]))), 1000, 1);
+      return frame;
+    };
+    last[bob] = await said(bob1, "bob 1");
+    last[bob] = await said(bob1, "bob 2");
+    last[carol] = await said(carol1, "carol 1");
+    last[dave] = await said(aToDave, "alice to dave");
+    last[bob] = await said(bob1, "bob 3");
     const order = [bob, dave, carol];
     const unread: Record<string, number> = { [bob]: 3, [carol]: 1, [dave]: 0 };
 
