@@ -1,4 +1,4 @@
-import { errors, jwtVerify } from "jose";
+import { SignJWT, errors, jwtVerify } from "jose";
 import { isValidUsername } from "@chat/protocol";
 
 export class AuthError extends Error {
@@ -67,4 +67,16 @@ export function extractToken(query: string, authorization: string): string | und
   if (fromQuery) return fromQuery;
   const m = /^Bearer\s+(\S+)$/i.exec(authorization.trim());
   return m?.[1];
+}
+
+/**
+ * Signs a client token the gateway accepts: HS256, `sub` = username, expiring after ttlSeconds,
+ * with `aud`/`iss` when the verifier's policy requires them. For `npm run token` and the
+ * development sign-in endpoint; production tokens come from the deployment's identity provider.
+ */
+export function signToken(secret: string, username: string, ttlSeconds: number, policy: TokenPolicy = {}): Promise<string> {
+  const jwt = new SignJWT({}).setProtectedHeader({ alg: "HS256", typ: "JWT" }).setSubject(username).setIssuedAt().setExpirationTime(`${ttlSeconds}s`);
+  if (policy.audience) jwt.setAudience(policy.audience);
+  if (policy.issuer) jwt.setIssuer(policy.issuer);
+  return jwt.sign(new TextEncoder().encode(secret));
 }

@@ -1,5 +1,5 @@
-import { SignJWT } from "jose";
 import { isValidUsername } from "@chat/protocol";
+import { signToken } from "./auth.js";
 import { DEVELOPMENT_JWT_SECRET } from "./config.js";
 
 // Prints a token for `npm run token -- <username> [ttl seconds]`, signed with CHAT_JWT_SECRET or the
@@ -10,10 +10,5 @@ if (!isValidUsername(username)) {
   process.exit(2);
 }
 const secret = process.env["CHAT_JWT_SECRET"] || DEVELOPMENT_JWT_SECRET;
-const token = await new SignJWT({})
-  .setProtectedHeader({ alg: "HS256", typ: "JWT" })
-  .setSubject(username)
-  .setIssuedAt()
-  .setExpirationTime(`${Number(ttl)}s`)
-  .sign(new TextEncoder().encode(secret));
+const token = await signToken(secret, username, Number(ttl));
 process.stdout.write(token + "\n");

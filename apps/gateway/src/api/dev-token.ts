@@ -1,16 +1,12 @@
 import type { Readable } from "node:stream";
-import { SignJWT } from "jose";
 import { isValidUsername } from "@chat/protocol";
+import { signToken, type TokenPolicy } from "../auth.js";
 import { ApiError, json, type ApiRequest, type ApiResponse } from "./types.js";
 
 /** How development tokens are signed: the same secret and claims the gateway's TokenVerifier checks. */
-export interface DevTokenSigning {
+export interface DevTokenSigning extends TokenPolicy {
   /** HS256 secret (config.jwtSecret). */
   secret: string;
-  /** `aud` to set, when the verifier requires one (config.jwtAudience). */
-  audience?: string | undefined;
-  /** `iss` to set, when the verifier requires one (config.jwtIssuer). */
-  issuer?: string | undefined;
 }
 
 /** Lifetime of a development token, like `npm run token`'s default: 24 h. */
@@ -46,9 +42,8 @@ async function readBody(body: Readable | undefined, declaredLength: number): Pro
  * it answers 404 `not_found`, exactly like an unknown endpoint, so production reveals nothing.
  */
 export function devTokenHandler(development: boolean, signing: DevTokenSigning | undefined): (req: ApiRequest) => Promise<ApiResponse> {
-  const key = signing ? new TextEncoder().encode(signing.secret) : null;
   return async (req) => {
-    if (!development || !signing || !key) {
+    if (!development || !signing) {
       req.body?.destroy();
       throw notFound();
     }
@@ -63,9 +58,6 @@ export function devTokenHandler(development: boolean, signing: DevTokenSigning |
     if (!isValidUsername(username)) {
       throw new ApiError(400, "bad_username", "username must be 1-150 letters, digits and @.+-_ (not a reserved name)");
     }
-    const jwt = new SignJWT({}).setProtectedHeader({ alg: "HS256", typ: "JWT" }).setSubject(username).setIssuedAt().setExpirationTime(`${DEV_TOKEN_TTL_SECONDS}s`);
-    if (signing.audience) jwt.setAudience(signing.audience);
-    if (signing.issuer) jwt.setIssuer(signing.issuer);
-    return json(200, { token: await jwt.sign(key) });
+    return json(200, { token: await signToken(signing.secret, username, DEV_TOKEN_TTL_SECONDS, signing) });
   };
 }
