@@ -51,7 +51,6 @@ try {
       ttlSeconds: gatewayConfig.idempotencyTtlSeconds,
       frameOf: (entry) => JSON.stringify(chatMessageEvent(entry)),
     });
-    const gatewayDb = db;
     const { presenceTtlMs, maxConnectionsPerUser } = gatewayConfig;
     gateway = await startGateway(
       gatewayConfig,
@@ -61,7 +60,7 @@ try {
         stream,
         presence: new MemoryPresence(presenceTtlMs),
         connections: maxConnectionsPerUser > 0 ? new MemoryConnectionLimit(maxConnectionsPerUser, presenceTtlMs) : null,
-        db: gatewayDb,
+        db,
         busReady: () => true,
       },
       log,
@@ -105,15 +104,7 @@ async function shutdown(signal: string): Promise<void> {
   stopping = true;
   log.info({ signal }, "signal received");
   await gateway?.drain();
-  // As the worker alone does: what the loop holds stays pending (in the log or the stream), so a
-  // stop that cannot finish (its Redis or database gone) is given up after the timeout.
-  let timer: NodeJS.Timeout | undefined;
-  const stopped = await Promise.race([
-    (worker ? worker.stop() : Promise.resolve()).then(() => true),
-    new Promise<boolean>((resolve) => (timer = setTimeout(() => resolve(false), workerConfig.stopTimeoutMs))),
-  ]);
-  clearTimeout(timer);
-  if (!stopped) log.warn({ timeoutMs: workerConfig.stopTimeoutMs }, "batch in hand not finished in time; leaving it pending");
+  await worker?.stop();
   for (const close of closers) await close().catch((err: unknown) => log.warn({ err }, "close failed"));
   log.info({}, "stopped");
   process.exit(0);

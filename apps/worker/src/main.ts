@@ -41,15 +41,7 @@ async function shutdown(signal: string): Promise<void> {
   if (stopping) return;
   stopping = true;
   log.info({ signal }, "stopping after the batch in hand");
-  // With Redis or Postgres unreachable the loop may wait on them for ever; what it holds stays
-  // pending in the group and another worker claims it, so giving up here loses nothing.
-  let timer: NodeJS.Timeout | undefined;
-  const stopped = await Promise.race([
-    (worker ? worker.stop() : Promise.resolve()).then(() => true),
-    new Promise<boolean>((resolve) => (timer = setTimeout(() => resolve(false), config.stopTimeoutMs))),
-  ]);
-  clearTimeout(timer);
-  if (!stopped) log.warn({ timeoutMs: config.stopTimeoutMs }, "batch in hand not finished in time; leaving it pending for another worker");
+  await worker?.stop();
   await bus.close();
   log.info({}, "stopped");
   process.exit(0);

@@ -18,8 +18,11 @@ export interface WorkerParts {
 
 export interface RunningWorker {
   readonly httpPort: number;
-  /** Finishes the batch in hand (written, published, acknowledged), stops reading and closes the pool. */
-  stop(): Promise<void>;
+  /**
+   * Finishes the batch in hand (written, published, acknowledged), stops reading and closes the
+   * pool; false when that took longer than CHAT_WORKER_STOP_TIMEOUT_MS and was given up.
+   */
+  stop(): Promise<boolean>;
 }
 
 /** Starts the consume loop and the metrics/health HTTP server. */
@@ -42,9 +45,21 @@ export async function startWorker(config: Readonly<WorkerConfig>, parts: WorkerP
   return {
     httpPort,
     async stop() {
-      await consumer.stop();
+      // With Redis or Postgres unreachable the loop may wait on them for ever; what it holds stays
+      // pending and another worker claims it, so giving up here loses nothing.
+      let timer: NodeJS.Timeout | undefined;
+      const stopped = await Promise.race([
+        consumer.stop().then(() => true),
+        new Promise<boolean>((resolve) => (timer = setTimeout(() => resolve(false), config.stopTimeoutMs))),
+      ]);
+      clearTimeout(timer);
+      if (!stopped) {
+        log.warn({ timeoutMs: config.stopTimeoutMs }, "batch in hand not finished in time; leaving it pending for another worker");
+        return false;
+      }
       await new Promise((resolve) => http.close(resolve));
       await consumer.dbClient.close();
+      return true;
     },
   };
 }
