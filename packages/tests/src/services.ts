@@ -1,5 +1,6 @@
 import { connect } from "node:net";
 import postgres from "postgres";
+import { redactUrl } from "@chat/db";
 
 /** Whether the Redis and Postgres the suites need answer, and if not, why. */
 export interface ServicesProbe {
@@ -7,16 +8,6 @@ export interface ServicesProbe {
   /** One line per service that does not answer. */
   problems: string[];
 }
-
-const redact = (url: string): string => {
-  try {
-    const u = new URL(url);
-    if (u.password) u.password = "***";
-    return u.toString();
-  } catch {
-    return "<unparseable url>";
-  }
-};
 
 function pingRedis(url: string, timeoutMs: number): Promise<void> {
   const u = new URL(url);
@@ -60,7 +51,7 @@ async function pingPostgres(url: string, timeoutMs: number): Promise<void> {
 export async function probeServices(redisUrl: string, databaseUrl: string): Promise<ServicesProbe> {
   const problems: string[] = [];
   const [redis, pg] = await Promise.allSettled([pingRedis(redisUrl, 2000), pingPostgres(databaseUrl, 2000)]);
-  if (redis.status === "rejected") problems.push(`Redis does not answer at ${redact(redisUrl)}: ${(redis.reason as Error).message}`);
-  if (pg.status === "rejected") problems.push(`Postgres does not answer at ${redact(databaseUrl)}: ${(pg.reason as Error).message}`);
+  if (redis.status === "rejected") problems.push(`Redis does not answer at ${redactUrl(redisUrl)}: ${(redis.reason as Error).message}`);
+  if (pg.status === "rejected") problems.push(`Postgres does not answer at ${redactUrl(databaseUrl)}: ${(pg.reason as Error).message}`);
   return { up: problems.length === 0, problems };
 }
