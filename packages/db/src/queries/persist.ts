@@ -68,28 +68,23 @@ export class BatchStalledError extends Error {
   readonly code = "db_batch_stalled";
 }
 
-function withinStallTimeout<T>(work: Promise<T>, ms: number): Promise<T> {
+/** `work`, or `timeoutError()` once `ms` pass without it settling (`work` itself is not cancelled). */
+function within<T>(work: Promise<T>, ms: number, timeoutError: () => Error): Promise<T> {
   let timer: NodeJS.Timeout | undefined;
-  const stalled = new Promise<never>((_, reject) => {
-    timer = setTimeout(() => reject(new BatchStalledError(`a batch got no answer from Postgres for ${ms} ms`)), ms);
+  const timeout = new Promise<never>((_, reject) => {
+    timer = setTimeout(() => reject(timeoutError()), ms);
   });
-  return Promise.race([work, stalled]).finally(() => clearTimeout(timer));
+  return Promise.race([work, timeout]).finally(() => clearTimeout(timer));
 }
 
 async function reserveWithin(client: DbClient, ms: number): Promise<postgres.ReservedSql> {
-  let timer: NodeJS.Timeout | undefined;
   const reserving = client.sql.reserve();
-  const timeout = new Promise<never>((_, reject) => {
-    timer = setTimeout(() => reject(new ReserveTimeoutError(`no Postgres connection within ${ms} ms`)), ms);
-  });
   try {
-    return await Promise.race([reserving, timeout]);
+    return await within(reserving, ms, () => new ReserveTimeoutError(`no Postgres connection within ${ms} ms`));
   } catch (err) {
     // Should the reservation still succeed later, hand the connection straight back.
     void reserving.then((conn) => conn.release(), () => {});
     throw err;
-  } finally {
-    clearTimeout(timer);
   }
 }
 
@@ -143,7 +138,7 @@ export async function persistBatch(
   })();
   // A stalled attempt is abandoned, not awaited: its connection goes down with the replaced pool.
   work.catch(() => {});
-  return withinStallTimeout(work, stallTimeoutMs);
+  return within(work, stallTimeoutMs, () => new BatchStalledError(`a batch got no answer from Postgres for ${stallTimeoutMs} ms`));
 }
 
 /**
