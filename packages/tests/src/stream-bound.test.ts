@@ -14,7 +14,7 @@ import {
   type Gateway,
   type TestClient,
 } from "./helpers/index.js";
-import { holdMemberRow } from "./helpers/db.js";
+import { countFrom, holdMemberRow } from "./helpers/db.js";
 import { dropPrefixAtEnd } from "./helpers/redis.js";
 
 // Register the pool's and the Redis connection's teardown at file level (first used inside a test).
@@ -46,12 +46,6 @@ async function echoed(f: Flow): Promise<string[]> {
   await f.chat.until((fr) => fr.filter((x) => (x.type === "chat_message" || x.type === "error") && mine(x)).length === f.sent, 15000, `echoes of ${f.from}>${f.to}`);
   expect(f.chat.ofType("error")).toEqual([]);
   return f.chat.ofType("chat_message").filter(mine).map((x) => String(x["id"]));
-}
-
-async function countFrom(from: string, to: string): Promise<number> {
-  const sql = testSql();
-  const [row] = await sql<{ n: number }[]>`SELECT count(*)::int AS n FROM messages WHERE from_user = ${from} AND to_user = ${to}`;
-  return row!.n;
 }
 
 async function persistedIds(ids: readonly string[]): Promise<Set<string>> {

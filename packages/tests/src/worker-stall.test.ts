@@ -10,15 +10,10 @@ import {
   unreadOf,
   waitFor,
 } from "./helpers/index.js";
-import { holdMemberRow } from "./helpers/db.js";
+import { countFrom, holdMemberRow } from "./helpers/db.js";
 
 // Register the pool's teardown at file level (first used inside a test).
 testSql();
-
-async function countFrom(from: string, to: string): Promise<number> {
-  const [row] = await testSql()<{ n: number }[]>`SELECT count(*)::int AS n FROM messages WHERE from_user = ${from} AND to_user = ${to}`;
-  return row!.n;
-}
 
 describe("worker stall", () => {
   it("abandons a batch that gets no answer past CHAT_WORKER_STALL_TIMEOUT_MS, replaces its pool, and later persists it exactly once", async () => {

@@ -25,6 +25,12 @@ export async function messagesBetween(a: string, b: string) {
     ORDER BY stream_position`;
 }
 
+/** How many persisted messages `from` sent `to`. */
+export async function countFrom(from: string, to: string): Promise<number> {
+  const [row] = await testSql()<{ n: number }[]>`SELECT count(*)::int AS n FROM messages WHERE from_user = ${from} AND to_user = ${to}`;
+  return row!.n;
+}
+
 export async function unreadOf(username: string, other: string): Promise<number> {
   const sql = testSql();
   const rows = await sql<{ unread_count: number }[]>`
