@@ -1,0 +1,116 @@
+-- The worker's batch write as one server-side call: one round trip (and one implicit transaction)
+-- instead of a lock statement, BEGIN, four statements and COMMIT. At a steady trickle the worker
+-- commits a few messages at a time, and each round trip wakes both processes: that, not the row
+-- work, was most of the worker's and Postgres' CPU per message (docs/benchmarks.md).
+--
+-- Rows come in as parallel arrays (p_m_*: messages in stream order; p_r_*: read receipts). Returns
+-- 'i' rows (ids actually inserted), 'p' rows (unread count of o_user from o_other, as committed)
+-- and 't' rows (o_user's total unread count, as committed).
+--
+-- The per-user advisory locks are session-level: they outlive this call's transaction, and the
+-- caller releases them (pg_advisory_unlock_all) once it has announced the counts, so announcements
+-- of one user follow commit order. Each statement below takes a fresh snapshot after the locks are
+-- held (a volatile function under READ COMMITTED), so it sees every batch committed before.
+CREATE FUNCTION chat_persist_batch(
+	p_lock_space integer,
+	p_m_id uuid[], p_m_position bigint[], p_m_room text[], p_m_from text[], p_m_to text[], p_m_content text[],
+	p_m_url text[], p_m_file text[], p_m_url_expiration timestamptz[], p_m_client text[], p_m_date timestamptz[],
+	p_r_reader text[], p_r_other text[], p_r_position bigint[]
+) RETURNS TABLE (o_kind "char", o_user text, o_other text, o_count integer, o_id uuid)
+LANGUAGE plpgsql VOLATILE AS $$
+DECLARE
+	ins_id uuid[];
+	ins_position bigint[];
+	ins_from text[];
+	ins_to text[];
+	ins_date timestamptz[];
+BEGIN
+	-- In key order, so two workers never deadlock.
+	PERFORM pg_advisory_lock(p_lock_space, k.h) FROM (
+		SELECT DISTINCT hashtext(u) AS h FROM unnest(p_m_from || p_m_to || p_r_reader || p_r_other) AS u ORDER BY h) AS k;
+
+	-- Idempotent on the id: an entry written by an earlier attempt moves no counter.
+	WITH ins AS (
+		INSERT INTO messages AS m (id, stream_position, room_id, from_user, to_user, content, multimedia_url,
+		                           file_identifier, multimedia_url_expiration, client_id, date_added)
+		SELECT * FROM unnest(p_m_id, p_m_position, p_m_room, p_m_from, p_m_to, p_m_content, p_m_url,
+		                     p_m_file, p_m_url_expiration, p_m_client, p_m_date)
+		ON CONFLICT (id) DO NOTHING
+		RETURNING m.id, m.stream_position, m.from_user, m.to_user, m.date_added)
+	SELECT coalesce(array_agg(ins.id ORDER BY ins.stream_position), '{}'),
+	       coalesce(array_agg(ins.stream_position ORDER BY ins.stream_position), '{}'),
+	       coalesce(array_agg(ins.from_user ORDER BY ins.stream_position), '{}'),
+	       coalesce(array_agg(ins.to_user ORDER BY ins.stream_position), '{}'),
+	       coalesce(array_agg(ins.date_added ORDER BY ins.stream_position), '{}')
+	INTO ins_id, ins_position, ins_from, ins_to, ins_date
+	FROM ins;
+
+	-- Both sides of every conversation touched get a row; existing rows are not written here.
+	INSERT INTO conversation_members (username, other_username)
+	SELECT DISTINCT t.u, t.o FROM (
+		SELECT * FROM unnest(ins_to, ins_from) AS a(u, o)
+		UNION ALL SELECT * FROM unnest(ins_from, ins_to)
+		UNION ALL SELECT * FROM unnest(p_r_reader, p_r_other)) AS t(u, o)
+	ON CONFLICT (username, other_username) DO NOTHING;
+
+	-- New counters, one row per conversation side touched: a read recounts past its new watermark
+	-- (messages_unread_idx; it sees the rows inserted above), otherwise the new messages past the
+	-- watermark are added. Each side's events are grouped first so that nothing below scans a list
+	-- once per row (a batch touches up to a thousand sides).
+	RETURN QUERY
+	WITH events AS (
+		SELECT t.u, t.o, t.pos, t.id, t.at, true AS incoming, false AS is_read
+		FROM unnest(ins_to, ins_from, ins_position, ins_id, ins_date) AS t(u, o, pos, id, at)
+		UNION ALL
+		SELECT t.u, t.o, t.pos, t.id, t.at, false, false
+		FROM unnest(ins_from, ins_to, ins_position, ins_id, ins_date) AS t(u, o, pos, id, at)
+		UNION ALL
+		SELECT t.u, t.o, t.pos, NULL, NULL, false, true
+		FROM unnest(p_r_reader, p_r_other, p_r_position) AS t(u, o, pos)),
+	sides AS (
+		SELECT e.u, e.o,
+		       max(e.pos) FILTER (WHERE e.is_read) AS read_pos,
+		       array_agg(e.pos) FILTER (WHERE e.incoming) AS incoming,
+		       (array_agg(e.id ORDER BY e.pos DESC) FILTER (WHERE NOT e.is_read))[1] AS last_id,
+		       (array_agg(e.at ORDER BY e.pos DESC) FILTER (WHERE NOT e.is_read))[1] AS last_at
+		FROM events AS e GROUP BY e.u, e.o),
+	cur AS (
+		SELECT s.u, s.o, cm.unread_count AS old_unread, s.read_pos IS NOT NULL AS recount, s.incoming,
+		       greatest(cm.read_position, coalesce(s.read_pos, cm.read_position)) AS read_to, s.last_id, s.last_at
+		FROM sides AS s JOIN conversation_members AS cm ON cm.username = s.u AND cm.other_username = s.o),
+	counted AS (
+		SELECT c.u, c.o, c.old_unread, c.read_to, c.last_id, c.last_at, CASE WHEN c.recount
+			THEN (SELECT count(*)::integer FROM messages AS m
+			      WHERE m.to_user = c.u AND m.from_user = c.o AND m.stream_position > c.read_to)
+			ELSE c.old_unread + (SELECT count(*)::integer FROM unnest(c.incoming) AS i(pos) WHERE i.pos > c.read_to) END AS unread
+		FROM cur AS c),
+	-- Runs although nothing reads it: a data-modifying WITH always runs to completion.
+	updated AS (
+		UPDATE conversation_members AS cm SET
+			unread_count = n.unread,
+			read_position = n.read_to,
+			last_message_id = CASE WHEN n.last_id IS NOT NULL AND (cm.last_activity_at IS NULL OR n.last_at >= cm.last_activity_at)
+			                       THEN n.last_id ELSE cm.last_message_id END,
+			last_activity_at = CASE WHEN n.last_at IS NOT NULL AND (cm.last_activity_at IS NULL OR n.last_at >= cm.last_activity_at)
+			                        THEN n.last_at ELSE cm.last_activity_at END
+		FROM counted AS n
+		WHERE cm.username = n.u AND cm.other_username = n.o),
+	deltas AS (
+		SELECT n.u, sum(n.unread - n.old_unread)::integer AS delta FROM counted AS n GROUP BY n.u),
+	totals AS (
+		INSERT INTO user_unread AS uu (username, total)
+		SELECT d.u, d.delta FROM deltas AS d WHERE d.delta <> 0
+		ON CONFLICT (username) DO UPDATE SET total = uu.total + EXCLUDED.total
+		RETURNING uu.username, uu.total)
+	SELECT 'i'::"char", NULL::text, NULL::text, NULL::integer, i.id FROM unnest(ins_id) AS i(id)
+	UNION ALL
+	SELECT 'p'::"char", n.u, n.o, n.unread, NULL::uuid FROM counted AS n
+	UNION ALL
+	SELECT 't'::"char", t.username, NULL::text, t.total, NULL::uuid FROM totals AS t
+	UNION ALL
+	-- A user whose total did not move keeps the value this statement's snapshot holds (the lock
+	-- keeps every other writer of that user out); one without a row has 0, and no 't' row.
+	SELECT 't'::"char", uu.username, NULL::text, uu.total, NULL::uuid
+	FROM deltas AS d JOIN user_unread AS uu ON uu.username = d.u WHERE d.delta = 0;
+END
+$$;
