@@ -180,8 +180,8 @@ const ctx: BenchContext = {
   log,
 };
 
-const startSystem = (system: SystemName) => () =>
-  system === "chat" ? startChatCluster(env, { prefix: redisPrefix }) : startBaselineCluster(env, `bench:${runTag}:socket.io`);
+const startSystem = (system: SystemName, nodeArgs: string[] = []) => () =>
+  system === "chat" ? startChatCluster(env, { prefix: redisPrefix, nodeArgs }) : startBaselineCluster(env, `bench:${runTag}:socket.io`, nodeArgs);
 
 const warm = async (cluster: Cluster) => {
   await runLoad({
@@ -227,12 +227,17 @@ if (results.errors.length === 0) {
     }
     if (wants("idle-memory") || wants("connection-rate")) {
       await scenario(out, `${system} connections`, () =>
-        withCluster(startSystem(system), async (cluster) => {
+        // The inspector port lets idle-memory run a full GC in the nodes afterwards (SIGUSR1).
+        withCluster(startSystem(system, ["--inspect-port=127.0.0.1:0"]), async (cluster) => {
           if (wants("idle-memory")) {
             await waitForQuiet(plan.noise.quietWaitMs);
             log(`${system}: ${plan.idleMemory.connections} idle connections`);
             out.idleMemory = await idleMemory(ctx, cluster, plan.idleMemory.connections, plan.idleMemory.settleMs);
-            log(`  ${out.idleMemory.perConnectionKiB.toFixed(2)} KiB per connection (${out.idleMemory.opened} opened, ${out.idleMemory.failed} failed)`);
+            const gc = out.idleMemory.perConnectionAfterGcKiB;
+            log(
+              `  ${out.idleMemory.perConnectionKiB.toFixed(2)} KiB per connection (${out.idleMemory.opened} opened, ${out.idleMemory.failed} failed)` +
+                (gc === null ? "" : `; ${gc.toFixed(2)} KiB after a full GC`),
+            );
           }
           if (wants("connection-rate")) {
             await waitForQuiet(plan.noise.quietWaitMs);
