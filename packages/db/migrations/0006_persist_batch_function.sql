@@ -4,8 +4,9 @@
 -- work, was most of the worker's and Postgres' CPU per message (docs/benchmarks.md).
 --
 -- Rows come in as parallel arrays (p_m_*: messages in stream order; p_r_*: read receipts). Returns
--- 'i' rows (ids actually inserted), 'p' rows (unread count of o_user from o_other, as committed)
--- and 't' rows (o_user's total unread count, as committed).
+-- 'i' rows (ids actually inserted), and for the sides that get a notification (a recipient of a new
+-- message, a reader) 'p' rows (unread count of o_user from o_other, as committed) and 't' rows
+-- (o_user's total unread count, as committed).
 --
 -- The per-user advisory locks are session-level: they outlive this call's transaction, and the
 -- caller releases them (pg_advisory_unlock_all) once it has announced the counts, so announcements
@@ -76,10 +77,11 @@ BEGIN
 		FROM events AS e GROUP BY e.u, e.o),
 	cur AS (
 		SELECT s.u, s.o, cm.unread_count AS old_unread, s.read_pos IS NOT NULL AS recount, s.incoming,
+		       s.incoming IS NOT NULL OR s.read_pos IS NOT NULL AS announced,
 		       greatest(cm.read_position, coalesce(s.read_pos, cm.read_position)) AS read_to, s.last_id, s.last_at
 		FROM sides AS s JOIN conversation_members AS cm ON cm.username = s.u AND cm.other_username = s.o),
 	counted AS (
-		SELECT c.u, c.o, c.old_unread, c.read_to, c.last_id, c.last_at, CASE WHEN c.recount
+		SELECT c.u, c.o, c.old_unread, c.read_to, c.last_id, c.last_at, c.announced, CASE WHEN c.recount
 			THEN (SELECT count(*)::integer FROM messages AS m
 			      WHERE m.to_user = c.u AND m.from_user = c.o AND m.stream_position > c.read_to)
 			ELSE c.old_unread + (SELECT count(*)::integer FROM unnest(c.incoming) AS i(pos) WHERE i.pos > c.read_to) END AS unread
@@ -96,7 +98,7 @@ BEGIN
 		FROM counted AS n
 		WHERE cm.username = n.u AND cm.other_username = n.o),
 	deltas AS (
-		SELECT n.u, sum(n.unread - n.old_unread)::integer AS delta FROM counted AS n GROUP BY n.u),
+		SELECT n.u, sum(n.unread - n.old_unread)::integer AS delta, bool_or(n.announced) AS announced FROM counted AS n GROUP BY n.u),
 	totals AS (
 		INSERT INTO user_unread AS uu (username, total)
 		SELECT d.u, d.delta FROM deltas AS d WHERE d.delta <> 0
@@ -104,13 +106,13 @@ BEGIN
 		RETURNING uu.username, uu.total)
 	SELECT 'i'::"char", NULL::text, NULL::text, NULL::integer, i.id FROM unnest(ins_id) AS i(id)
 	UNION ALL
-	SELECT 'p'::"char", n.u, n.o, n.unread, NULL::uuid FROM counted AS n
+	SELECT 'p'::"char", n.u, n.o, n.unread, NULL::uuid FROM counted AS n WHERE n.announced
 	UNION ALL
-	SELECT 't'::"char", t.username, NULL::text, t.total, NULL::uuid FROM totals AS t
+	SELECT 't'::"char", t.username, NULL::text, t.total, NULL::uuid FROM totals AS t JOIN deltas AS d ON d.u = t.username WHERE d.announced
 	UNION ALL
 	-- A user whose total did not move keeps the value this statement's snapshot holds (the lock
 	-- keeps every other writer of that user out); one without a row has 0, and no 't' row.
 	SELECT 't'::"char", uu.username, NULL::text, uu.total, NULL::uuid
-	FROM deltas AS d JOIN user_unread AS uu ON uu.username = d.u WHERE d.delta = 0;
+	FROM deltas AS d JOIN user_unread AS uu ON uu.username = d.u WHERE d.delta = 0 AND d.announced;
 END
 $$;

@@ -26,9 +26,12 @@ export interface ReadReceipt {
 export interface BatchOutcome {
   /** Ids of the messages this batch wrote (those already persisted by an earlier attempt are absent). */
   inserted: Set<string>;
-  /** `${username}\n${other}` -> unread count of that user from that partner. */
+  /**
+   * `${username}\n${other}` -> unread count of that user from that partner, for the sides the batch
+   * announces: a recipient of a message it inserted, a reader.
+   */
   pairUnread: Map<string, number>;
-  /** username -> total unread count. */
+  /** username -> total unread count, for those same users (absent: no row yet, i.e. 0). */
   totalUnread: Map<string, number>;
 }
 
