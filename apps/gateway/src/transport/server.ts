@@ -283,9 +283,11 @@ export class GatewayServer {
    */
   private closeExpired(): void {
     const now = Date.now();
-    for (const [ws, data] of this.sockets) {
+    // forEach, not for-of over entries: this runs every second over every socket, and each entry
+    // would be a fresh [ws, data] array (allocation sampling showed them, 10,000 per second at 10,000 sockets).
+    this.sockets.forEach((data, ws) => {
       if (data.expiresAtMs > 0 && data.expiresAtMs <= now && !data.closed) ws.end(CloseCode.token_expired, "token expired, reconnect with a new one");
-    }
+    });
   }
 
   private message(ws: WebSocket<SocketData>, message: ArrayBuffer, isBinary: boolean): void {
