@@ -46,18 +46,12 @@ BEGIN
 	INTO ins_id, ins_position, ins_from, ins_to, ins_date
 	FROM ins;
 
-	-- Both sides of every conversation touched get a row; existing rows are not written here.
-	INSERT INTO conversation_members (username, other_username)
-	SELECT DISTINCT t.u, t.o FROM (
-		SELECT * FROM unnest(ins_to, ins_from) AS a(u, o)
-		UNION ALL SELECT * FROM unnest(ins_from, ins_to)
-		UNION ALL SELECT * FROM unnest(p_r_reader, p_r_other)) AS t(u, o)
-	ON CONFLICT (username, other_username) DO NOTHING;
-
 	-- New counters, one row per conversation side touched: a read recounts past its new watermark
 	-- (messages_unread_idx; it sees the rows inserted above), otherwise the new messages past the
 	-- watermark are added. Each side's events are grouped first so that nothing below scans a list
-	-- once per row (a batch touches up to a thousand sides).
+	-- once per row (a batch touches up to a thousand sides). A side without a row gets one, written
+	-- once with its values; no other writer can create it meanwhile (the worker is the only writer of
+	-- conversation_members, and it holds both users' locks).
 	RETURN QUERY
 	WITH events AS (
 		SELECT t.u, t.o, t.pos, t.id, t.at, true AS incoming, false AS is_read
@@ -76,17 +70,17 @@ BEGIN
 		       (array_agg(e.at ORDER BY e.pos DESC) FILTER (WHERE NOT e.is_read))[1] AS last_at
 		FROM events AS e GROUP BY e.u, e.o),
 	cur AS (
-		SELECT s.u, s.o, cm.unread_count AS old_unread, s.read_pos IS NOT NULL AS recount, s.incoming,
-		       s.incoming IS NOT NULL OR s.read_pos IS NOT NULL AS announced,
-		       greatest(cm.read_position, coalesce(s.read_pos, cm.read_position)) AS read_to, s.last_id, s.last_at
-		FROM sides AS s JOIN conversation_members AS cm ON cm.username = s.u AND cm.other_username = s.o),
+		SELECT s.u, s.o, cm.username IS NOT NULL AS present, coalesce(cm.unread_count, 0) AS old_unread,
+		       s.read_pos IS NOT NULL AS recount, s.incoming, s.incoming IS NOT NULL OR s.read_pos IS NOT NULL AS announced,
+		       greatest(coalesce(cm.read_position, 0), coalesce(s.read_pos, 0)) AS read_to, s.last_id, s.last_at
+		FROM sides AS s LEFT JOIN conversation_members AS cm ON cm.username = s.u AND cm.other_username = s.o),
 	counted AS (
-		SELECT c.u, c.o, c.old_unread, c.read_to, c.last_id, c.last_at, c.announced, CASE WHEN c.recount
+		SELECT c.u, c.o, c.present, c.old_unread, c.read_to, c.last_id, c.last_at, c.announced, CASE WHEN c.recount
 			THEN (SELECT count(*)::integer FROM messages AS m
 			      WHERE m.to_user = c.u AND m.from_user = c.o AND m.stream_position > c.read_to)
 			ELSE c.old_unread + (SELECT count(*)::integer FROM unnest(c.incoming) AS i(pos) WHERE i.pos > c.read_to) END AS unread
 		FROM cur AS c),
-	-- Runs although nothing reads it: a data-modifying WITH always runs to completion.
+	-- updated and created run although nothing reads them: a data-modifying WITH always runs to completion.
 	updated AS (
 		UPDATE conversation_members AS cm SET
 			unread_count = n.unread,
@@ -97,6 +91,9 @@ BEGIN
 			                        THEN n.last_at ELSE cm.last_activity_at END
 		FROM counted AS n
 		WHERE cm.username = n.u AND cm.other_username = n.o),
+	created AS (
+		INSERT INTO conversation_members (username, other_username, unread_count, read_position, last_message_id, last_activity_at)
+		SELECT n.u, n.o, n.unread, n.read_to, n.last_id, n.last_at FROM counted AS n WHERE NOT n.present),
 	deltas AS (
 		SELECT n.u, sum(n.unread - n.old_unread)::integer AS delta, bool_or(n.announced) AS announced FROM counted AS n GROUP BY n.u),
 	totals AS (
