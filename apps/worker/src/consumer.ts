@@ -1,5 +1,5 @@
 import type { MessageLog, Publisher, RedisNames, ReceivedEntry } from "@chat/bus";
-import { BatchStalledError, ReserveTimeoutError, persistBatch, type BatchOutcome, type DbClient } from "@chat/db";
+import { BatchStalledError, ConnectionLostError, ReserveTimeoutError, persistBatch, type BatchOutcome, type DbClient } from "@chat/db";
 import type { Logger } from "@chat/log";
 import type { WorkerMetrics } from "./metrics.js";
 import { notificationsFor, prepareBatch, type PreparedBatch } from "./batch.js";
@@ -136,7 +136,7 @@ export class StreamConsumer {
         return;
       } catch (err) {
         this.metrics.writeErrors.inc();
-        if (err instanceof ReserveTimeoutError || err instanceof BatchStalledError) {
+        if (err instanceof ReserveTimeoutError || err instanceof BatchStalledError || err instanceof ConnectionLostError) {
           this.metrics.poolReplacements.inc();
           this.log.warn({ err }, "replacing the Postgres pool");
           const old = this.db;

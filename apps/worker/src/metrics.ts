@@ -40,7 +40,7 @@ export class WorkerMetrics {
   });
   readonly poolReplacements = new Counter({
     name: "chat_worker_pool_replacements_total",
-    help: "Postgres pools replaced because no connection came or a batch got no answer (see CHAT_WORKER_STALL_TIMEOUT_MS)",
+    help: "Postgres pools replaced because no connection came, a batch lost its connection, or a batch got no answer (see CHAT_WORKER_STALL_TIMEOUT_MS)",
     registers: [this.registry],
   });
   readonly deadLettered = new Counter({

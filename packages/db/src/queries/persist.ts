@@ -83,6 +83,26 @@ async function reserveWithin(client: DbClient, ms: number): Promise<postgres.Res
   }
 }
 
+/**
+ * The batch's connection closed under it (e.g. Postgres restarted): nothing of the batch is committed
+ * unless its call returned. postgres.js 3.4 keeps such a connection in the pool in a state where its
+ * next query is never answered, so the caller should replace its pool, as for ReserveTimeoutError.
+ */
+export class ConnectionLostError extends Error {
+  override readonly name = "ConnectionLostError";
+  readonly code = "db_connection_lost";
+}
+
+/**
+ * The error says the connection, and with it the server session, is gone: postgres.js' own
+ * connection errors, a socket error, or the server's connection-exception (08) and
+ * operator-intervention (57, e.g. 57P01 on a fast shutdown) classes.
+ */
+function isConnectionLost(err: unknown): boolean {
+  const code = (err as { code?: unknown } | null)?.code;
+  return typeof code === "string" && (code.startsWith("CONNECT") || code.startsWith("ECONN") || code === "EPIPE" || code.startsWith("08") || code.startsWith("57P"));
+}
+
 /** Namespace of the per-user advisory locks (pg_advisory_lock(int, int)); arbitrary constant. */
 const USER_LOCK_SPACE = 72_026;
 
@@ -108,13 +128,24 @@ export async function persistBatch(
 ): Promise<BatchOutcome> {
   const conn = await reserveWithin(client, RESERVE_TIMEOUT_MS);
   const work = (async () => {
+    let sessionLost = false;
     try {
-      const outcome = await writeBatch(conn, newMessages, reads);
+      let outcome: BatchOutcome;
+      try {
+        outcome = await writeBatch(conn, newMessages, reads);
+      } catch (err) {
+        sessionLost = isConnectionLost(err);
+        if (sessionLost) throw new ConnectionLostError(`the batch's Postgres connection was lost: ${(err as Error).message}`, { cause: err });
+        throw err;
+      }
       await afterCommit?.(outcome);
       return outcome;
     } finally {
-      // Also after a failed call: locks it took before failing are session-level and stay held.
-      await conn`SELECT pg_advisory_unlock_all()`.catch(() => {});
+      // Also after a failed call: locks it took before failing are session-level and stay held. Not
+      // when the connection is gone: its session, and the locks, went with it, and postgres.js 3.4
+      // never answers a query sent on a reserved connection that just closed (it writes to a null
+      // socket): the batch would wait for the stall timeout instead of failing now.
+      if (!sessionLost) await conn`SELECT pg_advisory_unlock_all()`.catch(() => {});
       conn.release();
     }
   })();
