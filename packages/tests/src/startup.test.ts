@@ -184,6 +184,22 @@ describe("migrations", () => {
   });
 });
 
+describe("gateway shutdown", () => {
+  it("exits 0 on SIGTERM within seconds even while Redis is unreachable", async () => {
+    const port = await freePort();
+    const redis = await startPrivateRedis(port);
+    const g = await startGateway(freshPrefix("gwstop"), { REDIS_URL: `redis://127.0.0.1:${port}`, CHAT_DRAIN_WINDOW_MS: "200" });
+    await redis.kill();
+    await waitFor(async () => (await readyz(g.port)) === 503);
+    const signalledAt = Date.now();
+    // The subscriber connection queues commands while it reconnects: shutdown must not wait for a Redis
+    // that is not coming back (Kubernetes would SIGKILL the pod after its grace period).
+    const exit = await Promise.race([g.stop("SIGTERM"), new Promise((r) => setTimeout(() => r("still running after 15 s"), 15_000))]);
+    expect(exit).toBe(0);
+    expect(Date.now() - signalledAt).toBeLessThan(10_000);
+  });
+});
+
 describe("worker shutdown", () => {
   it("exits 0 on SIGTERM within CHAT_WORKER_STOP_TIMEOUT_MS even while Redis is unreachable", async () => {
     // A port nobody listens on: the worker starts (its HTTP server is up) but every read waits on Redis.
