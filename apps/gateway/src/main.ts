@@ -1,4 +1,4 @@
-import { createDb, redactUrl } from "@chat/db";
+import { createDb, redactUrl, survivePostgresClosedSocketWrites } from "@chat/db";
 import { createLogger } from "@chat/log";
 import { openRedisBus, type RedisGatewayBus } from "./bus-redis.js";
 import { loadGatewayConfig, type GatewayConfig } from "./config.js";
@@ -13,6 +13,7 @@ try {
 }
 
 const log = createLogger(config.logLevel, { component: "gateway", node: config.nodeId });
+survivePostgresClosedSocketWrites(log);
 
 let bus: RedisGatewayBus;
 try {

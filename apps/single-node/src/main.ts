@@ -1,6 +1,6 @@
 import { MemoryConnectionLimit, MemoryPresence, MemoryPubSub, redisNames } from "@chat/bus";
 import { ConfigError } from "@chat/config";
-import { createDb, redactUrl, runMigrations, type DbClient } from "@chat/db";
+import { createDb, redactUrl, runMigrations, survivePostgresClosedSocketWrites, type DbClient } from "@chat/db";
 import { PostgresMessageLog, openEmbeddedPostgres, type EmbeddedPostgres } from "@chat/embedded";
 import { chatMessageEvent, loadGatewayConfig, openRedisBus, startGateway, type GatewayConfig, type RunningGateway } from "@chat/gateway";
 import { createLogger } from "@chat/log";
@@ -24,6 +24,7 @@ try {
 }
 
 const log = createLogger(gatewayConfig.logLevel, { component: "single-node", node: gatewayConfig.nodeId });
+survivePostgresClosedSocketWrites(log);
 const closers: (() => Promise<void>)[] = [];
 let gateway: RunningGateway | undefined;
 let worker: RunningWorker | undefined;

@@ -1,5 +1,5 @@
 import { ConfigError } from "@chat/config";
-import { createDb } from "@chat/db";
+import { createDb, survivePostgresClosedSocketWrites } from "@chat/db";
 import { createLogger } from "@chat/log";
 import { openRedisWorkerBus } from "./bus-redis.js";
 import { loadWorkerConfig, type WorkerConfig } from "./config.js";
@@ -14,6 +14,7 @@ try {
 }
 
 const log = createLogger(config.logLevel, { component: "worker", consumer: config.consumerName });
+survivePostgresClosedSocketWrites(log);
 const bus = openRedisWorkerBus(config, log);
 
 // Signals are handled from the start: a SIGTERM during start-up must not kill the process with the

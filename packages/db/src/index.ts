@@ -1,4 +1,5 @@
 export * from "./client.js";
+export * from "./closed-socket-guard.js";
 export * from "./migrate.js";
 export * from "./queries/persist.js";
 export * from "./queries/unread.js";
