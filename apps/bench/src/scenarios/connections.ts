@@ -40,13 +40,16 @@ export async function idleMemory(ctx: BenchContext, cluster: Cluster, count: num
   const redisPids = await ctx.services.redisPids();
   // From a collected start: otherwise the start-up's garbage is in `before` and, when a collection
   // happens to run while the sockets open, missing from `after`.
-  const collected = await collectGarbage(cluster).then(
-    () => true,
-    (err: unknown) => {
-      ctx.log(`  full GC through the inspector failed: ${(err as Error).message}`);
-      return false;
-    },
-  );
+  // The nodes' RSS after two full collections in each, or null when the inspector failed.
+  const collectedRss = () =>
+    collectGarbage(cluster).then(
+      () => sumRss(pids),
+      (err: unknown) => {
+        ctx.log(`  full GC through the inspector failed: ${(err as Error).message}`);
+        return null;
+      },
+    );
+  const collected = (await collectedRss()) !== null;
   await new Promise((r) => setTimeout(r, 500));
   const before = sumRss(pids);
   const redisBefore = redisPids.length ? sumRss(redisPids) : null;
@@ -64,13 +67,7 @@ export async function idleMemory(ctx: BenchContext, cluster: Cluster, count: num
     const after = sumRss(pids);
     const redisAfter = redisPids.length ? sumRss(redisPids) : null;
     const per = (d: number) => (conns.opened > 0 ? d / conns.opened : 0);
-    const afterGc = !collected ? null : await collectGarbage(cluster).then(
-      () => sumRss(pids),
-      (err: unknown) => {
-        ctx.log(`  full GC through the inspector failed: ${(err as Error).message}`);
-        return null;
-      },
-    );
+    const afterGc = collected ? await collectedRss() : null;
     return {
       requested: count,
       opened: conns.opened,

@@ -166,33 +166,16 @@ type Nullable = string | null;
  * passed as text[] and cast by the statement, so no element type has to be known in advance.
  */
 async function writeBatch(conn: postgres.ReservedSql, newMessages: readonly NewMessage[], reads: readonly ReadReceipt[]): Promise<BatchOutcome> {
-  const n = newMessages.length;
-  const id: string[] = new Array(n), position: string[] = new Array(n), room: string[] = new Array(n);
-  const from: string[] = new Array(n), to: string[] = new Array(n), content: string[] = new Array(n);
-  const url: Nullable[] = new Array(n), file: Nullable[] = new Array(n), expiration: Nullable[] = new Array(n);
-  const clientId: Nullable[] = new Array(n), date: string[] = new Array(n);
-  for (let i = 0; i < n; i++) {
-    const m = newMessages[i]!;
-    id[i] = m.id;
-    position[i] = m.streamPosition.toString();
-    room[i] = m.roomId;
-    from[i] = m.fromUser;
-    to[i] = m.toUser;
-    content[i] = m.content;
-    url[i] = m.multimediaUrl;
-    file[i] = m.fileIdentifier;
-    expiration[i] = m.multimediaUrlExpiration;
-    clientId[i] = m.clientId;
-    date[i] = m.dateAdded;
-  }
   const text = (values: readonly Nullable[]) => conn.array(values as string[], TEXT_OID);
+  const col = (f: (m: NewMessage) => Nullable) => text(newMessages.map(f));
+  const read = (f: (r: ReadReceipt) => string) => text(reads.map(f));
   const rows = await conn<{ o_kind: string; o_user: string | null; o_other: string | null; o_count: number | null; o_id: string | null }[]>`
     SELECT o_kind, o_user, o_other, o_count, o_id FROM chat_persist_batch(${USER_LOCK_SPACE},
-      ${text(id)}::uuid[], ${text(position)}::bigint[], ${text(room)}::text[], ${text(from)}::text[], ${text(to)}::text[],
-      ${text(content)}::text[], ${text(url)}::text[], ${text(file)}::text[], ${text(expiration)}::timestamptz[],
-      ${text(clientId)}::text[], ${text(date)}::timestamptz[],
-      ${text(reads.map((r) => r.reader))}::text[], ${text(reads.map((r) => r.otherUser))}::text[],
-      ${text(reads.map((r) => r.streamPosition.toString()))}::bigint[])`;
+      ${col((m) => m.id)}::uuid[], ${col((m) => m.streamPosition.toString())}::bigint[], ${col((m) => m.roomId)}::text[],
+      ${col((m) => m.fromUser)}::text[], ${col((m) => m.toUser)}::text[], ${col((m) => m.content)}::text[],
+      ${col((m) => m.multimediaUrl)}::text[], ${col((m) => m.fileIdentifier)}::text[],
+      ${col((m) => m.multimediaUrlExpiration)}::timestamptz[], ${col((m) => m.clientId)}::text[], ${col((m) => m.dateAdded)}::timestamptz[],
+      ${read((r) => r.reader)}::text[], ${read((r) => r.otherUser)}::text[], ${read((r) => r.streamPosition.toString())}::bigint[])`;
   const outcome: BatchOutcome = { inserted: new Set(), pairUnread: new Map(), totalUnread: new Map() };
   for (const r of rows) {
     if (r.o_kind === "i") outcome.inserted.add(r.o_id!);
