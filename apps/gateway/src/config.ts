@@ -41,6 +41,12 @@ export const GATEWAY_SETTINGS = {
     description: "On SIGTERM, sockets are closed (1001) spread over this window so clients do not reconnect all at once (ms)",
     parse: integer(0, 600000),
   },
+  idleGcGrowthMb: {
+    env: "CHAT_IDLE_GC_GROWTH_MB",
+    default: "16",
+    description: "An idle gateway runs a full garbage collection (at most every 30 s) once its heap grew by this much (MiB) since the last one, so the memory of a burst of connection set-ups goes back to the system; 0 disables",
+    parse: integer(0, 65536),
+  },
   dbPoolSize: { env: "CHAT_DB_POOL_SIZE", default: "10", description: "Postgres connections per gateway (counts on connect, HTTP API)", parse: integer(1, 200) },
   mediaStorage: { env: "CHAT_MEDIA_STORAGE", default: "local", description: "Where uploads go: `local` (CHAT_MEDIA_DIR, served under /chat-media/) or `s3`", parse: oneOf("local", "s3") },
   mediaDir: { env: "CHAT_MEDIA_DIR", default: "./.data/media", description: "Upload directory of local storage (a volume in Kubernetes)", parse: text },
@@ -72,6 +78,7 @@ export interface GatewayConfig {
   idleTimeoutSeconds: number;
   presenceTtlMs: number;
   drainWindowMs: number;
+  idleGcGrowthMb: number;
   maxReplay: number;
   rateMessagesPerSecond: number;
   rateMessagesBurst: number;

@@ -17,6 +17,7 @@ import type { GatewayConfig } from "./config.js";
 import { LocalMediaStorage } from "./media/local-storage.js";
 import { S3MediaStorage } from "./media/s3-storage.js";
 import type { MediaStorage } from "./media/storage.js";
+import { IDLE_HEAP_DEFAULTS, IdleHeapCollector } from "./idle-heap.js";
 import { GatewayMetrics } from "./metrics.js";
 import { GatewayCore } from "./sessions/core.js";
 
@@ -128,6 +129,12 @@ export async function startGateway(config: Readonly<GatewayConfig>, parts: Gatew
     connections,
   );
   const port = await server.listen();
+  const idleHeap = new IdleHeapCollector(
+    { ...IDLE_HEAP_DEFAULTS, growthBytes: config.idleGcGrowthMb * 1048576 },
+    log.child({ component: "gateway:heap" }),
+    (pause) => metrics.idleCollections.observe(pause),
+  );
+  idleHeap.start();
   log.info({ host: config.host, port, prefix: config.redisPrefix, development: config.development }, "listening");
 
   return {
@@ -147,6 +154,7 @@ export async function startGateway(config: Readonly<GatewayConfig>, parts: Gatew
       log.info({ sockets: server.socketCount, windowMs: config.drainWindowMs }, "draining");
       await server.closeGradually(CloseCode.going_away, "server shutting down, reconnect", config.drainWindowMs);
       core.stopPresenceUpkeep();
+      idleHeap.stop();
       await Promise.allSettled([...core.pendingReleases]);
       server.stopListening();
     },

@@ -43,6 +43,12 @@ export class GatewayMetrics {
     labelNames: ["status"] as const,
     registers: [this.registry],
   });
+  readonly idleCollections = new Histogram({
+    name: "chat_gateway_idle_collection_pause_seconds",
+    help: "Full garbage collections run while idle after the heap grew (CHAT_IDLE_GC_GROWTH_MB), by pause",
+    buckets: [0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1],
+    registers: [this.registry],
+  });
   readonly drains = new Counter({
     name: "chat_gateway_drains_total",
     help: "Drains started (SIGTERM received)",
