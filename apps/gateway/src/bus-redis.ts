@@ -26,8 +26,9 @@ export async function openRedisBus(config: Readonly<GatewayConfig>, log: Logger)
     const redis = new Redis(config.redisUrl, {
       connectionName: `${config.nodeId}:${name}`,
       enableOfflineQueue,
-      // Commands issued in the same tick (many sockets sending at once) go out in one write.
-      enableAutoPipelining: true,
+      // No auto-pipelining: it defers every command to setImmediate and wraps it in a pipeline of its
+      // own, and uWebSockets.js calls us once per frame, so batches rarely formed. Measured at 2,000 and
+      // 5,000 msg/s: 8-12 µs of gateway CPU per message more with it, and a worse delivery p99.
       maxRetriesPerRequest: enableOfflineQueue ? null : 1,
       retryStrategy: (times) => Math.min(times * 200, 2000),
       lazyConnect: true,
