@@ -79,6 +79,8 @@ export class StreamConsumer {
     // The group is (re)created at start and whenever Redis says it is gone (a Redis restarted
     // without persistence comes back empty).
     let needGroup = true;
+    // Entries the last read returned: a short batch means a steady trickle (see below).
+    let lastRead = 0;
     while (!this.stopping) {
       try {
         if (needGroup) {
@@ -92,13 +94,18 @@ export class StreamConsumer {
           entries = await this.stream.claim(consumerName, claimIdleMs, batchSize);
           if (entries.length > 0) this.log.info({ count: entries.length, first: entries[0]?.streamId }, "claimed pending entries");
         } else {
-          entries = await this.stream.read(consumerName, batchSize, Math.min(blockMs, Math.max(10, nextClaim - now)));
           // A short batch costs a whole transaction: at a steady trickle, let it fill for a few ms
           // (persistence lag, not delivery latency) instead of committing tiny batches back to back.
-          if (entries.length > 0 && entries.length < batchSize && this.options.batchWaitMs > 0) {
+          // After a short batch the next one gathers before it is read, in one read; after an empty
+          // read the first entry wakes a blocking read and the rest is read once it had time to come.
+          const trickle = lastRead > 0 && lastRead < batchSize && this.options.batchWaitMs > 0;
+          if (trickle) await sleep(this.options.batchWaitMs);
+          entries = await this.stream.read(consumerName, batchSize, Math.min(blockMs, Math.max(10, nextClaim - Date.now())));
+          if (!trickle && entries.length > 0 && entries.length < batchSize && this.options.batchWaitMs > 0) {
             await sleep(this.options.batchWaitMs);
             entries = entries.concat(await this.stream.read(consumerName, batchSize - entries.length, null));
           }
+          lastRead = entries.length;
         }
         if (entries.length > 0) await this.handle(entries);
         if (Date.now() >= nextTrim) {
