@@ -67,7 +67,8 @@ try {
       log,
     );
     worker = await startWorker(
-      { ...workerConfig, databaseUrl: `pglite:${pg.dataDir}` },
+      // One connection: parts of a batch could not be written at once.
+      { ...workerConfig, parallelBatches: 1, databaseUrl: `pglite:${pg.dataDir}` },
       { stream, publisher: bus, openDb: () => workerDb, busReady: () => true },
       log,
     );

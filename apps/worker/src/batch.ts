@@ -87,3 +87,43 @@ export function notificationsFor(batch: PreparedBatch, outcome: BatchOutcome, na
   items.sort((a, b) => (a.position < b.position ? -1 : a.position > b.position ? 1 : 0));
   return items.flatMap((i) => i.publish);
 }
+
+/** The two users whose counters and notifications an entry touches; undefined for a poison entry. */
+function usersOf(received: ReceivedEntry): [string, string] | undefined {
+  const entry = received.entry;
+  if (!entry) return undefined;
+  return entry.kind === "message" ? [entry.from, entry.to] : [entry.reader, entry.other];
+}
+
+/**
+ * Splits a batch into at most `parts` groups that share no user, so that they can be written at
+ * once without waiting on each other's per-user locks. Each user's entries stay in one group, in
+ * stream order. An entry that would join two groups, every later entry of its users, and poison
+ * entries go to `rest`, to be written after the groups: no user's entries are ever reordered.
+ */
+export function splitByUsers(entries: readonly ReceivedEntry[], parts: number): { groups: ReceivedEntry[][]; rest: ReceivedEntry[] } {
+  const DEFERRED = -1;
+  const groups: ReceivedEntry[][] = Array.from({ length: parts }, () => []);
+  const rest: ReceivedEntry[] = [];
+  const owner = new Map<string, number>();
+  for (const received of entries) {
+    const users = usersOf(received);
+    if (!users) {
+      rest.push(received);
+      continue;
+    }
+    const [a, b] = users;
+    const ga = owner.get(a);
+    const gb = owner.get(b);
+    let group: number;
+    if (ga === DEFERRED || gb === DEFERRED || (ga !== undefined && gb !== undefined && ga !== gb)) group = DEFERRED;
+    else if (ga !== undefined) group = ga;
+    else if (gb !== undefined) group = gb;
+    else group = groups.reduce((best, g, i) => (g.length < groups[best]!.length ? i : best), 0);
+    if (group === DEFERRED) rest.push(received);
+    else groups[group]!.push(received);
+    owner.set(a, group);
+    owner.set(b, group);
+  }
+  return { groups: groups.filter((g) => g.length > 0), rest };
+}

@@ -16,6 +16,12 @@ export const WORKER_SETTINGS = {
   stopTimeoutMs: { env: "CHAT_WORKER_STOP_TIMEOUT_MS", default: "15000", description: "On SIGTERM, how long to wait for the batch in hand before exiting anyway (it stays pending for another worker; ms). Kubernetes' grace period must be longer", parse: integer(1000, 600000) },
   httpPort: { env: "CHAT_WORKER_HTTP_PORT", default: "9100", description: "Port of the worker's /metrics, /healthz and /readyz (0 picks a free one)", parse: integer(0, 65535) },
   httpHost: { env: "CHAT_WORKER_HTTP_HOST", default: "0.0.0.0", description: "Address of that HTTP server", parse: text },
+  parallelBatches: {
+    env: "CHAT_WORKER_PARALLEL_BATCHES",
+    default: "2",
+    description: "A full batch (a backlog) is split into up to this many parts that share no user, written at once on their own connections; at most CHAT_DB_POOL_SIZE; 1 turns it off",
+    parse: integer(1, 16),
+  },
   dbPoolSize: { env: "CHAT_DB_POOL_SIZE", default: "4", description: "Postgres connections per worker", parse: integer(1, 100) },
 };
 
@@ -33,6 +39,7 @@ export interface WorkerConfig {
   batchWaitMs: number;
   stallTimeoutMs: number;
   stopTimeoutMs: number;
+  parallelBatches: number;
   httpPort: number;
   httpHost: string;
   dbPoolSize: number;
@@ -40,6 +47,9 @@ export interface WorkerConfig {
 
 export function loadWorkerConfig(env: NodeJS.ProcessEnv = process.env): Readonly<WorkerConfig> {
   const { values, problems } = readSettings(WORKER_SETTINGS, env);
+  if (typeof values.parallelBatches === "number" && typeof values.dbPoolSize === "number" && values.parallelBatches > values.dbPoolSize) {
+    problems.push(`CHAT_WORKER_PARALLEL_BATCHES (${values.parallelBatches}) must not exceed CHAT_DB_POOL_SIZE (${values.dbPoolSize}): each part holds a connection`);
+  }
   if (problems.length > 0) throw new ConfigError(problems);
   return Object.freeze({
     ...(values as Omit<WorkerConfig, "consumerName">),

@@ -2,7 +2,7 @@ import type { MessageLog, Publisher, RedisNames, ReceivedEntry } from "@chat/bus
 import { BatchStalledError, ConnectionLostError, ReserveTimeoutError, persistBatch, type BatchOutcome, type DbClient } from "@chat/db";
 import type { Logger } from "@chat/log";
 import type { WorkerMetrics } from "./metrics.js";
-import { notificationsFor, prepareBatch, type PreparedBatch } from "./batch.js";
+import { notificationsFor, prepareBatch, splitByUsers, type PreparedBatch } from "./batch.js";
 
 export interface ConsumerOptions {
   consumerName: string;
@@ -15,7 +15,10 @@ export interface ConsumerOptions {
   batchWaitMs: number;
   /** A batch attempt with no answer from Postgres for this long is abandoned and the pool replaced (ms). */
   stallTimeoutMs: number;
+  /** Most user-disjoint parts a large batch is written in at once (1: never split). */
+  parallelBatches: number;
 }
+
 
 /** Postgres SQLSTATE classes that no retry can fix: data exceptions (22) and integrity violations (23). */
 const isPermanentDbError = (err: unknown): boolean => {
@@ -123,36 +126,65 @@ export class StreamConsumer {
     }
   }
 
-  /** Writes, publishes and acknowledges one batch, retrying transient failures until it is done or we stop. */
+  /**
+   * Writes a batch, in user-disjoint parts at once when it is full, then what could not be split
+   * off. Stops short (leaving entries pending) when stopping.
+   */
   private async handle(entries: ReceivedEntry[]): Promise<void> {
+    // Only a full batch is split: the stream holds more, a backlog (after an outage, or above what
+    // one connection writes), and Postgres working on two cores drains it sooner. Below that, each
+    // part's own round trip, commit and publish cost more than they save: measured at 10,000 msg/s,
+    // splitting batches of 100 or more raised delivery p99 from 20-26 to 38-52 ms.
+    if (this.options.parallelBatches > 1 && entries.length >= this.options.batchSize) {
+      const { groups, rest } = splitByUsers(entries, this.options.parallelBatches);
+      if (groups.length > 1) {
+        const done = await Promise.all(groups.map((group) => this.handleOne(group)));
+        // A part left unwritten (stopping) must not be overtaken by later entries of its users. The
+        // rest is written whole, not split again: at most parts + 1 writes per read, whatever the
+        // conversations look like.
+        if (rest.length > 0 && done.every(Boolean)) await this.handleOne(rest);
+        return;
+      }
+    }
+    await this.handleOne(entries);
+  }
+
+  /**
+   * Writes, publishes and acknowledges one batch, retrying transient failures until it is done
+   * (true) or we stop (false).
+   */
+  private async handleOne(entries: ReceivedEntry[]): Promise<boolean> {
     const startedAt = process.hrtime.bigint();
     const batch = prepareBatch(entries, this.names);
     const ids = entries.map((e) => e.streamId);
     let backoff = 250;
     for (let attempt = 1; ; attempt++) {
+      // The pool of this attempt: parts written at once may fail together, and only the first of
+      // them replaces it.
+      const db = this.db;
       try {
         if (batch.poison.length > 0) await this.deadLetter(batch.poison, "undecodable stream entry");
         batch.poison = [];
-        const outcome = await this.persist(batch);
+        const outcome = await this.persist(batch, db);
         await this.stream.ack(ids);
         this.metrics.batchSize.observe(ids.length);
         this.metrics.batchDuration.observe(Number(process.hrtime.bigint() - startedAt) / 1e9);
         this.metrics.messagesPersisted.inc(outcome.inserted.size);
         this.metrics.readsApplied.inc(batch.reads.length);
         this.log.debug({ entries: ids.length, first: ids[0], last: ids.at(-1), inserted: outcome.inserted.size, attempt }, "batch persisted");
-        return;
+        return true;
       } catch (err) {
         this.metrics.writeErrors.inc();
-        if (err instanceof ReserveTimeoutError || err instanceof BatchStalledError || err instanceof ConnectionLostError) {
+        const poolBroken = err instanceof ReserveTimeoutError || err instanceof BatchStalledError || err instanceof ConnectionLostError;
+        if (poolBroken && this.db === db) {
           this.metrics.poolReplacements.inc();
           this.log.warn({ err }, "replacing the Postgres pool");
-          const old = this.db;
           this.db = this.reopenDb();
-          void old.close().catch(() => {});
+          void db.close().catch(() => {});
         }
         this.log.warn({ err, first: ids[0], last: ids.at(-1), attempt, retryInMs: backoff }, "batch failed, will retry");
         // Left pending: another worker claims it after claimIdleMs.
-        if (this.stopping) return;
+        if (this.stopping) return false;
         await sleep(backoff);
         backoff = Math.min(backoff * 2, 5000);
       }
@@ -186,9 +218,9 @@ export class StreamConsumer {
   }
 
   /** One transaction for the batch; on a data error, entry by entry so one bad entry cannot block the rest. */
-  private async persist(batch: PreparedBatch): Promise<BatchOutcome> {
+  private async persist(batch: PreparedBatch, db: DbClient): Promise<BatchOutcome> {
     try {
-      return await persistBatch(this.db, batch.messages, batch.reads, this.publishNotifications(batch), this.options.stallTimeoutMs);
+      return await persistBatch(db, batch.messages, batch.reads, this.publishNotifications(batch), this.options.stallTimeoutMs);
     } catch (err) {
       if (!isPermanentDbError(err)) throw err;
       this.log.warn({ err }, "batch has invalid data; writing entries one by one");
@@ -201,7 +233,7 @@ export class StreamConsumer {
     ];
     for (const single of singles) {
       try {
-        const o = await persistBatch(this.db, single.messages, single.reads, this.publishNotifications(single), this.options.stallTimeoutMs);
+        const o = await persistBatch(db, single.messages, single.reads, this.publishNotifications(single), this.options.stallTimeoutMs);
         for (const id of o.inserted) merged.inserted.add(id);
         kept.push(...single.messages);
       } catch (err) {
