@@ -264,9 +264,10 @@ export function renderMarkdown(r: BenchResults, chartPath: string): string {
     parts.push(
       "Chat sockets (ours: `/ws/{partner}/`; baseline: a Socket.IO connection joined to its user's room), partners on different nodes, nothing sent. " +
         "Resident memory (VmRSS) of the two node processes before opening (right after each ran two full garbage collections, through its " +
-        "inspector) and after they settled; then once more after two more full collections. V8 does not collect an idle process' old " +
-        "generation, so the first figure carries the garbage of the connection set-ups and the second is about what the open sockets hold. " +
-        "The target is read on the first.",
+        `inspector) and after they settled (${num(r.plan.idleMemory.settleMs / 1000, 1)} s); then once more after two more full collections. V8 does not collect an idle process' old ` +
+        "generation, so where nothing else collects, the first figure carries the garbage of the connection set-ups and the second is about " +
+        "what the open sockets hold. Our gateways collect it themselves once idle after their heap grew (`CHAT_IDLE_GC_GROWTH_MB`); the " +
+        "Socket.IO nodes do not. The target is read on the first.",
       "",
       table(
         ["Figure", NAMES.chat, NAMES["socket.io"], "Ours / baseline"],
