@@ -90,7 +90,7 @@ export class IdleHeapCollector {
     try {
       session.connect();
     } catch (err) {
-      // A Node built without the inspector: nothing to collect with, so stop looking.
+      // The inspector refused the session: it will not change its mind, so stop looking.
       this.collecting = false;
       this.stop();
       this.log.warn({ err }, "idle heap collection unavailable: no inspector; turned off");
