@@ -15,10 +15,9 @@ export interface ConsumerOptions {
   batchWaitMs: number;
   /** A batch attempt with no answer from Postgres for this long is abandoned and the pool replaced (ms). */
   stallTimeoutMs: number;
-  /** Most user-disjoint parts a large batch is written in at once (1: never split). */
+  /** Most user-disjoint parts a full batch is written in at once (1: never split). */
   parallelBatches: number;
 }
-
 
 /** Postgres SQLSTATE classes that no retry can fix: data exceptions (22) and integrity violations (23). */
 const isPermanentDbError = (err: unknown): boolean => {
