@@ -45,9 +45,10 @@ function heapCommitted(): number {
  */
 export class IdleHeapCollector {
   private timer: NodeJS.Timeout | null = null;
-  private lastElu: EventLoopUtilization = performance.eventLoopUtilization();
+  /** Both set by start(). */
+  private lastElu!: EventLoopUtilization;
   /** The heap's committed memory right after the last full collection (ours or V8's), bytes. */
-  private floor = heapCommitted();
+  private floor = 0;
   private lastRunAt = -Infinity;
   private collecting = false;
 

@@ -1,5 +1,5 @@
 import { describe, expect, it } from "vitest";
-import { connectReady, freshPrefix, startGateway, tokenFor, uniqueUser, type Gateway, type TestClient } from "./helpers/index.js";
+import { connectReady, freshPrefix, scrape, startGateway, tokenFor, uniqueUser, type Gateway, type TestClient } from "./helpers/index.js";
 
 const WAVE = 1000;
 
@@ -17,12 +17,6 @@ async function burst(gateway: Gateway): Promise<TestClient[]> {
 }
 
 const collections = (gateway: Gateway) => gateway.logs.filter((l) => l["msg"] === "idle heap collected");
-
-async function scrapeCount(gateway: Gateway): Promise<number> {
-  const text = await (await fetch(`http://127.0.0.1:${gateway.port}/metrics`)).text();
-  const line = text.split("\n").find((l) => l.startsWith("chat_gateway_idle_collection_pause_seconds_count"));
-  return Number(line?.split(" ")[1]);
-}
 
 // The garbage of socket set-ups is promoted to the old generation, which V8 leaves alone in an idle
 // process: the gateway collects it itself once it goes idle (apps/gateway/src/idle-heap.ts).
@@ -43,7 +37,7 @@ describe("idle heap collection", () => {
     const before = Number(entry!["heapBeforeMiB"]);
     const after = Number(entry!["heapAfterMiB"]);
     expect(after, JSON.stringify(entry)).toBeLessThan(before);
-    expect(await scrapeCount(gateway)).toBeGreaterThanOrEqual(1);
+    expect((await scrape(gateway.port)).value("chat_gateway_idle_collection_pause_seconds_count")).toBeGreaterThanOrEqual(1);
 
     // Nothing was torn down by the collection: every socket is open and a pair still talks.
     expect(clients.filter((c) => c.closeCode !== null)).toEqual([]);
@@ -59,6 +53,6 @@ describe("idle heap collection", () => {
     // Four check intervals of idle time: a collector that was on would have run by then.
     await new Promise((r) => setTimeout(r, 2500));
     expect(collections(gateway)).toEqual([]);
-    expect(await scrapeCount(gateway)).toBe(0);
+    expect((await scrape(gateway.port)).value("chat_gateway_idle_collection_pause_seconds_count")).toBe(0);
   });
 });

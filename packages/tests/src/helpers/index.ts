@@ -7,3 +7,4 @@ export * from "./tokens.js";
 export * from "./wait.js";
 export * from "./private-redis.js";
 export * from "./engines.js";
+export * from "./metrics.js";
