@@ -123,7 +123,9 @@ describe.skipIf(CHROMIUM_MISSING)(`browser client${CHROMIUM_MISSING ? ` (skipped
       await send(b.page, "hi alice, bob here");
       await expect.poll(async () => (await shownTexts(a.page)).at(-1), POLL).toBe("hi alice, bob here");
       await send(a.page, "nice to see you live");
+      // Each page shows the message when its own node delivers it; alice's echo may come after bob's copy.
       await expect.poll(async () => (await shownTexts(b.page)).at(-1), POLL).toBe("nice to see you live");
+      await expect.poll(async () => (await shownTexts(a.page)).at(-1), POLL).toBe("nice to see you live");
       expect((await shownTexts(a.page)).slice(-3)).toEqual(["hello bob, from the browser", "hi alice, bob here", "nice to see you live"]);
       expect((await shownTexts(b.page)).slice(-3)).toEqual(["hello bob, from the browser", "hi alice, bob here", "nice to see you live"]);
 
