@@ -89,11 +89,13 @@ export class ChatSession extends SubscribedSession {
     const recovered = all.length <= this.core.maxReplay && pending.length < REPLAY_STREAM_SCAN;
     const replayed = all.slice(-this.core.maxReplay);
     const ids = new Set<string>();
+    const frames: string[] = [];
     for (const m of replayed) {
       ids.add(m.event.id);
-      this.socket.send(JSON.stringify(m.event));
+      frames.push(JSON.stringify(m.event));
     }
-    this.socket.send(JSON.stringify({ type: "catch_up_end", recovered, count: replayed.length }));
+    frames.push(JSON.stringify({ type: "catch_up_end", recovered, count: replayed.length }));
+    this.socket.sendAll(frames);
     this.dropHeld((frame) => {
       const id = chatMessageIdOf(frame);
       return id !== undefined && ids.has(id);
@@ -121,7 +123,7 @@ export class ChatSession extends SubscribedSession {
 
   /** Sends the echoes the channel did not deliver; called once the node is resubscribed. */
   flushEchoes(): void {
-    for (const frame of this.pendingEchoes?.values() ?? []) this.socket.send(frame);
+    if (this.pendingEchoes) this.socket.sendAll([...this.pendingEchoes.values()]);
     this.pendingEchoes = null;
     this.echoed = null;
   }

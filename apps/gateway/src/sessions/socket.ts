@@ -2,6 +2,11 @@
 export interface SessionSocket {
   /** Sends one text frame; a no-op once the socket is closed. */
   send(data: string | Buffer): void;
+  /**
+   * Sends text frames in order, written together: one system call for what fits the transport's
+   * buffer, instead of one per frame. Stops at a frame that closed the socket.
+   */
+  sendAll(frames: readonly (string | Buffer)[]): void;
   /** Closes with a WebSocket close code; a no-op once closed. */
   close(code: number, reason: string): void;
 }

@@ -67,7 +67,7 @@ export abstract class SubscribedSession implements Session, ChannelListener {
     }
     const held = this.held ?? [];
     this.held = null;
-    for (const frame of held) this.socket.send(frame);
+    this.socket.sendAll(held);
   }
 
   stop(): void {
@@ -82,11 +82,9 @@ export abstract class SubscribedSession implements Session, ChannelListener {
 
   deliver(envelope: Envelope): void {
     if (envelope.target !== this.target || this.closed) return;
-    for (const frame of envelope.frames) {
-      if (this.held) this.held.push(frame);
-      else this.socket.send(frame);
-      this.delivered(frame);
-    }
+    if (this.held) for (const frame of envelope.frames) this.held.push(frame);
+    else this.socket.sendAll(envelope.frames);
+    for (const frame of envelope.frames) this.delivered(frame);
     this.core.metrics.framesFannedOut.inc(envelope.frames.length);
   }
 

@@ -40,6 +40,14 @@ class UwsSessionSocket implements SessionSocket {
     if (!this.data.closed) this.ws.cork(() => void this.ws.send(frame, false, false));
   }
 
+  sendAll(frames: readonly (string | Buffer)[]): void {
+    if (this.data.closed || frames.length === 0) return;
+    this.ws.cork(() => {
+      // A send past the backpressure limit closes the socket at once (closeOnBackpressureLimit).
+      for (const frame of frames) if (!this.data.closed) this.ws.send(frame, false, false);
+    });
+  }
+
   close(code: number, reason: string): void {
     if (!this.data.closed) this.ws.end(code, reason);
   }
