@@ -10,7 +10,9 @@ import { CHROMIUM_MISSING, CHROMIUM_PATH, openBrowser, savePng, sideBySide } fro
 // The browser client of apps/gateway/public, driven in two real Chromium sessions (alice and bob)
 // on two gateway nodes, with a worker persisting. Every wait polls (locators, expect.poll).
 
-const SCREENSHOTS = join(REPO_ROOT, "docs/screenshots");
+// The README's pictures are refreshed only when asked: a plain test run writes its screenshots where git
+// does not look, so `npm test` leaves the working tree as it found it.
+const SCREENSHOTS = join(REPO_ROOT, process.env["UPDATE_SCREENSHOTS"] === "1" ? "docs/screenshots" : "test-results/screenshots");
 /** More than one history page of the client (25), so that scrolling back has something to load. */
 const EARLIER = 40;
 
