@@ -2,7 +2,7 @@ import { readFileSync } from "node:fs";
 import type { Socket } from "node:net";
 import { describe, expect, it, onTestFinished } from "vitest";
 import { redisNames } from "@chat/bus";
-import { connectReady, freshPrefix, startGateway, testRedis, tokenFor, uniqueUser, waitFor, type Gateway, type TestClient } from "./helpers/index.js";
+import { connect, connectReady, freshPrefix, startGateway, testRedis, tokenFor, uniqueUser, waitFor, type Gateway, type TestClient } from "./helpers/index.js";
 import { dropPrefixAtEnd } from "./helpers/redis.js";
 
 // Register the Redis connection's teardown at file level (it is first used inside the test).
@@ -119,4 +119,43 @@ describe("slow consumer", () => {
     );
     expect(growthMiB, "gateway RSS growth during the flood (MiB)").toBeLessThan(floodMiB / 3);
   }, 90_000);
+
+  it("drops a reconnecting socket that does not read its replay once the replay passes the limit, mid-replay, and the node goes on", async () => {
+    const prefix = freshPrefix("slow-replay");
+    dropPrefixAtEnd(prefix);
+    const MISSED = 3000;
+    // No worker: the replay comes from the stream. About 12 MB of replay, written in one cork: past what the kernel buffers (about 4 MB here).
+    const g = await startGateway(prefix, { CHAT_MAX_BACKPRESSURE_BYTES: String(LIMIT), CHAT_RATE_MESSAGES_PER_SECOND: "0", CHAT_MAX_REPLAY: String(MISSED) });
+    const sender = uniqueUser("sender");
+    const reader = uniqueUser("reader");
+    const [tSender, tReader] = await Promise.all([tokenFor(sender), tokenFor(reader)]);
+    const from = await connectReady(g.url, `/ws/${reader}/`, tSender);
+    await flood(from, 0, MISSED + 1);
+    const all = ids(from);
+    const reading = await connectReady(g.url, `/ws/${sender}/`, tReader);
+    expect(await openChatSockets(g)).toBe(2);
+
+    // Reconnects after the first message and stops reading as soon as it is open.
+    const slow = await connect(g.url, `/ws/${sender}/?since=${all[0]}`, tReader);
+    (slow.ws as unknown as { _socket: Socket })._socket.pause();
+    await waitFor(async () => expect(await openChatSockets(g)).toBe(2), 20000);
+
+    // The node goes on: a new message reaches both open sockets.
+    from.send({ type: "chat_message", message: "after the drop" });
+    for (const c of [from, reading]) await c.until((f) => f.some((x) => x["message"] === "after the drop"), 10000, "the message after the drop");
+    expect(g.child.exitCode).toBeNull();
+    // Dropped by the transport, not by a failing set-up.
+    expect(g.logs.filter((l) => ["warn", "error", "fatal"].includes(String(l["level"]))).map((l) => l["msg"])).toEqual([]);
+
+    // The dropped socket got its first event, then an in-order prefix of the replay, cut off before catch_up_end.
+    (slow.ws as unknown as { _socket: Socket })._socket.resume();
+    expect(await Promise.race([slow.closed, new Promise((r) => setTimeout(() => r("still open"), 10000))])).toBe(1006);
+    expect(slow.frames[0]?.type).toBe("online_user_list");
+    const replayed = ids(slow);
+    expect(replayed.length).toBeGreaterThan(0);
+    expect(replayed.length).toBeLessThan(MISSED);
+    expect(replayed).toEqual(all.slice(1, 1 + replayed.length));
+    expect(slow.ofType("catch_up_end")).toEqual([]);
+    console.log(`[reliability] replay past the backpressure limit: ${replayed.length} of ${MISSED} replayed messages delivered before the drop (1006); the node served on`);
+  }, 60_000);
 });

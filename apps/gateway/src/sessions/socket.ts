@@ -4,7 +4,8 @@ export interface SessionSocket {
   send(data: string | Buffer): void;
   /**
    * Sends text frames in order, written together: one system call for what fits the transport's
-   * buffer, instead of one per frame. Stops at a frame that closed the socket.
+   * buffer, instead of one per frame. Past the backpressure limit the rest is dropped and the socket
+   * closed, as with `send`.
    */
   sendAll(frames: readonly (string | Buffer)[]): void;
   /** Closes with a WebSocket close code; a no-op once closed. */
