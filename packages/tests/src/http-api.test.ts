@@ -267,17 +267,17 @@ const IDENTIFIER = /^[0-9a-f]{8}-[0-9a-f]{4}-7[0-9a-f]{3}-[0-9a-f]{4}-[0-9a-f]{1
 
 async function upload(g: Gateway, token: string | undefined, bytes: Uint8Array, type: string, filename = "file.bin"): Promise<ApiResult> {
   const form = new FormData();
-  form.append("myFile", new Blob([bytes], { type }), filename);
+  form.append("myFile", new Blob([new Uint8Array(bytes)], { type }), filename);
   return call(g, "/api/rooms/upload", { method: "POST", token, body: form });
 }
 
 /** A multipart body built by hand, so the file name reaches the server exactly as written. */
-function multipart(field: string, filename: string, type: string, content: Buffer): { body: Buffer; contentType: string } {
+function multipart(field: string, filename: string, type: string, content: Buffer): { body: Uint8Array<ArrayBuffer>; contentType: string } {
   const boundary = `----chat-test-${randomBytes(8).toString("hex")}`;
   const head = Buffer.from(
     `--${boundary}\r\nContent-Disposition: form-data; name="${field}"; filename="${filename}"\r\nContent-Type: ${type}\r\n\r\n`,
   );
-  return { body: Buffer.concat([head, content, Buffer.from(`\r\n--${boundary}--\r\n`)]), contentType: `multipart/form-data; boundary=${boundary}` };
+  return { body: new Uint8Array(Buffer.concat([head, content, Buffer.from(`\r\n--${boundary}--\r\n`)])), contentType: `multipart/form-data; boundary=${boundary}` };
 }
 
 // ---------------------------------------------------------------------------------------------

@@ -61,8 +61,10 @@ export function savePng(path: string, png: Buffer): void {
 
 /** Screenshots of several pages side by side, each under its label, as one PNG (rendered by `host`'s browser). */
 export async function sideBySide(host: BrowserContext, shots: { label: string; png: Buffer }[]): Promise<Buffer> {
-  const page = await host.newPage({ viewport: { width: VIEWPORT.width * shots.length + 16 * (shots.length + 1), height: VIEWPORT.height + 48 } });
+  // A context's newPage takes no options: the viewport is set on the page.
+  const page = await host.newPage();
   try {
+    await page.setViewportSize({ width: VIEWPORT.width * shots.length + 16 * (shots.length + 1), height: VIEWPORT.height + 48 });
     await page.setContent(
       `<body style="margin:0;padding:8px;display:flex;gap:16px;background:#d0d4da;font:600 14px system-ui,sans-serif">` +
         shots.map((_, i) => `<figure style="margin:0"><figcaption style="padding:4px 0" id="c${i}"></figcaption><img id="i${i}"></figure>`).join("") +
