@@ -29,7 +29,7 @@ function heapCommitted(): number {
 }
 
 /**
- * Runs a full garbage collection when the node has gone idle after its old generation grew.
+ * Runs a full garbage collection when the node has gone idle after its heap grew.
  *
  * Why: each socket's set-up (token check, presence, subscription, greeting) leaves a few KB of
  * garbage that lives through a Redis round trip, long enough to be promoted out of the young

@@ -2,7 +2,7 @@ import { readFileSync } from "node:fs";
 import type { Socket } from "node:net";
 import { describe, expect, it, onTestFinished } from "vitest";
 import { redisNames } from "@chat/bus";
-import { connect, connectReady, freshPrefix, startGateway, testRedis, tokenFor, uniqueUser, waitFor, type Gateway, type TestClient } from "./helpers/index.js";
+import { connect, connectReady, freshPrefix, scrape, startGateway, testRedis, tokenFor, uniqueUser, waitFor, type Gateway, type TestClient } from "./helpers/index.js";
 import { dropPrefixAtEnd } from "./helpers/redis.js";
 
 // Register the Redis connection's teardown at file level (it is first used inside the test).
@@ -22,9 +22,7 @@ function rssKiB(pid: number): number {
 }
 
 async function openChatSockets(g: Gateway): Promise<number> {
-  const text = await (await fetch(`http://127.0.0.1:${g.port}/metrics`)).text();
-  const m = /^chat_gateway_open_sockets\{endpoint="chat"\} (\d+)$/m.exec(text);
-  return Number(m?.[1] ?? 0);
+  return (await scrape(g.port)).value("chat_gateway_open_sockets", { endpoint: "chat" }) ?? 0;
 }
 
 /** Sends `count` messages from `from`, `CHUNK` at a time, each chunk once its echoes are in (the flooder reads). */
