@@ -147,7 +147,7 @@ export function renderMarkdown(r: BenchResults, chartPath: string): string {
   parts.push(
     `Run of ${r.startedAt.slice(0, 16).replace("T", " ")} UTC, \`${r.command}\` (${r.mode} plan), ${num(r.durationS)} s, commit \`${e.commit}\`.`,
     "",
-    "### Targets (issue 3)",
+    "### Targets",
     "",
     table(
       ["Figure", "Target", NAMES.chat, NAMES["socket.io"], "Ours / baseline", "Verdict"],
