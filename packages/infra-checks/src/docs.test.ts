@@ -1,5 +1,6 @@
-import { readFileSync } from "node:fs";
-import { join } from "node:path";
+import { execFileSync } from "node:child_process";
+import { existsSync, readFileSync } from "node:fs";
+import { dirname, join, resolve } from "node:path";
 import { describe, expect, it } from "vitest";
 import { INFRA, K6, REPO_ROOT } from "./paths.js";
 
@@ -22,5 +23,34 @@ describe("k6/README.md", () => {
     const thresholds = names(scripts, /^\s+([a-z_]+): \[/gm);
     const readme = readFileSync(join(K6, "README.md"), "utf8");
     for (const metric of thresholds) expect(readme, metric).toContain(`\`${metric}\``);
+  });
+});
+
+describe("the repository's Markdown", () => {
+  const files = execFileSync("git", ["ls-files", "*.md"], { cwd: REPO_ROOT, encoding: "utf8" }).split("\n").filter(Boolean);
+
+  it("links only to files inside the repository that exist", () => {
+    const broken: string[] = [];
+    for (const file of files) {
+      const text = readFileSync(join(REPO_ROOT, file), "utf8");
+      for (const [, target] of text.matchAll(/\]\(([^)\s]+)\)/g)) {
+        if (/^(https?:|mailto:|#)/.test(target!)) continue;
+        const path = resolve(dirname(join(REPO_ROOT, file)), target!.split("#")[0]!);
+        if (!path.startsWith(REPO_ROOT) || !existsSync(path)) broken.push(`${file}: ${target}`);
+      }
+    }
+    expect(broken).toEqual([]);
+  });
+
+  it("mentions no file of the steering folder next to the repository (../shared/), which readers do not have", () => {
+    const found = files.filter((file) => readFileSync(join(REPO_ROOT, file), "utf8").includes("../shared/"));
+    expect(found).toEqual([]);
+  });
+
+  it("names no issue number a reader cannot open", () => {
+    const found = files.flatMap((file) =>
+      [...readFileSync(join(REPO_ROOT, file), "utf8").matchAll(/\b[Ii]ssues? #?\d+/g)].map((m) => `${file}: ${m[0]}`),
+    );
+    expect(found).toEqual([]);
   });
 });
