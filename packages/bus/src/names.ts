@@ -25,8 +25,12 @@ export interface RedisNames {
   readonly presenceIndex: string;
   /** Token bucket of a user's sends (messages and reads), shared by every node. */
   rateBucket(username: string): string;
-  /** The chat_message frame of a sender's client_id, so a retried send is not accepted twice. */
-  clientMessage(username: string, clientId: string): string;
+  /**
+   * The chat_message frame of a sender's client_id in one conversation (from `from` to `to`), so a
+   * retried send is not accepted twice. Scoped to the conversation: the same client_id sent to
+   * another partner is another message.
+   */
+  clientMessage(from: string, to: string, clientId: string): string;
   /** Sorted set of a user's open sockets on any node, scored by expiry, for the per-user limit. */
   userConnections(username: string): string;
 }
@@ -44,7 +48,7 @@ export function redisNames(prefix: string): RedisNames {
     presenceIndex: `${prefix}presence-expiry`,
     rateBucket: (username) => `${prefix}rate:${username}`,
     // The client_id is the client's: hashed so no byte of it reaches a key name.
-    clientMessage: (username, clientId) => `${prefix}client-msg:${username}:${createHash("sha256").update(clientId).digest("base64url")}`,
+    clientMessage: (from, to, clientId) => `${prefix}client-msg:${from}:${to}:${createHash("sha256").update(clientId).digest("base64url")}`,
     userConnections: (username) => `${prefix}connections:${username}`,
   };
 }

@@ -121,7 +121,7 @@ export interface AcceptOptions {
   /** Sends per second per user across the cluster; 0 disables the limit. */
   ratePerSecond: number;
   burst: number;
-  /** Idempotency key of the sender's client_id, when it gave one. */
+  /** Idempotency key of the sender's client_id in this conversation (RedisNames.clientMessage), when it gave one. */
   idempotencyKey?: string | undefined;
   idempotencyTtlSeconds: number;
   /** Where the live event goes, with its envelope and the bare frame (kept for retries). */

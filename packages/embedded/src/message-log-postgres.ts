@@ -17,9 +17,9 @@ interface Bucket {
   at: number;
 }
 
-/** How the gateway keys a sender's client_id, for how long it remembers one, and what a retry gets back (see AcceptOptions). */
+/** How the gateway keys a sender's client_id in a conversation, for how long it remembers one, and what a retry gets back (see AcceptOptions). */
 export interface IdempotencyRestore {
-  keyOf(username: string, clientId: string): string;
+  keyOf(from: string, to: string, clientId: string): string;
   ttlSeconds: number;
   /** The serialized chat_message of an accepted entry, as the gateway sends it. */
   frameOf(entry: MessageEntry): string;
@@ -83,7 +83,7 @@ export class PostgresMessageLog implements MessageLog {
     const remember = (e: MessageEntry, position: bigint) => {
       if (e.client_id === undefined) return;
       const expiresAt = Number(position / 1_000_000n) + ttlSeconds * 1000;
-      this.clientIds.set(keyOf(e.from, e.client_id), { frame: frameOf(e), expiresAt });
+      this.clientIds.set(keyOf(e.from, e.to, e.client_id), { frame: frameOf(e), expiresAt });
     };
     // A full scan of recent rows, once at start-up (messages has no index on the position alone).
     const stored = await this.sql<

@@ -205,7 +205,7 @@ export class ChatSession extends SubscribedSession {
       rateKey: names.rateBucket(this.username),
       ratePerSecond: limits.ratePerSecond,
       burst: limits.burst,
-      idempotencyKey: clientId === undefined ? undefined : names.clientMessage(this.username, clientId),
+      idempotencyKey: clientId === undefined ? undefined : names.clientMessage(this.username, this.other, clientId),
       idempotencyTtlSeconds: limits.idempotencyTtlSeconds,
       ...(frame === undefined ? {} : { channel: this.roomChannel, envelope: encodeEnvelope(this.core.nodeId, ALL, [frame]), frame }),
     });

@@ -1,6 +1,6 @@
 -- Accepts one client entry (a chat message or a read receipt) into the stream, atomically:
--- rate limit, then idempotency on the sender's client_id, then XADD + PUBLISH.
--- KEYS[1] stream, KEYS[2] rate bucket hash of the sender, KEYS[3] idempotency key (optional)
+-- rate limit, then idempotency on the sender's client_id in this conversation, then XADD + PUBLISH.
+-- KEYS[1] stream, KEYS[2] rate bucket hash of the sender, KEYS[3] idempotency key of (sender, recipient, client_id) (optional)
 -- ARGV[1] entry JSON, ARGV[2] channel ("" = publish nothing), ARGV[3] envelope to publish,
 -- ARGV[4] the chat_message frame (kept under the idempotency key for retries),
 -- ARGV[5] rate per second (0 = unlimited), ARGV[6] burst, ARGV[7] idempotency TTL seconds

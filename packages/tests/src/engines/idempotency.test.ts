@@ -75,6 +75,43 @@ describe.each(engines)("idempotent sends with client_id (%s engine)", (kind) => 
     noSchemaViolations(a, c, ba);
   });
 
+  it("keeps client_ids per conversation: one sender's same client_id to two partners makes two messages, also after a restart", async () => {
+    const engine = await startEngine(kind);
+    const [alice, bob, carol] = [uniqueUser("alice"), uniqueUser("bob"), uniqueUser("carol")];
+    const [ta, tb, tc] = await Promise.all([tokenFor(alice), tokenFor(bob), tokenFor(carol)]);
+    const b = await connectReady(engine.nodes[1], chatPath(alice), tb);
+    const c = await connectReady(engine.nodes[0], chatPath(alice), tc);
+    const toBob = await connectReady(engine.nodes[0], chatPath(bob), ta);
+    const toCarol = await connectReady(engine.nodes[1], chatPath(carol), ta);
+    toBob.send({ type: "chat_message", message: "for bob", client_id: "c-1" });
+    const forBob = await toBob.next("chat_message");
+    toCarol.send({ type: "chat_message", message: "for carol", client_id: "c-1" });
+    const forCarol = await toCarol.next("chat_message");
+    expect(forBob).toMatchObject({ message: "for bob", to_user: { username: bob }, client_id: "c-1" });
+    expect(forCarol).toMatchObject({ message: "for carol", to_user: { username: carol }, client_id: "c-1" });
+    expect(forCarol["id"]).not.toBe(forBob["id"]);
+    // Each recipient gets the message meant for them, never the other conversation's.
+    expect(await c.next("chat_message")).toEqual(forCarol);
+    expect(await b.next("chat_message")).toEqual(forBob);
+    await waitFor(async () => {
+      expect(await history(engine.http[0], alice, tb)).toEqual([forBob].map(asHistoryMessage));
+      expect(await history(engine.http[1], alice, tc)).toEqual([forCarol].map(asHistoryMessage));
+    }, 10000);
+    noSchemaViolations(toBob, toCarol, b, c);
+
+    // After a crash and restart (the embedded engine restores its client_ids from the database),
+    // a retry in each conversation still gets that conversation's original back.
+    await engine.crashAndRestart();
+    const retryBob = await connectReady(engine.nodes[0], chatPath(bob), ta);
+    retryBob.send({ type: "chat_message", message: "for bob", client_id: "c-1" });
+    expect(await retryBob.next("chat_message")).toEqual(forBob);
+    const retryCarol = await connectReady(engine.nodes[1], chatPath(carol), ta);
+    retryCarol.send({ type: "chat_message", message: "for carol", client_id: "c-1" });
+    expect(await retryCarol.next("chat_message")).toEqual(forCarol);
+    await waitFor(async () => expect(await history(engine.http[1], alice, tc)).toEqual([forCarol].map(asHistoryMessage)), 10000);
+    expect(await history(engine.http[0], alice, tb)).toEqual([forBob].map(asHistoryMessage));
+  });
+
   it("creates one message when the same client_ids are sent at once on two sockets of one user, one per entry point", async () => {
     const engine = await startEngine(kind, NO_RATE_LIMIT);
     const [alice, bob] = [uniqueUser("alice"), uniqueUser("bob")];
