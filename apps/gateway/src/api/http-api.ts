@@ -146,7 +146,8 @@ export class HttpApi {
     const pivotId = before || after;
     let pivot: bigint | undefined;
     if (pivotId) {
-      const row = UUID.test(pivotId) ? await messageById(this.o.db, pivotId) : undefined;
+      if (!UUID.test(pivotId)) throw new ApiError(400, "invalid_cursor", `${before ? "before" : "after"} must be a message id`);
+      const row = await messageById(this.o.db, pivotId);
       // Another conversation's message is "not found" here: its existence is not ours to reveal.
       if (!row || row.roomId !== roomId) throw new ApiError(404, "cursor_not_found", "no such message in this conversation");
       pivot = row.streamPosition;
@@ -162,7 +163,8 @@ export class HttpApi {
 
   private async participantMessage(req: ApiRequest, username: string) {
     const id = req.query.get("message_id") ?? "";
-    const row = UUID.test(id) ? await messageById(this.o.db, id) : undefined;
+    if (!UUID.test(id)) throw new ApiError(400, "invalid_message_id", "message_id (a message id) is required");
+    const row = await messageById(this.o.db, id);
     if (!row || (row.fromUser !== username && row.toUser !== username)) {
       throw new ApiError(404, "message_not_found", "no such message in your conversations");
     }

@@ -16,16 +16,42 @@ export function encodeConversationCursor(row: ConversationRow): string {
   return Buffer.from(JSON.stringify([row.lastActivityAt, row.otherUsername])).toString("base64url");
 }
 
+/**
+ * A timestamp as Postgres writes a timestamptz (`2026-11-25 19:10:30.866+00`) or as ISO 8601 UTC:
+ * four-digit year, optional fraction (microseconds at most), an explicit zone.
+ */
+const CURSOR_TIME = /^(\d{4})-(\d{2})-(\d{2})[ T](\d{2}):(\d{2}):(\d{2})(?:\.\d{1,6})?(?:Z|[+-](\d{2})(?::?(\d{2}))?)$/;
+/** Usernames as @chat/protocol defines them (db does not depend on protocol). */
+const CURSOR_USER = /^[A-Za-z0-9@.+\-_]{1,150}$/;
+
+/** Whether a cursor's time is a real instant Postgres accepts (no year 10000, no 30 February, no bare number). */
+function validCursorTime(text: string): boolean {
+  const m = CURSOR_TIME.exec(text);
+  if (!m) return false;
+  const [y, mo, d, h, mi, s, zh, zm] = m.slice(1).map((v) => (v === undefined ? 0 : Number(v)));
+  if (y! < 1 || mo! < 1 || mo! > 12 || d! < 1 || h! > 23 || mi! > 59 || s! > 59 || zh! > 15 || zm! > 59) return false;
+  const day = new Date(Date.UTC(y!, mo! - 1, d!));
+  // Date.UTC maps years 0-99 to 1900-1999: setUTCFullYear keeps the year as written.
+  day.setUTCFullYear(y!, mo! - 1, d!);
+  return day.getUTCDate() === d;
+}
+
+/**
+ * The position a cursor of encodeConversationCursor names, or null for anything else: exactly
+ * `[time, username]` with a time Postgres accepts, so a malformed cursor is a 400, never a 500.
+ */
 export function decodeConversationCursor(cursor: string): { at: string; other: string } | null {
+  if (!/^[A-Za-z0-9_-]{1,400}$/.test(cursor)) return null;
+  let value: unknown;
   try {
-    const value = JSON.parse(Buffer.from(cursor, "base64url").toString("utf8")) as unknown;
-    if (Array.isArray(value) && typeof value[0] === "string" && typeof value[1] === "string" && !Number.isNaN(Date.parse(value[0]))) {
-      return { at: value[0], other: value[1] };
-    }
+    value = JSON.parse(Buffer.from(cursor, "base64url").toString("utf8"));
   } catch {
-    // fall through
+    return null;
   }
-  return null;
+  if (!Array.isArray(value) || value.length !== 2) return null;
+  const [at, other] = value as unknown[];
+  if (typeof at !== "string" || typeof other !== "string" || !validCursorTime(at) || !CURSOR_USER.test(other)) return null;
+  return { at, other };
 }
 
 /** A user's conversations, most recent activity first (index conversation_members_activity_idx). */

@@ -135,4 +135,77 @@ describe.each(engines)("history and conversations over HTTP (%s engine)", (kind)
     expect((await api(http0, "/api/conversations?limit=0", ta)).status).toBe(400);
     noSchemaViolations(aToBob, aToDave, bob1, carol1);
   });
+  it("refuses malformed cursors and message ids with 400 and unknown well-formed ones with 404, never 500", async () => {
+    const engine = await startEngine(kind);
+    const [alice, bob] = [uniqueUser("alice"), uniqueUser("bob")];
+    const [ta, tb] = await Promise.all([tokenFor(alice), tokenFor(bob)]);
+    const [http0, http1] = engine.http;
+    const a = await connectReady(engine.nodes[0], chatPath(bob), ta);
+    const sent: Frame[] = [];
+    for (let i = 0; i < 3; i++) {
+      sent.push(await say(a, `m${i}`));
+      await waitFor(() => expect(Date.now()).toBeGreaterThan(Date.parse(String(sent.at(-1)!["date_added"]))), 1000, 1);
+    }
+    await waitFor(async () => expect(await history(http0, bob, ta)).toHaveLength(3), 10000);
+    const b64 = (v: unknown) => Buffer.from(JSON.stringify(v)).toString("base64url");
+
+    // A cursor this API returned works; then every malformed one is 400 invalid_cursor.
+    const first = await api(http0, "/api/conversations?limit=1", tb);
+    expect(first.status).toBe(200);
+    expect(first.body.next_cursor).toBeNull();
+    const ofAlice = await api(http1, "/api/conversations?limit=1", ta);
+    expect(ofAlice.status).toBe(200);
+    const malformed = [
+      "not-a-cursor",
+      b64("0"),
+      b64(["0", bob]),
+      b64(["99999", bob]),
+      b64(["+010000-01-01T00:00:00Z", bob]),
+      b64(["1", "x"]),
+      b64(["2026-02-30 10:00:00+00", bob]),
+      b64(["2026-01-01 25:00:00+00", bob]),
+      b64(["2026-01-01T00:00:00Z", "no such/user!"]),
+      b64(["2026-01-01T00:00:00Z", bob, "extra"]),
+      b64([1, 2]),
+      b64({ at: "2026-01-01T00:00:00Z", other: bob }),
+      Buffer.from("\u0000").toString("base64url"),
+    ];
+    for (const cursor of malformed) {
+      const r = await api(http0, `/api/conversations?cursor=${encodeURIComponent(cursor)}`, ta);
+      expect(r.status, `cursor ${Buffer.from(cursor, "base64url").toString()}`).toBe(400);
+      expect(r.body).toEqual({ error: "invalid_cursor", message: expect.any(String) });
+    }
+    // Well-formed cursors of both spellings a client may hold: accepted.
+    for (const at of ["2099-01-01T00:00:00.000Z", "2099-01-01 00:00:00.123456+00"]) {
+      const r = await api(http1, `/api/conversations?cursor=${b64([at, "zzz"])}`, ta);
+      expect(r.status, at).toBe(200);
+      expect(r.body.conversations.map((c: Json) => c.other_user.username)).toEqual([bob]);
+    }
+
+    // History cursors: not a uuid is 400; a well-formed id that is no message of this conversation is 404.
+    for (const q of ["before=abc", "after=abc", `before=${String(sent[0]!["id"])}x`, "after=0190A0A0-0000-7000-8000-00000000000"]) {
+      const r = await api(http0, `/api/rooms/${bob}/messages?${q}`, ta);
+      expect(r.status, q).toBe(400);
+      expect(r.body).toEqual({ error: "invalid_cursor", message: expect.any(String) });
+    }
+    for (const q of ["before=0190a0a0-0000-7000-8000-000000000000", "after=0190a0a0-0000-7000-8000-000000000000"]) {
+      const r = await api(http0, `/api/rooms/${bob}/messages?${q}`, ta);
+      expect(r.status, q).toBe(404);
+      expect(r.body.error).toBe("cursor_not_found");
+    }
+    expect((await api(http1, `/api/rooms/${bob}/messages?before=${String(sent[2]!["id"])}`, ta)).body.messages).toHaveLength(2);
+
+    // check-url and refresh-url: a missing or malformed message_id is 400, an unknown one 404.
+    for (const endpoint of ["check-url", "refresh-url"]) {
+      for (const q of ["", "?message_id=", "?message_id=abc", `?message_id=${String(sent[0]!["id"])}0`]) {
+        const r = await api(http0, `/api/rooms/${endpoint}/${q}`, ta);
+        expect(r.status, `${endpoint}${q}`).toBe(400);
+        expect(r.body).toEqual({ error: "invalid_message_id", message: expect.any(String) });
+      }
+      const unknown = await api(http1, `/api/rooms/${endpoint}/?message_id=0190a0a0-0000-7000-8000-000000000000`, ta);
+      expect(unknown.status, endpoint).toBe(404);
+    }
+    expect((await api(http0, `/api/rooms/check-url/?message_id=${String(sent[0]!["id"])}`, tb)).body).toEqual({ refresh_url: false });
+    noSchemaViolations(a);
+  });
 });
