@@ -39,8 +39,17 @@ export interface MessageLog {
   accept(entry: StreamEntry, options: AcceptOptions): Promise<AcceptResult>;
   /** Appends one entry without the checks of `accept` (tools that fill a log: benchmarks, tests). */
   append(entry: StreamEntry): Promise<string>;
-  /** Entries after `afterId` (exclusive; "-" for the start), oldest first, at most `count`. */
-  rangeAfter(afterId: string, count: number): Promise<ReceivedEntry[]>;
+  /**
+   * Entries strictly between `afterId` ("-": the start) and `beforeId` (null: the end), newest first,
+   * at most `count`: a reader pages backwards with the last id it got, holding one page at a time.
+   */
+  rangeBetween(afterId: string, beforeId: string | null, count: number): Promise<ReceivedEntry[]>;
+  /**
+   * The entry of message `id` if it is still in the log, looked for only among entries appended from
+   * `fromMs` to `toMs` (a UUIDv7 id carries its creation time) and among at most `maxEntries` of them:
+   * bounded work whatever else the log holds, and only the match is returned. Null when not found.
+   */
+  findMessage(id: string, window: { fromMs: number; toMs: number; maxEntries: number }): Promise<ReceivedEntry | null>;
   /** Makes sure the consumer group exists, starting at the beginning of the log. */
   ensureGroup(): Promise<void>;
   /** New entries for this consumer; waits up to blockMs when there are none (null: returns at once). */

@@ -69,6 +69,29 @@ export function decodeStreamEntry(raw: string): StreamEntry {
 }
 
 /**
+ * The log's text of an entry. A message's begins with its kind and id (`{"kind":"message","id":"…"`,
+ * see entryPrefixOf), so a lookup by id compares a prefix and never parses the rest.
+ */
+export function encodeStreamEntry(entry: StreamEntry): string {
+  if (entry.kind !== "message") return JSON.stringify(entry);
+  // Properties keep their first position when the spread sets them again: kind and id lead.
+  const ordered: Partial<MessageEntry> = { kind: entry.kind, id: entry.id };
+  return JSON.stringify(Object.assign(ordered, entry));
+}
+
+/** How the log's text of message `id` begins (see encodeStreamEntry). */
+export const entryPrefixOf = (id: string): string => `{"kind":"message","id":${JSON.stringify(id)}`;
+
+/**
+ * The creation time (ms) of a UUIDv7, or null for any other uuid: a message id is a UUIDv7 made when
+ * the gateway accepted the message, so its log entry was appended within clock skew of that time.
+ */
+export function uuidv7Time(id: string): number | null {
+  if (!/^[0-9a-f]{8}-[0-9a-f]{4}-7[0-9a-f]{3}-[89ab][0-9a-f]{3}-[0-9a-f]{12}$/.test(id)) return null;
+  return parseInt(id.slice(0, 8) + id.slice(9, 13), 16);
+}
+
+/**
  * A stream id `<ms>-<seq>` as one integer (ms * 1e6 + seq) that orders like the stream and fits a
  * Postgres bigint until the year 2262. Read watermarks compare against it.
  */
@@ -131,6 +154,10 @@ export interface AcceptOptions {
 }
 
 const acceptLua = readFileSync(new URL("./lua/accept.lua", import.meta.url), "utf8");
+const findMessageLua = readFileSync(new URL("./lua/find-message.lua", import.meta.url), "utf8");
+
+/** Entries find-message.lua looks at per call: Redis copies at most this many entries into Lua at once. */
+const FIND_PAGE = 100;
 
 /** The message log as a Redis stream with one consumer group; `accept` is one Lua script (one round trip). */
 export class MessageStream implements MessageLog {
@@ -146,6 +173,7 @@ export class MessageStream implements MessageLog {
     this.group = names.group;
     this.deadLetterStream = names.deadLetterStream;
     if (!("chatAccept" in redis)) redis.defineCommand("chatAccept", { lua: acceptLua });
+    if (!("chatFindMessage" in redis)) redis.defineCommand("chatFindMessage", { lua: findMessageLua, numberOfKeys: 1 });
   }
 
   async accept(entry: StreamEntry, o: AcceptOptions): Promise<AcceptResult> {
@@ -155,7 +183,7 @@ export class MessageStream implements MessageLog {
       this.redis,
       keys.length,
       ...keys,
-      JSON.stringify(entry),
+      encodeStreamEntry(entry),
       o.channel ?? "",
       o.envelope ?? "",
       o.frame ?? "",
@@ -169,12 +197,26 @@ export class MessageStream implements MessageLog {
   }
 
   async append(entry: StreamEntry): Promise<string> {
-    return (await this.redis.xadd(this.stream, "*", FIELD, JSON.stringify(entry))) as string;
+    return (await this.redis.xadd(this.stream, "*", FIELD, encodeStreamEntry(entry))) as string;
   }
 
-  async rangeAfter(afterId: string, count: number): Promise<ReceivedEntry[]> {
+  async rangeBetween(afterId: string, beforeId: string | null, count: number): Promise<ReceivedEntry[]> {
     const start = afterId === "-" ? "-" : `(${afterId}`;
-    return toReceived((await this.redis.xrange(this.stream, start, "+", "COUNT", count)) as XEntries);
+    const end = beforeId === null ? "+" : `(${beforeId}`;
+    return toReceived((await this.redis.xrevrange(this.stream, end, start, "COUNT", count)) as XEntries);
+  }
+
+  async findMessage(id: string, window: { fromMs: number; toMs: number; maxEntries: number }): Promise<ReceivedEntry | null> {
+    const run = (this.redis as unknown as { chatFindMessage(...args: (string | number)[]): Promise<string[]> }).chatFindMessage;
+    let start = String(Math.max(0, Math.floor(window.fromMs)));
+    const end = String(Math.max(0, Math.floor(window.toMs)));
+    for (let looked = 0; looked < window.maxEntries; looked += FIND_PAGE) {
+      const [kind, a, b] = await run.call(this.redis, this.stream, start, end, Math.min(FIND_PAGE, window.maxEntries - looked), entryPrefixOf(id));
+      if (kind === "found") return receivedEntry(a!, b!);
+      if (kind !== "more") return null;
+      start = `(${a!}`;
+    }
+    return null;
   }
 
   /** Creates the consumer group at the start of the stream, so no entry accepted earlier is skipped. */

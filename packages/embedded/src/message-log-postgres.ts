@@ -1,5 +1,7 @@
 import type postgres from "postgres";
 import {
+  encodeStreamEntry,
+  entryPrefixOf,
   receivedEntry,
   streamIdOf,
   streamPosition,
@@ -142,11 +144,27 @@ export class PostgresMessageLog implements MessageLog {
     return this.insert(entry);
   }
 
-  async rangeAfter(afterId: string, count: number): Promise<ReceivedEntry[]> {
+  async rangeBetween(afterId: string, beforeId: string | null, count: number): Promise<ReceivedEntry[]> {
     const after = afterId === "-" ? -1n : streamPosition(afterId);
+    // Past every position when open-ended (positions fit a bigint until 2262).
+    const before = beforeId === null ? 9_000_000_000_000_000_000n : streamPosition(beforeId);
     const rows = await this.sql<{ position: bigint; entry: string }[]>`
-      SELECT position, entry FROM message_log WHERE position > ${after.toString()} ORDER BY position LIMIT ${count}`;
+      SELECT position, entry FROM message_log WHERE position > ${after.toString()} AND position < ${before.toString()}
+      ORDER BY position DESC LIMIT ${count}`;
     return rows.map((r) => receivedEntry(streamIdOf(r.position), r.entry));
+  }
+
+  async findMessage(id: string, window: { fromMs: number; toMs: number; maxEntries: number }): Promise<ReceivedEntry | null> {
+    const from = BigInt(Math.max(0, Math.floor(window.fromMs))) * 1_000_000n;
+    const to = BigInt(Math.max(0, Math.floor(window.toMs)) + 1) * 1_000_000n;
+    const prefix = entryPrefixOf(id);
+    // Only the match leaves the database; the window and the row bound keep the scan small.
+    const [row] = await this.sql<{ position: bigint; entry: string }[]>`
+      SELECT position, entry FROM (
+        SELECT position, entry FROM message_log WHERE position >= ${from.toString()} AND position < ${to.toString()}
+        ORDER BY position LIMIT ${window.maxEntries}) w
+      WHERE left(entry, ${prefix.length}) = ${prefix} LIMIT 1`;
+    return row ? receivedEntry(streamIdOf(row.position), row.entry) : null;
   }
 
   async ensureGroup(): Promise<void> {
@@ -187,7 +205,7 @@ export class PostgresMessageLog implements MessageLog {
 
   private async insert(entry: StreamEntry): Promise<string> {
     const position = this.nextPosition();
-    await this.sql`INSERT INTO message_log (position, entry) VALUES (${position.toString()}, ${JSON.stringify(entry)})`;
+    await this.sql`INSERT INTO message_log (position, entry) VALUES (${position.toString()}, ${encodeStreamEntry(entry)})`;
     for (const wake of this.waiters) wake();
     return streamIdOf(position);
   }

@@ -1,13 +1,17 @@
 import { randomUUID } from "node:crypto";
 import { redisNames, streamIdOf } from "@chat/bus";
+import { Redis } from "ioredis";
+import { v7 as uuidv7 } from "uuid";
 import { describe, expect, it, onTestFinished } from "vitest";
 import {
   connect,
   connectReady,
+  freePort,
   freshPrefix,
   messagesBetween,
   refusedUpgrade,
   startGateway,
+  startPrivateRedis,
   startWorker,
   testRedis,
   testSql,
@@ -243,6 +247,58 @@ describe("catch-up after a reconnect (?since=)", () => {
       expect(b.schemaViolations).toEqual([]);
       await b.close();
     }
+  });
+
+  it("answers unknown since ids without reading the stream while the worker is down and the stream holds 32 MB, and still replays a since only in the stream", async () => {
+    // A Redis of the test's own: its output byte counter is the work the gateway asked of it.
+    const port = await freePort();
+    await startPrivateRedis(port);
+    const redisUrl = `redis://127.0.0.1:${port}`;
+    const redis = new Redis(redisUrl);
+    onTestFinished(() => redis.disconnect());
+    const prefix = freshPrefix("bigstream");
+    const g = await startGateway(prefix, { REDIS_URL: redisUrl });
+    const alice = uniqueUser("alice");
+    const bob = uniqueUser("bob");
+    const [ta, tb] = await Promise.all([tokenFor(alice), tokenFor(bob)]);
+    const a = await connectReady(g.url, `/ws/${bob}/`, ta);
+    const m: Frame[] = [];
+    for (let i = 0; i < 3; i++) m.push(await say(a, `m${i}`));
+
+    // No worker: 2,000 messages of 16 KB of other conversations pile up in the stream, as gateways write them.
+    const names = redisNames(prefix);
+    const text = "\u{1F600}".repeat(4096);
+    const fill = redis.pipeline();
+    for (let i = 0; i < 2000; i++) {
+      const entry = { kind: "message", id: uuidv7(), from: `u${i}`, to: `v${i}`, message: text, multimedia_url: null, date_added: new Date().toISOString() };
+      fill.xadd(names.stream, "*", "e", JSON.stringify(entry));
+    }
+    await fill.exec();
+    expect(await redis.xlen(names.stream)).toBe(2003);
+    for (let i = 3; i < 5; i++) m.push(await say(a, `m${i}`));
+
+    const outputBytes = async () => Number(/total_net_output_bytes:(\d+)/.exec(await redis.info("stats"))![1]);
+    // Unknown ids of every kind, 16 sockets at once: a v4 uuid, a v7 of long ago, and v7 ids of right
+    // now (their time falls among the 32 MB of entries just appended).
+    const unknown = [randomUUID(), "0190a0a0-0000-7000-8000-000000000000", ...Array.from({ length: 14 }, () => uuidv7())];
+    const before = await outputBytes();
+    const sockets = await Promise.all(unknown.map((since) => connect(g.url, `/ws/${alice}/?since=${since}`, tb)));
+    for (const b of sockets) {
+      const { replayed, end } = await replayOf(b);
+      expect(replayed).toEqual([]);
+      expect(end).toEqual({ type: "catch_up_end", recovered: false, count: 0 });
+    }
+    const sent = (await outputBytes()) - before;
+    // Reading the log would have sent 32 MB per socket; presence and the lookups are a few KB.
+    expect(sent, "bytes Redis sent while 16 unknown since ids were answered").toBeLessThan(1024 * 1024);
+
+    // A since that is in the stream but not persisted: the messages after it, all of them, in order.
+    const known = await connect(g.url, `/ws/${alice}/?since=${String(m[1]!["id"])}`, tb);
+    const { replayed, end } = await replayOf(known, 30000);
+    expect(replayed).toEqual(m.slice(2));
+    expect(end).toEqual({ type: "catch_up_end", recovered: true, count: 3 });
+    expect(await messagesBetween(alice, bob)).toEqual([]);
+    for (const c of [a, known, ...sockets]) expect(c.schemaViolations).toEqual([]);
   });
 
   it("refuses a malformed since with 400, and since on a notifications socket with 400", async () => {

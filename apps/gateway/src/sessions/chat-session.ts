@@ -1,4 +1,14 @@
-import { ALL, encodeEnvelope, presenceMember, streamIdOf, streamPosition, type MessageEntry, type PresenceEntry, type ReadEntry } from "@chat/bus";
+import {
+  ALL,
+  encodeEnvelope,
+  presenceMember,
+  streamIdOf,
+  streamPosition,
+  uuidv7Time,
+  type MessageEntry,
+  type PresenceEntry,
+  type ReadEntry,
+} from "@chat/bus";
 import { ErrorCode, type AcceptedChatMessage, type ChatMessageEvent } from "@chat/protocol";
 import { v7 as uuidv7 } from "uuid";
 import { chatMessageEvent, chatMessageIdOf } from "./chat-message.js";
@@ -8,6 +18,21 @@ import { SubscribedSession } from "./subscribed-session.js";
 
 /** Stream entries a replay scans at most (the stream only holds what workers have not yet trimmed). */
 const REPLAY_STREAM_SCAN = 20_000;
+/** Log entries read per page of a replay: what a replay holds of the log at once, besides its own messages. */
+const REPLAY_PAGE = 100;
+/**
+ * How far from the time in a `since` id its log entry is looked for. The id is made by the gateway's
+ * clock, the log position by the log's (Redis): this is the clock skew tolerated between them.
+ */
+const SINCE_WINDOW_MS = 5_000;
+/** Log entries of that window looked at, at most, to find a `since` id (the bound of an unknown id's cost). */
+const SINCE_SCAN = 1_000;
+
+/** A message to replay, at its position in the conversation's order. */
+interface ReplayMessage {
+  position: bigint;
+  event: ChatMessageEvent;
+}
 
 /** `/ws/{other}/`: the conversation between `username` and `other`. */
 export class ChatSession extends SubscribedSession {
@@ -62,31 +87,26 @@ export class ChatSession extends SubscribedSession {
   /**
    * Sends the messages after `since` that this socket missed, oldest first, then `catch_up_end`.
    * Runs while live frames are held back, so nothing live comes before it; live frames the replay
-   * already covered are dropped, so nothing arrives twice. The stream is read before Postgres: an
-   * entry trimmed from the stream in between was committed first, so it is in the second read.
+   * already covered are dropped, so nothing arrives twice. The log is read before Postgres: an
+   * entry trimmed from the log in between was committed first, so it is in the second read.
+   * Bounded: an unknown `since` costs two lookups, and a replay holds at most CHAT_MAX_REPLAY + 1
+   * messages of each source and one page of the log.
    */
   private async replay(since: string): Promise<void> {
-    const sincePosition = await this.core.history.positionOf(since, this.roomId);
-    const pending = await this.core.stream.rangeAfter(sincePosition === null ? "-" : streamIdOf(sincePosition), REPLAY_STREAM_SCAN);
-    let from = sincePosition;
-    const fromStream = new Map<string, { position: bigint; event: ChatMessageEvent }>();
-    for (const { streamId, entry } of pending) {
-      if (entry?.kind !== "message" || this.core.names.roomId(entry.from, entry.to) !== this.roomId) continue;
-      const position = streamPosition(streamId);
-      if (entry.id === since) from = position;
-      fromStream.set(entry.id, { position, event: chatMessageEvent(entry) });
-    }
+    const from = await this.positionOfSince(since);
     if (from === null) {
       // The id is neither persisted nor pending here: we cannot tell what the client missed.
       this.socket.send(JSON.stringify({ type: "catch_up_end", recovered: false, count: 0 }));
       return;
     }
-    const stored = await this.core.history.latestAfter(this.roomId, from, this.core.maxReplay + 1);
-    const merged = new Map<string, { position: bigint; event: ChatMessageEvent }>();
+    const keep = this.core.maxReplay + 1;
+    const { messages: pending, complete } = await this.pendingAfter(from, keep);
+    const stored = await this.core.history.latestAfter(this.roomId, from, keep);
+    const merged = new Map<string, ReplayMessage>();
     for (const m of stored) merged.set(m.event.id, m);
-    for (const [id, m] of fromStream) if (m.position > from && !merged.has(id)) merged.set(id, m);
+    for (const m of pending) if (!merged.has(m.event.id)) merged.set(m.event.id, m);
     const all = [...merged.values()].sort((a, b) => (a.position < b.position ? -1 : a.position > b.position ? 1 : 0));
-    const recovered = all.length <= this.core.maxReplay && pending.length < REPLAY_STREAM_SCAN;
+    const recovered = all.length <= this.core.maxReplay && complete;
     const replayed = all.slice(-this.core.maxReplay);
     const ids = new Set<string>();
     const frames: string[] = [];
@@ -100,6 +120,48 @@ export class ChatSession extends SubscribedSession {
       const id = chatMessageIdOf(frame);
       return id !== undefined && ids.has(id);
     });
+  }
+
+  /**
+   * The log position of message `since` of this conversation: persisted (Postgres), else still in
+   * the log, looked up near the time its UUIDv7 id carries. Null when it is neither (or another
+   * conversation's): never a scan of the whole log.
+   */
+  private async positionOfSince(since: string): Promise<bigint | null> {
+    const persisted = await this.core.history.positionOf(since, this.roomId);
+    if (persisted !== null) return persisted;
+    const at = uuidv7Time(since);
+    if (at === null) return null;
+    const found = await this.core.stream.findMessage(since, { fromMs: at - SINCE_WINDOW_MS, toMs: at + SINCE_WINDOW_MS, maxEntries: SINCE_SCAN });
+    const entry = found?.entry;
+    if (found && entry?.kind === "message" && entry.id === since) {
+      return this.core.names.roomId(entry.from, entry.to) === this.roomId ? streamPosition(found.streamId) : null;
+    }
+    // Persisted and trimmed from the log between the two lookups: it is in Postgres now.
+    return this.core.history.positionOf(since, this.roomId);
+  }
+
+  /**
+   * The newest `keep` messages of this conversation still in the log after `from`, oldest first,
+   * read backwards in pages. `complete` when the read reached `from` (or found `keep`, which already
+   * means more were missed than a replay sends).
+   */
+  private async pendingAfter(from: bigint, keep: number): Promise<{ messages: ReplayMessage[]; complete: boolean }> {
+    const newestFirst: ReplayMessage[] = [];
+    const after = streamIdOf(from);
+    let before: string | null = null;
+    for (let scanned = 0; scanned < REPLAY_STREAM_SCAN; ) {
+      const page = await this.core.stream.rangeBetween(after, before, REPLAY_PAGE);
+      scanned += page.length;
+      for (const { streamId, entry } of page) {
+        if (entry?.kind !== "message" || this.core.names.roomId(entry.from, entry.to) !== this.roomId) continue;
+        newestFirst.push({ position: streamPosition(streamId), event: chatMessageEvent(entry) });
+        if (newestFirst.length >= keep) return { messages: newestFirst.reverse(), complete: true };
+      }
+      if (page.length < REPLAY_PAGE) return { messages: newestFirst.reverse(), complete: true };
+      before = page.at(-1)!.streamId;
+    }
+    return { messages: newestFirst.reverse(), complete: false };
   }
 
   /** Ids delivered before their accept resolved (the channel can beat the script's reply); created on first use. */
