@@ -7,7 +7,7 @@ import {
   type Presence,
   type Publisher,
 } from "@chat/bus";
-import { latestMessagesAfter, messageById, totalUnread, unreadFrom, type DbClient } from "@chat/db";
+import { latestMessagesAfter, messageById, totalUnread, unreadFrom, uploadById, type DbClient } from "@chat/db";
 import { CloseCode } from "@chat/protocol";
 import type { Logger } from "@chat/log";
 import { HttpApi } from "./api/http-api.js";
@@ -82,6 +82,11 @@ export async function startGateway(config: Readonly<GatewayConfig>, parts: Gatew
       },
       latestAfter: async (roomId, position, limit) =>
         (await latestMessagesAfter(db.db, roomId, position, limit)).map((row) => ({ position: row.streamPosition, event: messageEvent(row) })),
+    },
+    media: {
+      uploaderOf: async (identifier) => (await uploadById(db.db, identifier))?.uploader ?? null,
+      // `storage` is set below, before the first socket can send.
+      locationOf: async (identifier) => (await storage.locate(identifier)).url,
     },
     maxReplay: config.maxReplay,
     redisReady: parts.busReady,

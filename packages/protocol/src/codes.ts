@@ -19,6 +19,11 @@ export const ErrorCode = {
   message_too_long: "message_too_long",
   /** The cluster could not accept the frame (Redis unreachable); nothing was stored, retry later. */
   unavailable: "unavailable",
+  /**
+   * A `chat_message` whose `multimedia_url` or `file_identifier` is refused: not an http(s) URL or a
+   * /chat-media/ path, a non-public address, or not the sender's own upload at its own location.
+   */
+  invalid_media_url: "invalid_media_url",
   /** The user sends faster than CHAT_RATE_MESSAGES_PER_SECOND (bursts of CHAT_RATE_MESSAGES_BURST); nothing was stored, retry later. */
   rate_limited: "rate_limited",
 } as const;

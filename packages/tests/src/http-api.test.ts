@@ -701,9 +701,13 @@ describe("authorization", () => {
     await waitPersisted(alice, bob, 1);
     expect((await call(g2, `/chat-media/${fileId}`, { token: tb })).status).toBe(200);
 
-    // Carol learned the identifier (e.g. a forwarded link) and references it in her own conversation.
-    await say(c, "", { multimedia_url: `/chat-media/${fileId}`, file_identifier: fileId });
+    // Carol learned the identifier (e.g. a forwarded link) and references it in her own conversation:
+    // the gateway refuses the message (only one's own uploads may be referenced), and nothing is stored.
+    c.send({ type: "chat_message", message: "", multimedia_url: `/chat-media/${fileId}`, file_identifier: fileId, client_id: "claim" });
+    expect(await c.next("error")).toMatchObject({ code: "invalid_media_url", client_id: "claim" });
+    await say(c, "after the refusal");
     await waitPersisted(carol, dave, 1);
+    expect((await messagesBetween(carol, dave)).map((m) => m.content)).toEqual(["after the refusal"]);
     const r = await call(g1, `/chat-media/${fileId}`, { token: tc });
     expect(r.bytes.equals(bytes), "carol downloaded alice's file").toBe(false);
     expect(r.status).toBe(404);

@@ -185,6 +185,13 @@ export class HttpApi {
     if (!row.fileIdentifier || !IDENTIFIER_PATTERN.test(row.fileIdentifier)) {
       throw new ApiError(404, "no_media", "this message has no uploaded file");
     }
+    // Only the sender's own upload: a message naming someone else's file (accepted before the gateway
+    // checked references) must not get that file's URL written into the history.
+    const upload = await uploadById(this.o.db, row.fileIdentifier);
+    if (!upload || upload.uploader !== row.fromUser) {
+      this.o.log.warn({ messageId: row.id, fileIdentifier: row.fileIdentifier, user: username }, "refresh refused: the file is not the sender's upload");
+      throw new ApiError(404, "no_media", "this message has no uploaded file of its sender");
+    }
     const { url, expiresAt } = await this.o.storage.locate(row.fileIdentifier);
     await updateMessageMedia(this.o.db, row.id, url, expiresAt?.toISOString() ?? null);
     return json(200, { file_location: url });

@@ -12,6 +12,7 @@ import {
 import { ErrorCode, type AcceptedChatMessage, type ChatMessageEvent } from "@chat/protocol";
 import { v7 as uuidv7 } from "uuid";
 import { chatMessageEvent, chatMessageIdOf } from "./chat-message.js";
+import { classifyMediaUrl, mediaRefusal } from "./media-reference.js";
 import type { GatewayCore } from "./core.js";
 import type { SessionSocket } from "./socket.js";
 import { SubscribedSession } from "./subscribed-session.js";
@@ -216,7 +217,44 @@ export class ChatSession extends SubscribedSession {
     this.sendMessage(parsed.frame);
   }
 
+  /** Sends of this socket waiting behind a media check, so that none overtakes an earlier one; null when none. */
+  private checking: Promise<void> | null = null;
+
+  /**
+   * Checks the frame's media reference (issue: any URL scheme, or someone else's upload, was stored
+   * and relayed), then accepts it. A check that needs the database holds this socket's later sends
+   * behind it, so one socket's messages keep their order.
+   */
   private sendMessage(frame: AcceptedChatMessage): void {
+    const url = frame.multimedia_url;
+    const kind = url === undefined ? null : classifyMediaUrl(url);
+    const lookup = frame.file_identifier !== undefined || kind?.kind === "own";
+    if (!lookup && this.checking === null) {
+      if (kind?.kind === "refused") return this.refuseMedia(kind.reason, frame);
+      return this.acceptMessage(frame);
+    }
+    const run = async () => {
+      const refusal = await mediaRefusal(this.core.media, this.username, url, frame.file_identifier);
+      if (this.closed) return;
+      if (refusal !== null) return this.refuseMedia(refusal, frame);
+      this.acceptMessage(frame);
+    };
+    const next: Promise<void> = (this.checking ?? Promise.resolve()).then(run).catch((err: unknown) => {
+      this.core.log.warn({ err, user: this.username, client_id: frame.client_id }, "media reference check failed");
+      if (!this.closed) this.sendError(ErrorCode.unavailable, "message not accepted: its attachment could not be checked", frame.client_id);
+    });
+    this.checking = next;
+    void next.finally(() => {
+      if (this.checking === next) this.checking = null;
+    });
+  }
+
+  private refuseMedia(reason: string, frame: AcceptedChatMessage): void {
+    this.core.log.info({ user: this.username, client_id: frame.client_id, reason }, "media reference refused");
+    this.sendError(ErrorCode.invalid_media_url, `${reason}; nothing was stored`, frame.client_id);
+  }
+
+  private acceptMessage(frame: AcceptedChatMessage): void {
     if (!this.core.redisReady) {
       return this.sendError(ErrorCode.unavailable, "message not accepted: the message bus is unreachable", frame.client_id);
     }

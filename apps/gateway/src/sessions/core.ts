@@ -12,6 +12,7 @@ import {
 import { createFrameParser, type ChatMessageEvent, type ParseResult } from "@chat/protocol";
 import type { Logger } from "@chat/log";
 import type { GatewayMetrics } from "../metrics.js";
+import type { MediaReferences } from "./media-reference.js";
 
 /** Unread counters as the gateway reads them on connect (never per message). */
 export interface UnreadCounts {
@@ -53,6 +54,8 @@ export interface CoreOptions {
   presence: Presence;
   unread: UnreadCounts;
   history: History;
+  /** Uploads a chat_message may reference (checked before it is accepted). */
+  media: MediaReferences;
   /** Most messages a reconnecting socket is replayed. */
   maxReplay: number;
   maxMessageLength: number;
@@ -76,6 +79,7 @@ export class GatewayCore {
   readonly stream: MessageLog;
   readonly unread: UnreadCounts;
   readonly history: History;
+  readonly media: MediaReferences;
   readonly maxReplay: number;
   readonly limits: SendLimits;
   private readonly isRedisReady: () => boolean;
@@ -104,6 +108,7 @@ export class GatewayCore {
     this.stream = options.stream;
     this.unread = options.unread;
     this.history = options.history;
+    this.media = options.media;
     this.maxReplay = options.maxReplay;
     this.limits = options.limits;
     this.isRedisReady = options.redisReady;
