@@ -23,7 +23,12 @@ export interface TokenPolicy {
   audience?: string | undefined;
   /** Required `iss`, when set. */
   issuer?: string | undefined;
+  /** Accept tokens without `exp` (CHAT_JWT_ALLOW_NO_EXP); refused by default, since they never expire. */
+  allowNoExp?: boolean | undefined;
 }
+
+/** An `iat` further in the future than this (clock skew between the issuer and us) is refused. */
+export const MAX_IAT_SKEW_SECONDS = 60;
 
 /** Verifies an HS256 JWT whose `sub` is the username; nothing else is accepted (no `none`, no RS*). */
 export class TokenVerifier {
@@ -38,19 +43,27 @@ export class TokenVerifier {
 
   async verifyToken(token: string | undefined): Promise<VerifiedToken> {
     if (!token) throw new AuthError("token_missing", "no token (use ?token= or Authorization: Bearer)");
-    let payload: { sub?: unknown; exp?: unknown };
+    let payload: { sub?: unknown; exp?: unknown; iat?: unknown };
     try {
       ({ payload } = await jwtVerify(token, this.key, {
         algorithms: ["HS256"],
+        ...(this.policy.allowNoExp ? {} : { requiredClaims: ["exp"] }),
         ...(this.policy.audience ? { audience: this.policy.audience } : {}),
         ...(this.policy.issuer ? { issuer: this.policy.issuer } : {}),
       }));
     } catch (cause) {
       if (cause instanceof errors.JWTExpired) throw new AuthError("token_expired", "token expired", { cause });
       if (cause instanceof errors.JWTClaimValidationFailed) {
+        if (cause.claim === "exp" && cause.reason === "missing") {
+          throw new AuthError("token_invalid", "token has no exp (expiry); tokens must expire", { cause });
+        }
         throw new AuthError("token_invalid", `token claim ${cause.claim} is not accepted`, { cause });
       }
       throw new AuthError("token_invalid", "token is malformed, wrongly signed or not yet valid", { cause });
+    }
+    // jose checks iat only against a maximum age: a token "issued" in the future would outlive its exp's intent.
+    if (typeof payload.iat === "number" && payload.iat > Date.now() / 1000 + MAX_IAT_SKEW_SECONDS) {
+      throw new AuthError("token_invalid", "token iat (issued at) is in the future");
     }
     if (!isValidUsername(payload.sub)) throw new AuthError("token_subject_invalid", "token sub is not a valid username");
     return { username: payload.sub, expiresAt: typeof payload.exp === "number" ? new Date(payload.exp * 1000) : null };

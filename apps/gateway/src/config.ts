@@ -8,7 +8,9 @@ export const DEVELOPMENT_JWT_SECRET = "chat-cluster-development-secret-never-use
 /** Every setting of the gateway: variable, default, meaning. The README table follows this list. */
 export const GATEWAY_SETTINGS = {
   port: { env: "PORT", default: "8000", description: "HTTP/WebSocket port (0 picks a free one)", parse: integer(0, 65535) },
-  host: { env: "HOST", default: "0.0.0.0", description: "Address to listen on", parse: text },
+  host: { env: "HOST", default: "0.0.0.0", description: "Address to listen on; in development mode (NODE_ENV=development) `127.0.0.1` unless set", parse: text },
+  metricsPort: { env: "CHAT_METRICS_PORT", default: undefined, description: "Serve `/metrics` on this port only, not on PORT (0 picks a free one); unset: on PORT, open to every client of the API", parse: integer(0, 65535) },
+  metricsHost: { env: "CHAT_METRICS_HOST", default: undefined, description: "Address of CHAT_METRICS_PORT (default: HOST)", parse: text },
   ...commonSettings,
   nodeId: { env: "CHAT_NODE_ID", default: undefined, description: "This node's id in logs and presence (default: hostname-pid-random)", parse: text },
   maxMessageLength: { env: "CHAT_MAX_MESSAGE_LENGTH", default: "4096", description: "Longest message text, in characters", parse: integer(1, 1_000_000) },
@@ -30,11 +32,12 @@ export const GATEWAY_SETTINGS = {
   allowedOrigins: {
     env: "CHAT_ALLOWED_ORIGINS",
     default: "",
-    description: "Comma-separated Origins allowed to open sockets (browsers send one); empty allows any. Others get 403",
+    description: "Comma-separated Origins (`https://chat.example.com`) allowed to open sockets besides the page's own; `*` allows any. A browser upgrade whose Origin differs from its Host and is not listed gets 403; clients that send no Origin are not checked",
     parse: (raw: string) => raw.split(",").map((o) => o.trim()).filter(Boolean),
   },
   jwtAudience: { env: "CHAT_JWT_AUDIENCE", default: undefined, description: "When set, tokens must carry this `aud`", parse: text },
   jwtIssuer: { env: "CHAT_JWT_ISSUER", default: undefined, description: "When set, tokens must carry this `iss`", parse: text },
+  jwtAllowNoExp: { env: "CHAT_JWT_ALLOW_NO_EXP", default: "false", description: "`true` accepts tokens without `exp` (they never expire); by default they are refused", parse: (raw: string) => oneOf("true", "false")(raw) === "true" },
   drainWindowMs: {
     env: "CHAT_DRAIN_WINDOW_MS",
     default: "10000",
@@ -67,6 +70,9 @@ export const GATEWAY_SETTINGS = {
 export interface GatewayConfig {
   port: number;
   host: string;
+  metricsPort?: number;
+  metricsHost?: string;
+  jwtAllowNoExp: boolean;
   redisUrl: string;
   databaseUrl: string;
   redisPrefix: string;
@@ -100,6 +106,8 @@ export interface GatewayConfig {
   s3UrlTtlSeconds: number;
   jwtSecret: string;
   development: boolean;
+  /** POST /api/dev/token signs tokens: development mode with the built-in secret only, never with CHAT_JWT_SECRET. */
+  devSignIn: boolean;
 }
 
 /** Reads and validates the environment once; throws a ConfigError listing every problem. */
@@ -113,7 +121,10 @@ export function loadGatewayConfig(env: NodeJS.ProcessEnv = process.env): Readonl
   return Object.freeze({
     ...(values as Omit<GatewayConfig, "jwtSecret" | "development" | "nodeId">),
     nodeId: values.nodeId ?? `${hostname()}-${process.pid}-${randomBytes(3).toString("hex")}`,
+    // Development mode listens on loopback unless HOST says otherwise: its sign-in mints tokens for anyone.
+    host: development && !env["HOST"] ? "127.0.0.1" : values.host!,
     jwtSecret: jwtSecret!,
     development,
+    devSignIn: development && jwtSecret === DEVELOPMENT_JWT_SECRET,
   });
 }

@@ -44,6 +44,8 @@ export interface BusRecovery {
 
 export interface RunningGateway {
   readonly port: number;
+  /** Where /metrics is served: `port`, or CHAT_METRICS_PORT's. */
+  readonly metricsPort: number;
   readonly recovery: BusRecovery;
   /** Turns not-ready, closes sockets over the drain window, lets their presence go, stops listening. */
   drain(): Promise<void>;
@@ -102,7 +104,7 @@ export async function startGateway(config: Readonly<GatewayConfig>, parts: Gatew
   if (connections) core.refreshConnections = (entries) => connections.refresh(entries);
   core.startPresenceUpkeep();
 
-  const verifier = new TokenVerifier(config.jwtSecret, { audience: config.jwtAudience, issuer: config.jwtIssuer });
+  const verifier = new TokenVerifier(config.jwtSecret, { audience: config.jwtAudience, issuer: config.jwtIssuer, allowNoExp: config.jwtAllowNoExp });
   const storage: MediaStorage =
     config.mediaStorage === "s3"
       ? new S3MediaStorage({
@@ -120,14 +122,14 @@ export async function startGateway(config: Readonly<GatewayConfig>, parts: Gatew
     upload: { maxBytes: config.uploadMaxBytes, contentTypes: config.uploadContentTypes },
     roomId: names.roomId,
     log: log.child({ component: "gateway:api" }),
-    development: config.development,
+    development: config.devSignIn,
     devTokenSigning: { secret: config.jwtSecret, audience: config.jwtAudience, issuer: config.jwtIssuer },
   });
   const server = new GatewayServer(
     core,
     verifier,
     { ready: () => !draining && parts.busReady() },
-    config,
+    { ...config, metricsPort: config.metricsPort ?? null },
     log.child({ component: "gateway:uws" }),
     metrics,
     api,
@@ -140,10 +142,17 @@ export async function startGateway(config: Readonly<GatewayConfig>, parts: Gatew
     (pause) => metrics.idleCollections.observe(pause),
   );
   idleHeap.start();
-  log.info({ host: config.host, port, prefix: config.redisPrefix, development: config.development }, "listening");
+  if (config.development && !config.devSignIn) {
+    log.warn({}, "development sign-in (POST /api/dev/token) is off: CHAT_JWT_SECRET is set, and the endpoint signs only with the built-in development secret");
+  }
+  log.info(
+    { host: config.host, port, metricsPort: server.metricsPort ?? port, prefix: config.redisPrefix, development: config.development, devSignIn: config.devSignIn },
+    "listening",
+  );
 
   return {
     port,
+    metricsPort: server.metricsPort ?? port,
     recovery: {
       commandsBack: () => void core.rejoinPresence(),
       resubscribe: async () => {

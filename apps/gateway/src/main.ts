@@ -1,4 +1,5 @@
 import { createDb, redactUrl, survivePostgresClosedSocketWrites } from "@chat/db";
+import { exitOnStartupFailure } from "@chat/config";
 import { createLogger } from "@chat/log";
 import { openRedisBus, type RedisGatewayBus } from "./bus-redis.js";
 import { loadGatewayConfig, type GatewayConfig } from "./config.js";
@@ -8,8 +9,7 @@ let config: Readonly<GatewayConfig>;
 try {
   config = loadGatewayConfig();
 } catch (err) {
-  process.stderr.write(JSON.stringify({ level: "fatal", component: "gateway", msg: (err as Error).message }) + "\n");
-  process.exit(2);
+  exitOnStartupFailure("gateway", err);
 }
 
 const log = createLogger(config.logLevel, { component: "gateway", node: config.nodeId });
@@ -34,8 +34,7 @@ process.on("SIGINT", () => void shutdown("SIGINT"));
 try {
   gateway = await startGateway(config, { ...bus, db }, log);
 } catch (err) {
-  log.fatal({ err }, "gateway failed to start");
-  process.exit(1);
+  exitOnStartupFailure("gateway", err);
 }
 bus.setRecovery(gateway.recovery);
 

@@ -5,7 +5,9 @@ import { Redis } from "ioredis";
 import { redactUrl, runMigrations } from "@chat/db";
 
 // A newcomer's cluster: the same processes as production (two gateways, one worker), in
-// development mode so that `npm run token` tokens work without configuring a secret.
+// development mode unless NODE_ENV says otherwise, so that `npm run token` tokens work without
+// configuring a secret. An operator's NODE_ENV (production, with CHAT_JWT_SECRET) is kept.
+const nodeEnv = process.env["NODE_ENV"] || "development";
 const root = fileURLToPath(new URL("../../../", import.meta.url));
 const redisUrl = process.env["REDIS_URL"] ?? "redis://127.0.0.1:6379";
 const databaseUrl = process.env["DATABASE_URL"] ?? "postgres://postgres@127.0.0.1:5432/chat";
@@ -38,7 +40,7 @@ let stopping = false;
 function start(name: string, script: string, env: Record<string, string>, readyMsg: string): Promise<void> {
   const child = spawn(process.execPath, [script], {
     cwd: root,
-    env: { ...process.env, NODE_ENV: "development", REDIS_URL: redisUrl, DATABASE_URL: databaseUrl, ...env },
+    env: { ...process.env, NODE_ENV: nodeEnv, REDIS_URL: redisUrl, DATABASE_URL: databaseUrl, ...env },
     stdio: ["ignore", "pipe", "inherit"],
   });
   children.push(child);
@@ -78,11 +80,12 @@ process.on("SIGTERM", () => void stop(0));
 await Promise.all([
   start("gateway-1", "apps/gateway/dist/main.js", { PORT: String(basePort), CHAT_NODE_ID: "gateway-1" }, "listening"),
   start("gateway-2", "apps/gateway/dist/main.js", { PORT: String(basePort + 1), CHAT_NODE_ID: "gateway-2" }, "listening"),
-  start("worker", "apps/worker/dist/main.js", { CHAT_WORKER_NAME: "worker-1" }, "consuming"),
+  // The worker's metrics stay on this machine unless CHAT_WORKER_HTTP_HOST says otherwise.
+  start("worker", "apps/worker/dist/main.js", { CHAT_WORKER_NAME: "worker-1", CHAT_WORKER_HTTP_HOST: process.env["CHAT_WORKER_HTTP_HOST"] || "127.0.0.1" }, "consuming"),
 ]);
 
 process.stdout.write(`
-  Chat cluster running (development mode, Ctrl-C stops it)
+  Chat cluster running (NODE_ENV=${nodeEnv}, Ctrl-C stops it)
     gateways   ws://127.0.0.1:${basePort}   ws://127.0.0.1:${basePort + 1}
     worker     persisting to ${redactUrl(databaseUrl)}
 

@@ -94,11 +94,22 @@ try {
   process.exit(1);
 }
 
-const url = `http://${gatewayConfig.host === "0.0.0.0" ? "127.0.0.1" : gatewayConfig.host}:${gateway!.port}/`;
-log.info({ engine: engine.kind, parts: describe, url, workerHttpPort: worker!.httpPort, development: gatewayConfig.development }, "started");
+const everywhere = gatewayConfig.host === "0.0.0.0" || gatewayConfig.host === "::";
+const url = `http://${everywhere ? "127.0.0.1" : gatewayConfig.host.includes(":") ? `[${gatewayConfig.host}]` : gatewayConfig.host}:${gateway!.port}/`;
+log.info(
+  { engine: engine.kind, parts: describe, url, host: gatewayConfig.host, workerHttpPort: worker!.httpPort, development: gatewayConfig.development, devSignIn: gatewayConfig.devSignIn },
+  "started",
+);
+const signIn = !gatewayConfig.development
+  ? ""
+  : gatewayConfig.devSignIn
+    ? `development mode: open ${url} in a browser and sign in with any username\n`
+    : "development mode, but the sign-in (POST /api/dev/token) is off: CHAT_JWT_SECRET is set; sign tokens with npm run token\n";
 process.stderr.write(
   `\nchat server on ${url} (engine ${describe})\n` +
-    (gatewayConfig.development ? `development mode: open ${url} in a browser and sign in with any username\n\n` : "\n"),
+    (everywhere ? `listening on every interface (HOST=${gatewayConfig.host}): reachable from the network\n` : "") +
+    signIn +
+    "\n",
 );
 
 async function shutdown(signal: string): Promise<void> {

@@ -95,3 +95,44 @@ export function settingsTable(table: Record<string, Setting>): string {
     .map((s) => `| \`${s.env}\` | ${s.default === undefined ? "" : `\`${s.default}\``} | ${s.description} |`)
     .join("\n");
 }
+
+/**
+ * An expected start-up failure (a port in use, a backend that does not answer, a data directory in
+ * use...): its message is one line a person can act on, naming the thing and the setting to change.
+ */
+export class StartupError extends Error {
+  override readonly name = "StartupError";
+  readonly code = "startup_failed";
+}
+
+/** The line for a port that could not be listened on, from the errno of the attempt (when known). */
+export function portProblem(errno: string | undefined, host: string, port: number, portSetting: string, hostSetting = "HOST"): string {
+  const where = `${host}:${port}`;
+  if (errno === "EADDRINUSE") return `port ${port} is already in use (${where}): stop the other process or set ${portSetting} to a free port (0 picks one)`;
+  if (errno === "EADDRNOTAVAIL" || errno === "ENOTFOUND" || errno === "EAI_AGAIN") {
+    return `cannot listen on ${where}: ${host} is not an address of this machine: set ${hostSetting}`;
+  }
+  if (errno === "EACCES") return `cannot listen on ${where}: permission denied (ports below 1024 need privileges): set ${portSetting}`;
+  return `cannot listen on ${where}${errno ? ` (${errno})` : ""}: set ${portSetting} (or ${hostSetting})`;
+}
+
+/**
+ * The one line printed for a failure at start-up: configuration problems and StartupErrors as they
+ * are; anything else with its message, since it is a bug or a case not foreseen (the stack follows
+ * on the next lines for those only).
+ */
+export function startupFailureText(program: string, err: unknown): string {
+  if (err instanceof ConfigError) return `${program}: invalid configuration: ${err.problems.join("; ")}\n`;
+  if (err instanceof StartupError) return `${program}: ${err.message}\n`;
+  const e = err as Error;
+  return `${program}: cannot start: ${e?.message ?? String(err)}\n${e?.stack ? `${e.stack}\n` : ""}`;
+}
+
+/**
+ * Prints a start-up failure as plain text on stderr (never the JSON of the running service's logs)
+ * and exits: 2 for configuration, 1 otherwise.
+ */
+export function exitOnStartupFailure(program: string, err: unknown): never {
+  process.stderr.write(startupFailureText(program, err));
+  process.exit(err instanceof ConfigError ? 2 : 1);
+}

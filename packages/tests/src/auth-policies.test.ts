@@ -112,9 +112,33 @@ describe("allowed Origins (CHAT_ALLOWED_ORIGINS)", () => {
     expect((await refusedUpgrade(`${g.url}/ws/${bob}/`, { Origin: ALLOWED })).status).toBe(401);
   });
 
-  it("allows any Origin when CHAT_ALLOWED_ORIGINS is not set", async () => {
+  it("without CHAT_ALLOWED_ORIGINS lets in only the page's own origin (Origin host = Host) and clients without Origin", async () => {
     const g = await startGateway(freshPrefix("origins-default"));
+    const bob = uniqueUser("bob");
+    const token = await tokenFor(uniqueUser("alice"));
+    const own = `http://127.0.0.1:${g.port}`;
+    for (const origin of ["https://evil.example", `http://localhost:${g.port}`, `http://127.0.0.1:${g.port + 1}`, "http://127.0.0.1", "null", "garbage"]) {
+      for (const path of [`/ws/${bob}/`, "/ws/notifications/", `/ws/notifications/${bob}/`]) {
+        const r = await refusedUpgrade(`${g.url}${path}?token=${token}`, { Origin: origin });
+        expect(r, `${origin} ${path}`).toEqual({ status: 403, body: { error: "forbidden_origin", message: expect.any(String) } });
+      }
+    }
+    // The browser client served by this node.
+    const c = await connectWith(`${g.url}/ws/${bob}/?token=${token}`, { Origin: own });
+    expect(c.frames[0]).toMatchObject({ type: "online_user_list" });
+    const native = await connectReady(g.url, `/ws/${bob}/`, token);
+    expect(native.frames[0]).toMatchObject({ type: "online_user_list" });
+  });
+
+  it("allows any Origin with CHAT_ALLOWED_ORIGINS=*", async () => {
+    const g = await startGateway(freshPrefix("origins-any"), { CHAT_ALLOWED_ORIGINS: "*" });
     const c = await connectWith(`${g.url}/ws/${uniqueUser("bob")}/?token=${await tokenFor(uniqueUser("alice"))}`, { Origin: "https://evil.example" });
+    expect(c.frames[0]).toMatchObject({ type: "online_user_list" });
+  });
+
+  it("lets the page's own origin in also when CHAT_ALLOWED_ORIGINS lists others", async () => {
+    const g = await startGateway(freshPrefix("origins-own"), { CHAT_ALLOWED_ORIGINS: ALLOWED });
+    const c = await connectWith(`${g.url}/ws/${uniqueUser("bob")}/?token=${await tokenFor(uniqueUser("alice"))}`, { Origin: `http://127.0.0.1:${g.port}` });
     expect(c.frames[0]).toMatchObject({ type: "online_user_list" });
   });
 });

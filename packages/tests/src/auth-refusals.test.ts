@@ -6,6 +6,7 @@ import {
   connectReady,
   freshPrefix,
   openSocket,
+  runScript,
   refusedUpgrade,
   startGateway,
   tokenFor,
@@ -39,6 +40,8 @@ const badTokens: [string, (user: string) => Promise<string> | string][] = [
   ["a token whose sub is 151 characters", () => tokenFor("A".repeat(151))],
   ['a token whose sub is "notifications"', () => tokenFor("notifications")],
   ["a token whose sub is empty", () => tokenFor("")],
+  ["a token without exp (it would never expire)", (u) => tokenFor(u, { noExp: true })],
+  ["a token issued 2 minutes in the future (iat)", (u) => tokenFor(u, { issuedAtOffsetSeconds: 120, expiresInSeconds: 3600 })],
 ];
 
 describe("upgrade authentication", () => {
@@ -216,6 +219,60 @@ describe("secrets in logs", () => {
       expect(text).not.toContain(t);
       // No part of a token either: its payload or its signature.
       for (const part of t.split(".").slice(1)) if (part.length > 8) expect(text).not.toContain(part);
+    }
+  });
+});
+
+describe("token lifetime (exp required, iat not in the future)", () => {
+  async function apiStatus(g: { port: number }, token: string): Promise<{ status: number; body: Record<string, unknown> }> {
+    const res = await fetch(`http://127.0.0.1:${g.port}/api/conversations`, { headers: { authorization: `Bearer ${token}` } });
+    return { status: res.status, body: (await res.json()) as Record<string, unknown> };
+  }
+
+  it("refuses a token without exp, or issued more than a minute ahead, on the HTTP API too; accepts a little clock skew", async () => {
+    const g = await startGateway(freshPrefix("lifetime"));
+    const alice = uniqueUser("alice");
+    const noExp = await apiStatus(g, await tokenFor(alice, { noExp: true }));
+    expect(noExp).toEqual({ status: 401, body: { error: "token_invalid", message: expect.stringContaining("exp") } });
+    const ahead = await apiStatus(g, await tokenFor(alice, { issuedAtOffsetSeconds: 120 }));
+    expect(ahead).toEqual({ status: 401, body: { error: "token_invalid", message: expect.stringContaining("iat") } });
+    // An issuer whose clock is 30 s ahead of ours is still fine.
+    expect((await apiStatus(g, await tokenFor(alice, { issuedAtOffsetSeconds: 30 }))).status).toBe(200);
+    const skewed = await connectReady(g.url, `/ws/${uniqueUser("bob")}/`, await tokenFor(alice, { issuedAtOffsetSeconds: 30 }));
+    expect(skewed.frames[0]).toMatchObject({ type: "online_user_list" });
+  });
+
+  it("accepts a token without exp when CHAT_JWT_ALLOW_NO_EXP=true, and keeps its socket open", async () => {
+    const g = await startGateway(freshPrefix("lifetime-noexp"), { CHAT_JWT_ALLOW_NO_EXP: "true" });
+    const alice = uniqueUser("alice");
+    const token = await tokenFor(alice, { noExp: true });
+    expect((await apiStatus(g, token)).status).toBe(200);
+    const c = await connectReady(g.url, `/ws/${uniqueUser("bob")}/`, token);
+    expect(c.frames[0]).toEqual({ type: "online_user_list", users: [alice] });
+    // A future iat is refused all the same.
+    expect((await refusedUpgrade(`${g.url}/ws/${uniqueUser("bob")}/?token=${await tokenFor(alice, { issuedAtOffsetSeconds: 120 })}`)).status).toBe(401);
+  });
+
+  it("accepts the tokens of every signer in the repository (token CLI, loadgen, k6, the test helper)", async () => {
+    const g = await startGateway(freshPrefix("lifetime-signers"));
+    const { signToken: loadgenToken } = await import("../../../apps/loadgen/dist/token.js");
+    const { signHs256, tokenClaims } = await import("../../../k6/lib/jwt.js");
+    const { createHmac } = await import("node:crypto");
+    const cli = await runScript("apps/gateway/dist/token-cli.js", ["cli_user"], { CHAT_JWT_SECRET: JWT_SECRET });
+    expect(cli.code, cli.stderr).toBe(0);
+    const tokens: Record<string, string> = {
+      "npm run token": cli.stdout.trim(),
+      loadgen: loadgenToken("loadgen_user", JWT_SECRET),
+      k6: signHs256(
+        tokenClaims("k6_user", Math.floor(Date.now() / 1000), 600),
+        JWT_SECRET,
+        (secret: string, data: string) => createHmac("sha256", secret).update(data).digest("base64url"),
+        (text: string) => Buffer.from(text).toString("base64url"),
+      ),
+      "test helper": await tokenFor("helper_user"),
+    };
+    for (const [signer, token] of Object.entries(tokens)) {
+      expect((await apiStatus(g, token)).status, signer).toBe(200);
     }
   });
 });

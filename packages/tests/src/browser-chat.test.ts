@@ -4,7 +4,7 @@ import { join } from "node:path";
 import { decodeJwt } from "jose";
 import type { Page } from "playwright-core";
 import { describe, expect, it, onTestFinished } from "vitest";
-import { connectReady, dropPrefixAtEnd, freshPrefix, REPO_ROOT, startGateway, startWorker, tokenFor, uniqueUser, type Gateway } from "./helpers/index.js";
+import { DEVELOPMENT_JWT_SECRET, connectReady, dropPrefixAtEnd, freshPrefix, REPO_ROOT, startGateway, startWorker, tokenFor, uniqueUser, type Gateway } from "./helpers/index.js";
 import { CHROMIUM_MISSING, CHROMIUM_PATH, openBrowser, savePng, sideBySide } from "./helpers/browser.js";
 
 // The browser client of apps/gateway/public, driven in two real Chromium sessions (alice and bob)
@@ -57,7 +57,7 @@ describe.skipIf(CHROMIUM_MISSING)(`browser client${CHROMIUM_MISSING ? ` (skipped
       const mediaDir = mkdtempSync(join(tmpdir(), "chat-browser-media-"));
       onTestFinished(() => rmSync(mediaDir, { recursive: true, force: true }));
       // One media directory for both nodes, as a shared volume would be: bob's node serves alice's upload.
-      const env = { NODE_ENV: "development", CHAT_MEDIA_DIR: mediaDir };
+      const env = { NODE_ENV: "development", CHAT_JWT_SECRET: "", CHAT_MEDIA_DIR: mediaDir };
       const [g1, g2] = await Promise.all([startGateway(prefix, env), startGateway(prefix, env)]);
       await startWorker(prefix);
       const alice = uniqueUser("alice");
@@ -74,7 +74,7 @@ describe.skipIf(CHROMIUM_MISSING)(`browser client${CHROMIUM_MISSING ? ` (skipped
 
       // Earlier messages (more than one page), sent over a plain chat socket before bob opens anything.
       const earlier = Array.from({ length: EARLIER }, (_, i) => `earlier ${String(i + 1).padStart(2, "0")}`);
-      const script = await connectReady(g1.url, `/ws/${bob}/`, await tokenFor(alice));
+      const script = await connectReady(g1.url, `/ws/${bob}/`, await tokenFor(alice, { secret: DEVELOPMENT_JWT_SECRET }));
       for (const [i, text] of earlier.entries()) script.send({ type: "chat_message", message: text, client_id: `e-${i}` });
       await script.until((frames) => frames.filter((f) => f.type === "chat_message").length === EARLIER, 10_000, "echoes");
       expect(script.ofType("error")).toEqual([]);
@@ -172,7 +172,7 @@ describe.skipIf(CHROMIUM_MISSING)(`browser client${CHROMIUM_MISSING ? ` (skipped
   it("keeps the session across a reload and catches up on a dropped chat socket with ?since=", async () => {
     const prefix = freshPrefix("browser-since");
     dropPrefixAtEnd(prefix);
-    const env = { NODE_ENV: "development" };
+    const env = { NODE_ENV: "development", CHAT_JWT_SECRET: "" };
     const [g1, g2] = await Promise.all([startGateway(prefix, env), startGateway(prefix, env)]);
     await startWorker(prefix);
     const alice = uniqueUser("alice");
@@ -202,7 +202,7 @@ describe.skipIf(CHROMIUM_MISSING)(`browser client${CHROMIUM_MISSING ? ` (skipped
     await a.page.reload();
     await expect.poll(() => byTestId(a.page, "current-user").textContent(), POLL).toBe(alice);
     await expect.poll(() => byTestId(a.page, "connection-status").getAttribute("data-state"), POLL).toBe("open");
-    const bobSocket = await connectReady(g2.url, `/ws/${alice}/`, await tokenFor(bob));
+    const bobSocket = await connectReady(g2.url, `/ws/${alice}/`, await tokenFor(bob, { secret: DEVELOPMENT_JWT_SECRET }));
     bobSocket.send({ type: "chat_message", message: "before the drop", client_id: "b-1" });
     await expect.poll(async () => (await shownTexts(a.page)).at(-1), POLL).toBe("before the drop");
 

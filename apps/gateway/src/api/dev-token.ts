@@ -1,6 +1,7 @@
 import type { Readable } from "node:stream";
 import { isValidUsername } from "@chat/protocol";
 import { signToken, type TokenPolicy } from "../auth.js";
+import { DEVELOPMENT_JWT_SECRET } from "../config.js";
 import { ApiError, json, type ApiRequest, type ApiResponse } from "./types.js";
 
 /** How development tokens are signed: the same secret and claims the gateway's TokenVerifier checks. */
@@ -38,12 +39,13 @@ async function readBody(body: Readable | undefined, declaredLength: number): Pro
 
 /**
  * POST /api/dev/token: `{"username": "alice"}` → `{"token": "<JWT>"}`, signed like `npm run token`
- * (HS256, `sub` = username, 24 h). Development mode only: otherwise (or without signing settings)
- * it answers 404 `not_found`, exactly like an unknown endpoint, so production reveals nothing.
+ * (HS256, `sub` = username, 24 h). Development mode with the built-in development secret only: a
+ * secret given from outside (CHAT_JWT_SECRET) may be a production one, and this endpoint would mint
+ * its tokens for anyone. Otherwise it answers 404 `not_found`, exactly like an unknown endpoint.
  */
 export function devTokenHandler(development: boolean, signing: DevTokenSigning | undefined): (req: ApiRequest) => Promise<ApiResponse> {
   return async (req) => {
-    if (!development || !signing) {
+    if (!development || !signing || signing.secret !== DEVELOPMENT_JWT_SECRET) {
       req.body?.destroy();
       throw notFound();
     }

@@ -12,8 +12,11 @@ import { NotificationSession } from "../sessions/notification-session.js";
 import type { Session, SessionSocket } from "../sessions/socket.js";
 import type { HttpApi } from "../api/http-api.js";
 import { registerApiRoutes } from "./http.js";
+import { guardedRoutes, refuseBadFraming } from "./request-guard.js";
 import { registerStaticFiles } from "./static-files.js";
 import { loadNativeUws } from "./uws.js";
+import { StartupError, portProblem } from "@chat/config";
+import { createServer } from "node:net";
 
 const uws = loadNativeUws();
 
@@ -62,6 +65,11 @@ const EXPIRY_SWEEP_MS = 1000;
 export interface ServerOptions {
   host: string;
   port: number;
+  /** A separate port for /metrics (then not served on `port`); null serves it on `port`. */
+  metricsPort?: number | null | undefined;
+  /** Address of the metrics port (default: host). */
+  metricsHost?: string | undefined;
+  /** Origins that may open sockets besides the page's own; "*" allows any. */
   allowedOrigins: readonly string[];
   upgradesPerIpPerSecond: number;
   maxFrameBytes: number;
@@ -74,7 +82,45 @@ export interface Readiness {
   ready(): boolean;
 }
 
-const STATUS_TEXT: Record<number, string> = { 400: "400 Bad Request", 401: "401 Unauthorized", 404: "404 Not Found", 503: "503 Service Unavailable" };
+const STATUS_TEXT: Record<number, string> = {
+  400: "400 Bad Request", 401: "401 Unauthorized", 403: "403 Forbidden", 404: "404 Not Found", 429: "429 Too Many Requests", 503: "503 Service Unavailable",
+};
+
+/**
+ * Whether a browser page at `origin` may open a socket on the host it addressed (`host`, the Host
+ * header): its own origin always, another one only when listed. Requests without Origin come from
+ * native clients, which a cross-site page cannot impersonate, and pass.
+ */
+export function originAllowed(origin: string, host: string, allowed: readonly string[]): boolean {
+  if (!origin || allowed.includes("*") || allowed.includes(origin)) return true;
+  try {
+    const page = new URL(origin);
+    return host !== "" && page.host === new URL(`${page.protocol}//${host}`).host;
+  } catch {
+    return false; // "null" (sandboxed frames, file: pages) and garbage
+  }
+}
+
+/**
+ * The native module exports this constant (1); its types only declare the ListenOptions enum, which
+ * is no value at run time.
+ */
+const LIBUS_LISTEN_EXCLUSIVE_PORT = (uws as unknown as { LIBUS_LISTEN_EXCLUSIVE_PORT: number }).LIBUS_LISTEN_EXCLUSIVE_PORT;
+
+/** Listens exclusively (no SO_REUSEPORT: a second process on a port in use must fail, not share it). */
+function listenExclusive(app: TemplatedApp, host: string, port: number, portSetting: string): Promise<us_listen_socket> {
+  return new Promise((resolve, reject) => {
+    // The package's types lack the (host, port, options, cb) form its native binding takes.
+    const listen = app.listen as unknown as (h: string, p: number, o: number, cb: (s: us_listen_socket | false) => void) => void;
+    listen.call(app, host, port, LIBUS_LISTEN_EXCLUSIVE_PORT, (socket) => {
+      if (socket) return resolve(socket);
+      // uWebSockets.js says only "no": ask the kernel why, through a Node server on the same address.
+      const probe = createServer();
+      probe.once("error", (err: NodeJS.ErrnoException) => reject(new StartupError(portProblem(err.code, host, port, portSetting))));
+      probe.listen({ host, port, exclusive: true }, () => probe.close(() => reject(new StartupError(portProblem(undefined, host, port, portSetting)))));
+    });
+  });
+}
 
 function refuse(res: HttpResponse, status: number, code: string, message: string, metrics?: GatewayMetrics): void {
   metrics?.upgradesRefused.inc({ status: String(status) });
@@ -90,6 +136,9 @@ function refuse(res: HttpResponse, status: number, code: string, message: string
 export class GatewayServer {
   private readonly app: TemplatedApp;
   private listenSocket: us_listen_socket | null = null;
+  /** The metrics port's app, when CHAT_METRICS_PORT separates it from the API. */
+  private metricsApp: TemplatedApp | null = null;
+  private metricsSocket: us_listen_socket | null = null;
   /** Open sockets with their data, so the expiry sweep reads it without a native call per socket. */
   private readonly sockets = new Map<WebSocket<SocketData>, SocketData>();
   private expirySweep: NodeJS.Timeout | null = null;
@@ -121,36 +170,60 @@ export class GatewayServer {
       message: (ws, message, isBinary) => this.message(ws, message, isBinary),
       close: (ws) => this.closed(ws),
     });
-    this.app.get("/healthz", (res) => void res.end("ok"));
-    this.app.get("/readyz", (res) => {
+    // Every HTTP route refuses a request with untrustworthy framing first (request-guard.ts).
+    const routes = guardedRoutes(this.app);
+    routes.get("/healthz", (res) => void res.end("ok"));
+    routes.get("/readyz", (res) => {
       if (this.readiness.ready()) res.end("ready");
       else refuse(res, 503, "not_ready", "message bus unreachable or draining");
     });
-    this.app.get("/metrics", (res) => {
-      let aborted = false;
-      res.onAborted(() => {
-        aborted = true;
-      });
-      void this.metrics.registry.metrics().then((body) => {
-        if (aborted) return;
-        res.cork(() => res.writeHeader("content-type", this.metrics.registry.contentType).end(body));
-      });
-    });
-    registerApiRoutes(this.app, api);
-    registerStaticFiles(this.app, log);
-    this.app.any("/*", (res) => refuse(res, 404, "not_found", "no such endpoint"));
+    if (options.metricsPort === null || options.metricsPort === undefined) {
+      routes.get("/metrics", (res) => this.serveMetrics(res));
+    } else {
+      this.metricsApp = uws.App();
+      const metricsRoutes = guardedRoutes(this.metricsApp);
+      metricsRoutes.get("/metrics", (res) => this.serveMetrics(res));
+      metricsRoutes.any("/*", (res) => refuse(res, 404, "not_found", "no such endpoint"));
+    }
+    registerApiRoutes(routes, api);
+    registerStaticFiles(routes, log);
+    routes.any("/*", (res) => refuse(res, 404, "not_found", "no such endpoint"));
   }
 
-  listen(): Promise<number> {
-    return new Promise((resolve, reject) => {
-      this.app.listen(this.options.host, this.options.port, (socket) => {
-        if (!socket) return reject(new Error(`could not listen on ${this.options.host}:${this.options.port}`));
-        this.listenSocket = socket;
-        this.expirySweep = setInterval(() => this.closeExpired(), EXPIRY_SWEEP_MS);
-        this.expirySweep.unref();
-        resolve(uws.us_socket_local_port(socket));
-      });
+  private serveMetrics(res: HttpResponse): void {
+    let aborted = false;
+    res.onAborted(() => {
+      aborted = true;
     });
+    void this.metrics.registry.metrics().then((body) => {
+      if (aborted) return;
+      res.cork(() => res.writeHeader("content-type", this.metrics.registry.contentType).end(body));
+    });
+  }
+
+  /**
+   * Listens on the port (and the metrics port, when separate); resolves to the port. Rejects with a
+   * StartupError naming the port and its setting when the address is taken or not this machine's.
+   */
+  async listen(): Promise<number> {
+    const socket = await listenExclusive(this.app, this.options.host, this.options.port, "PORT");
+    this.listenSocket = socket;
+    if (this.metricsApp) {
+      try {
+        this.metricsSocket = await listenExclusive(this.metricsApp, this.options.metricsHost ?? this.options.host, this.options.metricsPort!, "CHAT_METRICS_PORT");
+      } catch (err) {
+        this.stopListening();
+        throw err;
+      }
+    }
+    this.expirySweep = setInterval(() => this.closeExpired(), EXPIRY_SWEEP_MS);
+    this.expirySweep.unref();
+    return uws.us_socket_local_port(socket);
+  }
+
+  /** The separate metrics port once listening, or null when /metrics is served on the main port. */
+  get metricsPort(): number | null {
+    return this.metricsSocket ? uws.us_socket_local_port(this.metricsSocket) : null;
   }
 
   /** Stops accepting connections; open sockets stay until closeAll. */
@@ -159,6 +232,8 @@ export class GatewayServer {
     this.expirySweep = null;
     if (this.listenSocket) uws.us_listen_socket_close(this.listenSocket);
     this.listenSocket = null;
+    if (this.metricsSocket) uws.us_listen_socket_close(this.metricsSocket);
+    this.metricsSocket = null;
   }
 
   get socketCount(): number {
@@ -193,6 +268,7 @@ export class GatewayServer {
   }
 
   private upgrade(res: HttpResponse, req: HttpRequest, context: us_socket_context_t): void {
+    if (refuseBadFraming(res, req)) return;
     // The request object dies at the first await: copy everything now.
     const url = req.getUrl();
     const query = req.getQuery() ?? "";
@@ -201,14 +277,15 @@ export class GatewayServer {
     const extensions = req.getHeader("sec-websocket-extensions");
     const authorization = req.getHeader("authorization");
     const origin = req.getHeader("origin");
+    const host = req.getHeader("host");
     let aborted = false;
     res.onAborted(() => {
       aborted = true;
     });
     const refuseWith = (status: number, code: string, message: string) => refuse(res, status, code, message, this.metrics);
     if (!this.readiness.ready()) return refuseWith(UpgradeRefusal.unavailable, "unavailable", "node not ready; try another");
-    // Browsers always send Origin; native clients send none and are not what the allow-list guards against.
-    if (origin && this.options.allowedOrigins.length > 0 && !this.options.allowedOrigins.includes(origin)) {
+    // Browsers always send Origin; native clients send none and are not what the check guards against.
+    if (!originAllowed(origin, host, this.options.allowedOrigins)) {
       return refuseWith(UpgradeRefusal.forbidden_origin, "forbidden_origin", "this Origin may not open sockets here");
     }
     if (this.upgradeLimiter && !this.upgradeLimiter.take(Buffer.from(res.getRemoteAddressAsText()).toString())) {
