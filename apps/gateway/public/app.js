@@ -16,6 +16,17 @@ const BACKOFF_MAX_MS = 10_000;
 const USERNAME = /^[A-Za-z0-9@.+\-_]{1,150}$/;
 const STORAGE_TOKEN = "chat.token";
 const STORAGE_USER = "chat.username";
+/** The tab's title; `(N) chat-cluster` while N messages are unread. */
+const TITLE = "chat-cluster";
+/**
+ * Longest message text, in Unicode code points: the server's default CHAT_MAX_MESSAGE_LENGTH (4096,
+ * docs/protocol.md), which the client cannot ask for. The server stays the authority: a gateway set
+ * lower refuses with `message_too_long` ("message is longer than N characters") and the client
+ * adopts that N from then on (learnMessageLimit).
+ */
+let maxMessageLength = 4096;
+/** The length counter shows from this share of the limit on. */
+const COUNTER_FROM = 0.9;
 
 /** The element with data-testid=`id`, under `root`. */
 function el(id, root = document) {
@@ -112,7 +123,7 @@ function renewOrSignOut(reason) {
     session.token = null;
     renewing = devToken(username)
       .then((token) => storeSession(username, token))
-      .catch(() => signOut(reason ?? "session expired: sign in again"))
+      .catch(() => signOut(reason ?? "session expired: sign in again", { keepHash: true }))
       .finally(() => (renewing = null));
   }
   return renewing;
@@ -183,6 +194,14 @@ class ReconnectingSocket {
     this.timer = setTimeout(() => this.connect(), delay);
   }
 
+  /** Skips the backoff wait: connects now unless a socket is already open or opening. */
+  reconnectNow() {
+    if (this.stopped || this.ws || !session.token) return;
+    clearTimeout(this.timer);
+    this.attempt = 0;
+    this.connect();
+  }
+
   /** Sends a frame; false when the socket is not open (the caller keeps it for later). */
   send(frame) {
     if (this.ws?.readyState !== WebSocket.OPEN) return false;
@@ -200,6 +219,39 @@ class ReconnectingSocket {
 }
 
 // ---------------------------------------------------------------------------------------------
+// Connection banner: shown while a socket that was open is down, or the browser says it is offline.
+// ---------------------------------------------------------------------------------------------
+
+/** Names of the sockets ("notifications", "chat") that closed and are not open again yet. */
+const downSockets = new Set();
+
+function socketStatus(name, s) {
+  if (s === "closed") downSockets.add(name);
+  else if (s === "open") downSockets.delete(name);
+  renderBanner();
+}
+
+function forgetSocket(name) {
+  downSockets.delete(name);
+  renderBanner();
+}
+
+function renderBanner() {
+  const offline = !navigator.onLine;
+  const banner = el("offline-banner");
+  banner.hidden = !offline && downSockets.size === 0;
+  banner.dataset.state = offline ? "offline" : "reconnecting";
+  el("offline-banner-text").textContent = offline
+    ? "You are offline. Messages you write are kept and sent when the connection is back."
+    : "Connection lost. Reconnecting… Messages you write are sent once it is back.";
+}
+
+function reconnectAll() {
+  list.socket?.reconnectNow();
+  view.current?.socket.reconnectNow();
+}
+
+// ---------------------------------------------------------------------------------------------
 // Conversation list: GET /api/conversations, kept live by /ws/notifications/.
 // ---------------------------------------------------------------------------------------------
 
@@ -210,6 +262,8 @@ const list = {
   socket: null,
   loading: null,
   again: false,
+  /** The first page arrived (until then the empty state would be a guess). */
+  loaded: false,
 };
 
 /** Reloads the first page(s) of the list; calls made while one runs are merged into one rerun. */
@@ -229,6 +283,7 @@ async function refreshConversations() {
         for (const e of local) list.entries.set(e.other, e);
         addConversations(page.conversations);
         list.nextCursor = page.next_cursor;
+        list.loaded = true;
         el("list-error").textContent = "";
       } catch (err) {
         el("list-error").textContent = `conversations: ${err.message}`;
@@ -292,6 +347,7 @@ function renderConversations() {
     }),
   );
   el("conversations-more").hidden = !list.nextCursor;
+  el("conversations-empty").hidden = !list.loaded || items.length > 0;
 }
 
 function setTotalUnread(n) {
@@ -299,6 +355,7 @@ function setTotalUnread(n) {
   badge.textContent = String(n);
   badge.title = `${n} unread`;
   badge.hidden = n === 0;
+  document.title = n > 0 ? `(${n}) ${TITLE}` : TITLE;
 }
 
 /** The locally known last message of a conversation (our own sends get no notification). */
@@ -316,6 +373,7 @@ function startNotifications() {
   list.socket = new ReconnectingSocket(() => `/ws/notifications/?token=${encodeURIComponent(session.token ?? "")}`, {
     onStatus: (s) => {
       el("notifications-status").dataset.state = s;
+      socketStatus("notifications", s);
       // Events may have been missed while closed: the list is reloaded once the socket is back.
       if (s === "open") void refreshConversations();
     },
@@ -375,6 +433,7 @@ class Conversation {
     this.closed = true;
     clearTimeout(this.readTimer);
     this.socket.stop();
+    forgetSocket("chat");
   }
 
   onStatus(s) {
@@ -382,6 +441,7 @@ class Conversation {
     status.dataset.state = s;
     status.textContent = s === "open" ? "connected" : s === "connecting" ? "connecting…" : "reconnecting…";
     if (s !== "open") setPresence(false);
+    if (!this.closed) socketStatus("chat", s);
   }
 
   onEvent(e) {
@@ -405,15 +465,64 @@ class Conversation {
         if (!e.recovered) this.reloadHistory();
         break;
       case "error": {
+        if (e.code === "message_too_long") learnMessageLimit(e.message);
         const p = e.client_id ? this.pending.get(e.client_id) : undefined;
         if (p) {
-          p.li.classList.add("failed");
           this.pending.delete(e.client_id);
+          this.fail(e.client_id, p, e);
+        } else if (e.code === "rate_limited" && !e.client_id) {
+          // A read receipt over the rate limit: read again a moment later.
+          clearTimeout(this.readTimer);
+          this.readTimer = setTimeout(() => this.markRead(), 1000);
+        } else {
+          el("chat-error").textContent = e.client_id ? describeRefusal(e) : `The server refused an update: ${e.message || e.code}.`;
         }
-        el("chat-error").textContent = `${e.code}: ${e.message}`;
         break;
       }
     }
+  }
+
+  /**
+   * A send the server refused (nothing was stored): the message stays, marked, with why and what
+   * the user can do: retry (same client_id: idempotent), edit (back into the composer), delete.
+   */
+  fail(clientId, p, e) {
+    p.li.classList.remove("pending");
+    p.li.classList.add("failed");
+    p.li.querySelector(".failure")?.remove();
+    const box = make("span", { cls: "failure", testid: "message-failure" });
+    box.append(make("span", { testid: "message-failure-reason", text: describeRefusal(e) }));
+    const retryable = !NOT_RETRYABLE.has(e.code);
+    if (retryable) {
+      const retry = make("button", { testid: "message-retry", text: "Retry" });
+      retry.type = "button";
+      retry.addEventListener("click", () => {
+        if (this.closed) return;
+        box.remove();
+        p.li.classList.remove("failed");
+        p.li.classList.add("pending");
+        this.pending.set(clientId, p);
+        this.socket.send(p.frame);
+      });
+      box.append(retry);
+    } else if (p.frame.message && !p.frame.multimedia_url) {
+      const edit = make("button", { testid: "message-edit", text: "Edit" });
+      edit.type = "button";
+      edit.addEventListener("click", () => {
+        const input = el("message-input");
+        input.value = p.frame.message;
+        updateCounter();
+        p.li.remove();
+        input.focus();
+      });
+      box.append(edit);
+    }
+    const del = make("button", { cls: "secondary", testid: "message-delete", text: "Delete" });
+    del.type = "button";
+    del.title = "Remove this unsent message";
+    del.addEventListener("click", () => p.li.remove());
+    box.append(del);
+    p.li.append(box);
   }
 
   /** A live or replayed chat_message. */
@@ -637,6 +746,102 @@ function closeConversation(updateHash = true) {
 }
 
 // ---------------------------------------------------------------------------------------------
+// Composer: the length counter, the attachment chip, refusals in words.
+// ---------------------------------------------------------------------------------------------
+
+/** Refusals a resend cannot fix: the message itself must change. */
+const NOT_RETRYABLE = new Set(["message_too_long", "empty_message", "invalid_frame", "invalid_media_url", "frame_too_large", "invalid_json", "unknown_type"]);
+
+/** Length as the server counts it: Unicode code points. */
+function codePoints(text) {
+  let n = 0;
+  for (const _ of text) n++;
+  return n;
+}
+
+const number = (n) => n.toLocaleString();
+
+/** Adopts the server's limit from its `message_too_long` refusal ("message is longer than N characters"). */
+function learnMessageLimit(message) {
+  const m = /longer than (\d+) characters/.exec(message ?? "");
+  if (m && Number(m[1]) > 0) {
+    maxMessageLength = Number(m[1]);
+    updateCounter();
+  }
+}
+
+/** An `error` frame in words, for a person. */
+function describeRefusal(e) {
+  switch (e.code) {
+    case "message_too_long":
+      return `Not sent: longer than this server's limit of ${number(maxMessageLength)} characters.`;
+    case "rate_limited":
+      return "Not sent: you are sending too fast. Retry in a moment.";
+    case "unavailable":
+      return "Not sent: the server cannot take messages right now. Retry in a moment.";
+    case "empty_message":
+      return "Not sent: the message is empty.";
+    case "frame_too_large":
+      return "Not sent: the message is too large.";
+    default:
+      return `Not sent: ${e.message || e.code}.`;
+  }
+}
+
+/** Shows the length counter near the limit, and marks the input once over it. */
+function updateCounter() {
+  const input = el("message-input");
+  const n = codePoints(input.value);
+  const over = n > maxMessageLength;
+  const counter = el("message-counter");
+  counter.hidden = n < Math.floor(maxMessageLength * COUNTER_FROM);
+  counter.dataset.state = over ? "over" : "near";
+  counter.textContent = `${number(n)} / ${number(maxMessageLength)}`;
+  counter.title = over ? `${number(n - maxMessageLength)} characters too many` : `${number(maxMessageLength - n)} characters left`;
+  input.setAttribute("aria-invalid", String(over));
+}
+
+function tooLongText(n) {
+  return `This message is ${number(n)} characters long; the limit is ${number(maxMessageLength)}. Shorten it by ${number(n - maxMessageLength)} characters, or send it in parts.`;
+}
+
+function formatBytes(n) {
+  if (n < 1024) return `${n} B`;
+  if (n < 1024 * 1024) return `${Math.round(n / 1024)} KB`;
+  return `${(n / (1024 * 1024)).toFixed(1)} MB`;
+}
+
+/** A refused or failed upload in words, with what to do about it. */
+function uploadRefusal(err) {
+  const fix = "Remove it (✕) to send your text alone, or attach another file.";
+  if (!(err instanceof HttpError)) return "The file could not be uploaded (connection problem). Send again, or remove it (✕).";
+  if (err.status === 413) {
+    const m = /larger than (\d+) bytes/.exec(err.message);
+    return `This file is too large to send${m ? ` (the limit is ${formatBytes(Number(m[1]))})` : ""}. ${fix}`;
+  }
+  if (err.status === 415) return `This kind of file cannot be sent. Images, video, audio, PDF and plain text usually can. ${fix}`;
+  if (err.code === "upload_quota_exceeded") return `You have uploaded too much in the last hour; try again later. ${fix}`;
+  return `The file was refused: ${err.message}. ${fix}`;
+}
+
+/** Shows the chosen file as a chip with a remove button (or nothing when none is chosen). */
+function showAttachment() {
+  const file = el("attach-input").files?.[0];
+  const row = el("attachment-row");
+  row.hidden = !file;
+  row.dataset.state = "";
+  el("attachment-name").textContent = file ? `${file.name} · ${formatBytes(file.size)}` : "";
+  el("attachment-name").title = file?.name ?? "";
+  el("attachment-error").textContent = "";
+}
+
+function removeAttachment() {
+  el("attach-input").value = "";
+  showAttachment();
+  el("message-input").focus();
+}
+
+// ---------------------------------------------------------------------------------------------
 // Wiring
 // ---------------------------------------------------------------------------------------------
 
@@ -655,7 +860,16 @@ function showSignIn(message = "") {
   el("app").hidden = true;
   el("signin").hidden = false;
   el("signin-error").textContent = message;
+  showDeepLink();
   el("signin-username").focus();
+}
+
+/** On the sign-in form: the conversation a link (`/#/bob`) leads to, opened once signed in. */
+function showDeepLink() {
+  const other = hashUser();
+  const note = el("signin-deep-link");
+  note.hidden = !other;
+  note.textContent = other ? `Sign in to open your conversation with ${other}.` : "";
 }
 
 function showApp() {
@@ -668,12 +882,17 @@ function showApp() {
   if (fromHash) openConversation(fromHash);
 }
 
-function signOut(message) {
-  closeConversation();
+/** Signs out; `keepHash` keeps the conversation of the address (`#/bob`) for the next sign-in. */
+function signOut(message, { keepHash = false } = {}) {
+  closeConversation(!keepHash);
   list.socket?.stop();
   list.socket = null;
   list.entries.clear();
+  list.loaded = false;
   renderConversations();
+  setTotalUnread(0);
+  downSockets.clear();
+  renderBanner();
   clearTimeout(session.renewTimer);
   session.token = null;
   session.username = null;
@@ -722,9 +941,15 @@ el("new-conversation").addEventListener("submit", (e) => {
   openConversation(other);
 });
 
-el("attach-input").addEventListener("change", () => {
-  el("attachment-name").textContent = el("attach-input").files?.[0]?.name ?? "";
+el("attach-input").addEventListener("change", () => showAttachment());
+el("attachment-remove").addEventListener("click", () => removeAttachment());
+el("message-input").addEventListener("input", () => updateCounter());
+el("reconnect-now").addEventListener("click", () => reconnectAll());
+window.addEventListener("online", () => {
+  renderBanner();
+  reconnectAll();
 });
+window.addEventListener("offline", () => renderBanner());
 
 el("composer").addEventListener("submit", async (e) => {
   e.preventDefault();
@@ -736,6 +961,13 @@ el("composer").addEventListener("submit", async (e) => {
   const file = fileInput.files?.[0];
   if (!text && !file) return;
   el("chat-error").textContent = "";
+  // Refused here rather than by the server: nothing is sent, the text stays to be shortened.
+  const length = codePoints(text);
+  if (length > maxMessageLength) {
+    el("chat-error").textContent = tooLongText(length);
+    input.focus();
+    return;
+  }
   let media;
   if (file) {
     const form = new FormData();
@@ -744,15 +976,18 @@ el("composer").addEventListener("submit", async (e) => {
     try {
       media = await api("/api/rooms/upload", { method: "POST", body: form });
     } catch (err) {
-      el("chat-error").textContent = `upload: ${err.message}`;
+      // The file stays attached, marked, with why: the user removes it or picks another.
+      el("attachment-row").dataset.state = "refused";
+      el("attachment-error").textContent = uploadRefusal(err);
       return;
     } finally {
       el("send-button").disabled = false;
     }
     fileInput.value = "";
-    el("attachment-name").textContent = "";
+    showAttachment();
   }
   input.value = "";
+  updateCounter();
   conversation.send(text, media);
 });
 
@@ -761,7 +996,7 @@ document.addEventListener("visibilitychange", () => {
 });
 
 window.addEventListener("hashchange", () => {
-  if (!session.token) return;
+  if (!session.token) return showDeepLink();
   const other = hashUser();
   if (other) openConversation(other);
   else if (!location.hash) closeConversation();
@@ -772,5 +1007,6 @@ if (session.token && session.username && exp !== null && exp * 1000 > Date.now()
   storeSession(session.username, session.token);
   showApp();
 } else {
-  signOut("");
+  // A link to a conversation (`/#/bob`) survives the sign-in.
+  signOut("", { keepHash: true });
 }

@@ -27,6 +27,8 @@ export interface BrowserSession {
   page: Page;
   /** Uncaught exceptions of the page's scripts; a test should expect this to stay empty. */
   pageErrors: string[];
+  /** Errors the page logged to its console from the first load on (failed loads such as a 404 among them), with their URL. */
+  consoleErrors: string[];
 }
 
 /**
@@ -49,8 +51,12 @@ export async function openBrowser(url: string): Promise<BrowserSession> {
   page.setDefaultTimeout(15_000);
   const pageErrors: string[] = [];
   page.on("pageerror", (err) => pageErrors.push(err.message));
+  const consoleErrors: string[] = [];
+  page.on("console", (m) => {
+    if (m.type() === "error") consoleErrors.push(`${m.text()} (${m.location().url})`);
+  });
   await page.goto(url);
-  return { context, page, pageErrors };
+  return { context, page, pageErrors, consoleErrors };
 }
 
 /** Writes `png` under `path`, creating its directory. */
