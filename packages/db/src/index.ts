@@ -6,3 +6,4 @@ export * from "./queries/unread.js";
 export * as schema from "./schema.js";
 export * from "./queries/history.js";
 export * from "./queries/uploads.js";
+export * from "./unavailable.js";

@@ -7,6 +7,7 @@ import postgres from "postgres";
 import { describe, expect, it, onTestFinished } from "vitest";
 import { redisNames } from "@chat/bus";
 import {
+  connect,
   connectReady,
   freshPrefix,
   runScript,
@@ -26,7 +27,8 @@ const run = promisify(execFile);
 // Register the Redis connection's teardown at file level (it is first used inside the test).
 testRedis();
 const PG_BIN = "/usr/lib/postgresql/15/bin";
-const OUTAGE_MS = 30_000;
+/** Long enough for the worker's backoff to reach its longest delays (250 ms doubling to 5 s). */
+const OUTAGE_MS = 12_000;
 /** One message per flow every this many ms: 4 flows, 80 messages/s in all. */
 const PACE_MS = 50;
 
@@ -106,7 +108,7 @@ function send(f: Flow, afterRead: boolean): void {
 
 describe("Postgres outage", () => {
   it(
-    "keeps accepting while Postgres is stopped for 30 s; the worker backs off, then persists the backlog exactly once with exact counts",
+    "keeps accepting while Postgres is stopped for 12 s, the HTTP API answers 503 meanwhile; the worker backs off, then persists the backlog exactly once with exact counts",
     async () => {
       const pg = await startPrivatePostgres();
       const migrated = await runScript("packages/db/dist/migrate-cli.js", [], { DATABASE_URL: pg.url });
@@ -183,8 +185,20 @@ describe("Postgres outage", () => {
         ba.paused = false;
         // The gateways stay ready and accepting: Redis holds the backlog.
         for (const g of gateways) expect((await fetch(`http://127.0.0.1:${g.port}/readyz`)).status).toBe(200);
+        // The HTTP API needs Postgres: meanwhile it answers 503 with Retry-After, on both nodes.
+        for (const g of gateways) {
+          const during = await conversationsOf(g, a);
+          expect(during.status).toBe(503);
+          expect(during.headers.get("retry-after")).toBe("5");
+          expect(await during.json()).toEqual({ error: "unavailable", message: "the database is unreachable; retry later" });
+        }
+        // A new notifications socket needs its first count from Postgres: closed with 1013 (reconnect later).
+        const lateNotes = await connect(gateways[0]!.url, "/ws/notifications/", await tokenFor(c));
+        await lateNotes.until(() => lateNotes.closeCode !== null, 15000, "close of a notifications socket opened during the outage");
+        expect(lateNotes.closeCode).toBe(1013);
+        expect(lateNotes.frames).toEqual([]);
         const worked = Date.now() - stopAt;
-        // The deliberate outage: Postgres stays down for 30 s while messages keep flowing.
+        // The deliberate outage: Postgres stays down for OUTAGE_MS while messages keep flowing.
         await new Promise((r) => setTimeout(r, Math.max(0, OUTAGE_MS - worked)));
 
         const sentAtRestart = flows.reduce((n, f) => n + f.sent, 0);
@@ -226,6 +240,7 @@ describe("Postgres outage", () => {
           50,
         );
         const recoveryMs = Date.now() - restartedAt;
+        for (const g of gateways) expect((await conversationsOf(g, a)).status).toBe(200);
 
         // Exactly once: every accepted id once, nothing else, no content twice.
         const rows = await db<{ id: string; from_user: string; to_user: string; content: string }[]>`
@@ -287,6 +302,10 @@ describe("Postgres outage", () => {
     90_000,
   );
 });
+
+function conversationsOf(g: Gateway, user: string): Promise<Response> {
+  return tokenFor(user).then((token) => fetch(`http://127.0.0.1:${g.port}/api/conversations`, { headers: { authorization: `Bearer ${token}` } }));
+}
 
 async function groupInfo(stream: string, group: string): Promise<{ pending: number; lag: number }> {
   const groups = (await testRedis().xinfo("GROUPS", stream)) as unknown[][];

@@ -11,6 +11,7 @@ import {
   messageById,
   updateMessageMedia,
   uploadById,
+  isDatabaseUnavailable,
   type Db,
 } from "@chat/db";
 import { isValidUsername } from "@chat/protocol";
@@ -21,6 +22,9 @@ import { IDENTIFIER_PATTERN, type MediaStorage } from "../media/storage.js";
 import { devTokenHandler, type DevTokenSigning } from "./dev-token.js";
 import { messageResource } from "./serialize.js";
 import { ApiError, errorResponse, json, parseLimit, type ApiRequest, type ApiResponse } from "./types.js";
+
+/** Retry-After of a 503 while Postgres is unreachable: about one reconnect attempt of the pool. */
+const DB_RETRY_AFTER_SECONDS = 5;
 
 const UUID = /^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$/;
 
@@ -94,6 +98,11 @@ export class HttpApi {
       return await handler(req);
     } catch (err) {
       if (err instanceof ApiError) return errorResponse(err);
+      if (isDatabaseUnavailable(err)) {
+        // Postgres is down or restarting: the client may retry (live chat keeps working meanwhile).
+        this.o.log.warn({ err, method: req.method, path: req.path }, "api request failed: database unavailable");
+        return { ...json(503, { error: "unavailable", message: "the database is unreachable; retry later" }), headers: { "retry-after": String(DB_RETRY_AFTER_SECONDS) } };
+      }
       this.o.log.error({ err, method: req.method, path: req.path }, "api request failed");
       return json(500, { error: "internal", message: "internal error" });
     }

@@ -1,5 +1,6 @@
 import type postgres from "postgres";
 import type { DbClient } from "../client.js";
+import { isDatabaseUnavailable } from "../unavailable.js";
 
 export interface NewMessage {
   id: string;
@@ -93,15 +94,6 @@ export class ConnectionLostError extends Error {
   readonly code = "db_connection_lost";
 }
 
-/**
- * The error says the connection, and with it the server session, is gone: postgres.js' own
- * connection errors, a socket error, or the server's connection-exception (08) and
- * operator-intervention (57, e.g. 57P01 on a fast shutdown) classes.
- */
-function isConnectionLost(err: unknown): boolean {
-  const code = (err as { code?: unknown } | null)?.code;
-  return typeof code === "string" && (code.startsWith("CONNECT") || code.startsWith("ECONN") || code === "EPIPE" || code.startsWith("08") || code.startsWith("57P"));
-}
 
 /** Namespace of the per-user advisory locks (pg_advisory_lock(int, int)); arbitrary constant. */
 const USER_LOCK_SPACE = 72_026;
@@ -134,7 +126,7 @@ export async function persistBatch(
       try {
         outcome = await writeBatch(conn, newMessages, reads);
       } catch (err) {
-        sessionLost = isConnectionLost(err);
+        sessionLost = isDatabaseUnavailable(err);
         if (sessionLost) throw new ConnectionLostError(`the batch's Postgres connection was lost: ${(err as Error).message}`, { cause: err });
         throw err;
       }
