@@ -1,7 +1,44 @@
+import { spawn } from "node:child_process";
+import { once } from "node:events";
+import { mkdtempSync, rmSync } from "node:fs";
+import { tmpdir } from "node:os";
+import { join } from "node:path";
+import { createInterface } from "node:readline";
 import { runMigrations } from "@chat/db";
-import { DATABASE_URL } from "./helpers/env.js";
+import { DATABASE_URL, REPO_ROOT } from "./helpers/env.js";
 
-/** The suite runs against the built apps and, when Postgres answers (see vitest.config.ts), a migrated database. */
-export default async function setup(): Promise<void> {
-  if (process.env["CHAT_TEST_SERVICES"] === "up") await runMigrations(DATABASE_URL);
+/**
+ * The suite runs against the built apps and, when Postgres answers (see vitest.config.ts), a migrated
+ * database. It also makes one migrated embedded data directory that every embedded deployment of the
+ * run starts from (a copy), as a Postgres template database would: migrating a new PGlite costs each
+ * start about 3 s of CPU. Starting from an empty directory is still tested (single-node.test.ts).
+ */
+export default async function setup(): Promise<() => void> {
+  const template = mkdtempSync(join(tmpdir(), "chat-embedded-template-"));
+  await Promise.all([process.env["CHAT_TEST_SERVICES"] === "up" ? runMigrations(DATABASE_URL) : undefined, migrateEmbedded(template)]);
+  process.env["CHAT_TEST_EMBEDDED_TEMPLATE"] = template;
+  return () => rmSync(template, { recursive: true, force: true });
+}
+
+/** Starts the embedded single node on `dataDir` until it says it started, then stops it cleanly. */
+async function migrateEmbedded(dataDir: string): Promise<void> {
+  const child = spawn(process.execPath, ["apps/single-node/dist/main.js"], {
+    cwd: REPO_ROOT,
+    env: { PATH: process.env["PATH"], CHAT_DATA_DIR: dataDir, PORT: "0", HOST: "127.0.0.1", CHAT_WORKER_HTTP_PORT: "0", CHAT_JWT_SECRET: "template-only-secret-of-at-least-32-bytes" },
+    stdio: ["ignore", "pipe", "pipe"],
+  });
+  let stderr = "";
+  child.stderr.on("data", (d: Buffer) => (stderr += d.toString()));
+  const exited = once(child, "exit");
+  const started = new Promise<void>((resolve) => {
+    createInterface({ input: child.stdout }).on("line", (line) => {
+      if (line.includes('"msg":"started"')) resolve();
+    });
+  });
+  const timer = setTimeout(() => child.kill("SIGKILL"), 60_000);
+  await Promise.race([started, exited.then(() => Promise.reject(new Error(`the embedded template's single node exited before it started: ${stderr}`)))]);
+  child.kill("SIGTERM");
+  const [code] = (await exited) as [number | null];
+  clearTimeout(timer);
+  if (code !== 0) throw new Error(`the embedded template's single node exited with ${code} on SIGTERM: ${stderr}`);
 }

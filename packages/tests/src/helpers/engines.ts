@@ -1,4 +1,4 @@
-import { mkdtempSync, rmSync } from "node:fs";
+import { cpSync, mkdtempSync, rmSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { onTestFinished } from "vitest";
@@ -39,6 +39,9 @@ export async function startEngine(kind: EngineKind, env: Record<string, string |
 async function startEmbedded(env: Record<string, string | undefined>): Promise<EngineDeployment> {
   const dataDir = mkdtempSync(join(tmpdir(), "chat-embedded-"));
   onTestFinished(() => rmSync(dataDir, { recursive: true, force: true }));
+  // A copy of the run's migrated data directory (global-setup.ts): what a new one would be, minus the migrations.
+  const template = process.env["CHAT_TEST_EMBEDDED_TEMPLATE"];
+  if (template) cpSync(template, dataDir, { recursive: true });
   let proc: RunningProcess;
   let port = 0;
   const start = async () => {

@@ -1,17 +1,9 @@
 import { spawn, type ChildProcess } from "node:child_process";
-import { createServer, type AddressInfo } from "node:net";
 import { Redis } from "ioredis";
 import { onTestFinished } from "vitest";
 import { waitFor } from "./wait.js";
 
-/** A loopback port nobody listens on right now. */
-export async function freePort(): Promise<number> {
-  const srv = createServer();
-  await new Promise<void>((resolve) => srv.listen(0, "127.0.0.1", resolve));
-  const { port } = srv.address() as AddressInfo;
-  await new Promise<void>((resolve) => srv.close(() => resolve()));
-  return port;
-}
+export { freePort } from "./ports.js";
 
 export interface PrivateRedis {
   child: ChildProcess;
