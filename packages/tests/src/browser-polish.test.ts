@@ -226,7 +226,13 @@ describe.skipIf(CHROMIUM_MISSING)(`browser client polish${CHROMIUM_MISSING ? ` (
     await byTestId(phone, "new-conversation-submit").click();
     await expect.poll(() => byTestId(phone, "conversation-title").textContent(), POLL).toBe(alice);
     expect(await byTestId(phone, "conversation-list").isVisible()).toBe(false);
+    // The attachment chip fits the phone's composer too; removed, the text goes alone.
+    await byTestId(phone, "attach-input").setInputFiles({ name: "a-rather-long-file-name-for-a-phone-screen.txt", mimeType: "text/plain", buffer: Buffer.from("notes") });
     await byTestId(phone, "message-input").fill("hi from a phone");
+    await byTestId(phone, "attachment-row").waitFor();
+    expect(await phone.evaluate(() => document.documentElement.scrollWidth <= window.innerWidth)).toBe(true);
+    savePng(join(SCREENSHOTS, "polish-phone-conversation.png"), await phone.screenshot());
+    await byTestId(phone, "attachment-remove").click();
     await byTestId(phone, "send-button").click();
     await expect.poll(() => shownTexts(phone), POLL).toEqual(["hi from a phone"]);
     await byTestId(phone, "close-conversation").click();
