@@ -636,7 +636,10 @@ function setPresence(online) {
   p.textContent = online ? "online" : "offline";
 }
 
-/** Only http(s) URLs (absolute, or relative to this gateway); our own /chat-media/ files need ?token=. */
+/**
+ * Only http(s) URLs (absolute, or relative to this gateway). Our own /chat-media/ URLs are signed and
+ * short-lived (?expires=&sig=): the bearer token never goes into a URL a user could open or share.
+ */
 function mediaHref(url) {
   let u;
   try {
@@ -645,8 +648,22 @@ function mediaHref(url) {
     return null;
   }
   if (u.protocol !== "http:" && u.protocol !== "https:") return null;
-  if (u.origin === location.origin && u.pathname.startsWith("/chat-media/")) u.searchParams.set("token", session.token ?? "");
   return u.href;
+}
+
+/** Whether a signed media URL of this gateway expires within a minute (so it must be renewed before use). */
+function expiresSoon(href) {
+  const u = new URL(href);
+  const expires = Number(u.searchParams.get("expires"));
+  return u.origin === location.origin && u.pathname.startsWith("/chat-media/") && (!expires || expires * 1000 - Date.now() < 60_000);
+}
+
+/** A fresh URL for a message's file through check-url / refresh-url (bearer token in the header), or null. */
+async function renewedMediaHref(messageId) {
+  const check = await api(`/api/rooms/check-url/?message_id=${encodeURIComponent(messageId)}`);
+  if (!check.refresh_url) return null;
+  const { file_location } = await api(`/api/rooms/refresh-url/?message_id=${encodeURIComponent(messageId)}`);
+  return mediaHref(file_location);
 }
 
 function renderMessage(m) {
@@ -662,6 +679,17 @@ function renderMessage(m) {
       a.href = href;
       a.target = "_blank";
       a.rel = "noopener noreferrer";
+      // An old message's signed URL may have expired: renew it before opening.
+      a.addEventListener("click", (e) => {
+        if (!m.id || !expiresSoon(a.href)) return;
+        e.preventDefault();
+        renewedMediaHref(m.id)
+          .then((fresh) => {
+            if (fresh) a.href = fresh;
+            window.open(a.href, "_blank", "noopener,noreferrer");
+          })
+          .catch(() => window.open(a.href, "_blank", "noopener,noreferrer"));
+      });
       if (/\.(png|jpe?g|gif|webp)(\?|$)/i.test(new URL(href).pathname)) {
         const img = make("img", { testid: "message-image" });
         img.alt = "attachment";
@@ -698,11 +726,7 @@ function watchImage(messageId, img, a) {
     setTimeout(async () => {
       let href = img.src;
       try {
-        const check = await api(`/api/rooms/check-url/?message_id=${encodeURIComponent(messageId)}`);
-        if (check.refresh_url) {
-          const { file_location } = await api(`/api/rooms/refresh-url/?message_id=${encodeURIComponent(messageId)}`);
-          href = mediaHref(file_location) ?? href;
-        }
+        href = (await renewedMediaHref(messageId)) ?? href;
       } catch {
         // Not persisted yet (404) or unreachable: try the same URL again.
       }

@@ -57,7 +57,7 @@ export const GATEWAY_SETTINGS = {
   uploadContentTypes: {
     env: "CHAT_UPLOAD_CONTENT_TYPES",
     default: "image/*,video/*,audio/*,application/pdf,text/plain",
-    description: "Allowed upload content types, comma-separated (`type/*` for a family); others get 415",
+    description: "Allowed upload content types, comma-separated (`type/*` for a family), matched against the type sniffed from the file's bytes (the declared type and name are ignored); others get 415. Only types the gateway recognises (PNG, JPEG, GIF, WebP, HEIC, PDF, MP4, QuickTime, WebM, Ogg, WAV, MP3, M4A, plain text) are ever stored: never SVG or HTML",
     parse: (raw: string) => raw.split(",").map((t) => t.trim().toLowerCase()).filter(Boolean),
   },
   s3Bucket: { env: "CHAT_S3_BUCKET", default: undefined, description: "S3 bucket (required with CHAT_MEDIA_STORAGE=s3); credentials come from the AWS SDK's default chain", parse: text },
@@ -68,6 +68,10 @@ export const GATEWAY_SETTINGS = {
 };
 
 export interface GatewayConfig {
+  mediaUrlTtlSeconds: { env: "CHAT_MEDIA_URL_TTL_SECONDS", default: "900", description: "Lifetime of the signed /chat-media/ URLs of local storage (s); clients renew them through /api/rooms/check-url/ and refresh-url/", parse: integer(10, 7 * 24 * 3600) },
+  uploadQuotaBytesPerHour: { env: "CHAT_UPLOAD_QUOTA_BYTES_PER_HOUR", default: "104857600", description: "Bytes one user may upload per hour, across the cluster (reserved before storing); beyond it 429 `upload_quota_exceeded`; 0 disables", parse: integer(0, Number.MAX_SAFE_INTEGER) },
+  uploadOrphanGraceSeconds: { env: "CHAT_UPLOAD_ORPHAN_GRACE_SECONDS", default: "86400", description: "An upload no message references is deleted once older than this (s), as are stray files in CHAT_MEDIA_DIR", parse: integer(1, 365 * 86400) },
+  uploadSweepIntervalSeconds: { env: "CHAT_UPLOAD_SWEEP_INTERVAL_SECONDS", default: "3600", description: "How often a gateway sweeps unreferenced uploads (s; one gateway at a time, under a Postgres advisory lock); 0 disables", parse: integer(0, 7 * 86400) },
   port: number;
   host: string;
   metricsPort?: number;
@@ -107,6 +111,10 @@ export interface GatewayConfig {
   jwtSecret: string;
   development: boolean;
   /** POST /api/dev/token signs tokens: development mode with the built-in secret only, never with CHAT_JWT_SECRET. */
+  mediaUrlTtlSeconds: number;
+  uploadQuotaBytesPerHour: number;
+  uploadOrphanGraceSeconds: number;
+  uploadSweepIntervalSeconds: number;
   devSignIn: boolean;
 }
 

@@ -16,6 +16,8 @@ import { TokenVerifier } from "./auth.js";
 import type { GatewayConfig } from "./config.js";
 import { LocalMediaStorage } from "./media/local-storage.js";
 import { S3MediaStorage } from "./media/s3-storage.js";
+import { MediaUrlSigner } from "./media/signed-url.js";
+import { MediaSweeper } from "./media/sweeper.js";
 import type { MediaStorage } from "./media/storage.js";
 import { IDLE_HEAP_DEFAULTS, IdleHeapCollector } from "./idle-heap.js";
 import { GatewayMetrics } from "./metrics.js";
@@ -105,6 +107,7 @@ export async function startGateway(config: Readonly<GatewayConfig>, parts: Gatew
   core.startPresenceUpkeep();
 
   const verifier = new TokenVerifier(config.jwtSecret, { audience: config.jwtAudience, issuer: config.jwtIssuer, allowNoExp: config.jwtAllowNoExp });
+  const signer = new MediaUrlSigner(config.jwtSecret, config.mediaUrlTtlSeconds);
   const storage: MediaStorage =
     config.mediaStorage === "s3"
       ? new S3MediaStorage({
@@ -114,12 +117,13 @@ export async function startGateway(config: Readonly<GatewayConfig>, parts: Gatew
           forcePathStyle: config.s3ForcePathStyle,
           urlTtlSeconds: config.s3UrlTtlSeconds,
         })
-      : new LocalMediaStorage(config.mediaDir);
+      : new LocalMediaStorage(config.mediaDir, signer);
   const api = new HttpApi({
     db: db.db,
     verifier,
     storage,
-    upload: { maxBytes: config.uploadMaxBytes, contentTypes: config.uploadContentTypes },
+    signer,
+    upload: { maxBytes: config.uploadMaxBytes, contentTypes: config.uploadContentTypes, quotaBytesPerHour: config.uploadQuotaBytesPerHour },
     roomId: names.roomId,
     log: log.child({ component: "gateway:api" }),
     development: config.devSignIn,
@@ -142,6 +146,13 @@ export async function startGateway(config: Readonly<GatewayConfig>, parts: Gatew
     (pause) => metrics.idleCollections.observe(pause),
   );
   idleHeap.start();
+  const sweeper = new MediaSweeper(
+    db.db,
+    storage,
+    { graceSeconds: config.uploadOrphanGraceSeconds, intervalSeconds: config.uploadSweepIntervalSeconds },
+    log.child({ component: "gateway:media" }),
+  );
+  sweeper.start();
   if (config.development && !config.devSignIn) {
     log.warn({}, "development sign-in (POST /api/dev/token) is off: CHAT_JWT_SECRET is set, and the endpoint signs only with the built-in development secret");
   }
@@ -169,6 +180,7 @@ export async function startGateway(config: Readonly<GatewayConfig>, parts: Gatew
       await server.closeGradually(CloseCode.going_away, "server shutting down, reconnect", config.drainWindowMs);
       core.stopPresenceUpkeep();
       idleHeap.stop();
+      await sweeper.stop();
       await Promise.allSettled([...core.pendingReleases]);
       server.stopListening();
     },

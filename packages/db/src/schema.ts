@@ -63,6 +63,24 @@ export const uploads = pgTable(
     storage: text("storage").notNull(),
     createdAt: timestamp("created_at", { withTimezone: true, mode: "string" }).notNull().defaultNow(),
   },
+  // The sweep of unreferenced files reads the oldest first.
+  (t) => [index("uploads_created_idx").on(t.createdAt)],
+);
+
+/**
+ * The upload quota's ledger (issue 13.6): one row per upload attempt, reserved before the file is
+ * stored (the declared size), settled to the bytes stored, or zeroed when the upload failed. A user's
+ * rows of the last hour are their usage; older rows are deleted as the user reserves again.
+ */
+export const uploadReservations = pgTable(
+  "upload_reservations",
+  {
+    id: uuid("id").primaryKey(),
+    username: text("username").notNull(),
+    bytes: bigint("bytes", { mode: "number" }).notNull(),
+    createdAt: timestamp("created_at", { withTimezone: true, mode: "string" }).notNull().defaultNow(),
+  },
+  (t) => [index("upload_reservations_user_idx").on(t.username, t.createdAt)],
 );
 
 /**

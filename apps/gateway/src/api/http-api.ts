@@ -1,4 +1,5 @@
-import { Transform, type Readable } from "node:stream";
+import { randomUUID } from "node:crypto";
+import type { Readable } from "node:stream";
 import busboy from "busboy";
 import { v7 as uuidv7 } from "uuid";
 import {
@@ -9,6 +10,8 @@ import {
   listConversations,
   listMessages,
   messageById,
+  reserveUploadBytes,
+  settleUploadReservation,
   updateMessageMedia,
   uploadById,
   isDatabaseUnavailable,
@@ -17,8 +20,11 @@ import {
 import { isValidUsername } from "@chat/protocol";
 import type { Logger } from "@chat/log";
 import { AuthError, extractToken, type TokenVerifier } from "../auth.js";
-import { needsRefresh } from "../media/s3-storage.js";
-import { IDENTIFIER_PATTERN, type MediaStorage } from "../media/storage.js";
+import { needsRefresh, REFRESH_MARGIN_MS } from "../media/s3-storage.js";
+import type { MediaUrlSigner } from "../media/signed-url.js";
+import { SERVABLE_TYPES } from "../media/sniff.js";
+import { contentDisposition, IDENTIFIER_PATTERN, type MediaStorage } from "../media/storage.js";
+import { UploadGuard, UploadTooLargeError } from "../media/upload-guard.js";
 import { devTokenHandler, type DevTokenSigning } from "./dev-token.js";
 import { messageResource } from "./serialize.js";
 import { ApiError, errorResponse, json, parseLimit, type ApiRequest, type ApiResponse } from "./types.js";
@@ -30,14 +36,32 @@ const UUID = /^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$/;
 
 export interface UploadPolicy {
   maxBytes: number;
-  /** Allowed content types: exact (`application/pdf`) or a family (`image/*`). */
+  /** Allowed content types, matched against the sniffed type: exact (`application/pdf`) or a family (`image/*`). */
   contentTypes: readonly string[];
+  /** Bytes one user may upload per hour, across the cluster; 0: no quota. */
+  quotaBytesPerHour: number;
 }
+
+/** Multipart framing around the file: a body declared larger than the limit plus this is refused unread. */
+const MULTIPART_SLACK = 64 * 1024;
+
+/**
+ * Headers of every media response (issue 13.1): the browser never second-guesses the type, and
+ * whatever the file is, it runs no script and loads nothing, even when opened as a document.
+ */
+const MEDIA_HEADERS = {
+  "x-content-type-options": "nosniff",
+  "content-security-policy": "sandbox; default-src 'none'; img-src 'self' data:; media-src 'self'; style-src 'unsafe-inline'",
+  "cross-origin-resource-policy": "same-origin",
+  "referrer-policy": "no-referrer",
+} as const;
 
 export interface HttpApiOptions {
   db: Db;
   verifier: TokenVerifier;
   storage: MediaStorage;
+  /** Signs and checks the /chat-media/ URLs of local storage. */
+  signer: MediaUrlSigner;
   upload: UploadPolicy;
   roomId: (a: string, b: string) => string;
   log: Logger;
@@ -48,31 +72,8 @@ export interface HttpApiOptions {
   devTokenSigning?: DevTokenSigning;
 }
 
-const EXTENSIONS: Record<string, string> = {
-  "image/jpeg": "jpg", "image/png": "png", "image/gif": "gif", "image/webp": "webp", "image/heic": "heic",
-  "video/mp4": "mp4", "video/webm": "webm", "video/quicktime": "mov", "audio/mpeg": "mp3", "audio/ogg": "ogg",
-  "audio/webm": "weba", "audio/wav": "wav", "application/pdf": "pdf", "text/plain": "txt",
-};
-
 function allowed(contentType: string, policy: UploadPolicy): boolean {
   return policy.contentTypes.some((t) => (t.endsWith("/*") ? contentType.startsWith(t.slice(0, -1)) : contentType === t));
-}
-
-/** Counts bytes through and fails past the limit, so an upload is refused while streaming. */
-class ByteLimit extends Transform {
-  bytes = 0;
-  exceeded = false;
-  constructor(private readonly max: number) {
-    super();
-  }
-  override _transform(chunk: Buffer, _enc: BufferEncoding, done: (err?: Error | null, data?: Buffer) => void): void {
-    this.bytes += chunk.length;
-    if (this.bytes > this.max) {
-      this.exceeded = true;
-      return done(new ApiError(413, "file_too_large", `file is larger than ${this.max} bytes`));
-    }
-    done(null, chunk);
-  }
 }
 
 /** The HTTP API of docs/openapi.yaml; handlers are transport-free and throw ApiError for refusals. */
@@ -108,9 +109,14 @@ export class HttpApi {
     }
   }
 
-  private async authenticate(req: ApiRequest): Promise<string> {
+  /** The largest request body an upload may declare; the transport answers 413 to more before reading. */
+  get maxUploadBodyBytes(): number {
+    return this.o.upload.maxBytes + MULTIPART_SLACK;
+  }
+
+  private async authenticate(req: ApiRequest, headerOnly = false): Promise<string> {
     try {
-      return await this.o.verifier.verify(extractToken(req.query.toString(), req.headers["authorization"] ?? ""));
+      return await this.o.verifier.verify(extractToken(headerOnly ? "" : req.query.toString(), req.headers["authorization"] ?? ""));
     } catch (err) {
       if (err instanceof AuthError) throw new ApiError(401, err.code, err.message);
       throw err;
@@ -184,7 +190,15 @@ export class HttpApi {
   checkUrl = async (req: ApiRequest, username: string): Promise<ApiResponse> => {
     const row = await this.participantMessage(req, username);
     const expiresAt = row.multimediaUrlExpiration ? new Date(row.multimediaUrlExpiration) : null;
-    const refresh = this.o.storage.kind === "s3" && row.fileIdentifier !== null && needsRefresh(expiresAt, this.now());
+    const now = this.now();
+    let refresh = false;
+    if (row.fileIdentifier !== null && IDENTIFIER_PATTERN.test(row.fileIdentifier)) {
+      refresh =
+        this.o.storage.kind === "s3"
+          ? needsRefresh(expiresAt, now)
+          : // Local media is only reachable through a signed URL: one that is not (an older message), or expires soon, is renewed.
+            !this.o.signer.isFresh(row.multimediaUrl, row.fileIdentifier, new Date(now.getTime() + REFRESH_MARGIN_MS));
+    }
     return json(200, { refresh_url: refresh });
   };
 
@@ -206,72 +220,147 @@ export class HttpApi {
     return json(200, { file_location: url });
   };
 
-  /** GET /chat-media/{identifier} (local storage only) */
-  media = async (req: ApiRequest, username: string): Promise<ApiResponse> => {
+  /**
+   * GET /chat-media/{identifier} (local storage only; run with handleAnonymous). A signed URL
+   * (`?expires=&sig=`) is enough by itself; otherwise a participant's bearer token, in the
+   * Authorization header only: a token in a URL would end up in histories, logs and shared links.
+   */
+  media = async (req: ApiRequest): Promise<ApiResponse> => {
     const identifier = req.params["identifier"] ?? "";
     const notFound = new ApiError(404, "not_found", "no such file");
     if (!IDENTIFIER_PATTERN.test(identifier) || !this.o.storage.open) throw notFound;
+    if (req.query.has("sig") || req.query.has("expires")) {
+      const refused = this.o.signer.check(identifier, req.query);
+      if (refused === "url_expired") throw new ApiError(403, refused, "this media URL has expired; get a new one from /api/rooms/refresh-url/");
+      if (refused) throw new ApiError(403, refused, "this media URL is not valid");
+    } else {
+      if (req.query.has("token")) throw new ApiError(401, "token_in_url", "media URLs are signed; send a bearer token in the Authorization header, never in the URL");
+      const username = await this.authenticate(req, true);
+      const upload = await uploadById(this.o.db, identifier);
+      if (!upload || !(await canReadUpload(this.o.db, identifier, upload.uploader, username))) throw notFound;
+    }
     const upload = await uploadById(this.o.db, identifier);
-    if (!upload || !(await canReadUpload(this.o.db, identifier, upload.uploader, username))) throw notFound;
+    if (!upload) throw notFound;
     const file = await this.o.storage.open(identifier);
     if (!file) throw notFound;
-    return { status: 200, stream: { readable: file.readable, size: file.size, contentType: upload.contentType } };
+    // A row stored before uploads were sniffed may say anything (image/svg+xml): only a type we sniff
+    // is served as itself, anything else as opaque bytes, and only safe rasters inline.
+    const type = SERVABLE_TYPES.get(upload.contentType);
+    return {
+      status: 200,
+      headers: { ...MEDIA_HEADERS, "content-disposition": contentDisposition(identifier, type) },
+      stream: { readable: file.readable, size: file.size, contentType: type?.type ?? "application/octet-stream" },
+    };
   };
 
-  /** POST /api/rooms/upload (multipart/form-data, file field `myFile`) */
+  /**
+   * POST /api/rooms/upload (multipart/form-data, file field `myFile`). The type is sniffed from the
+   * bytes; the upload's size is reserved against the user's hourly quota before anything is stored
+   * and settled to what was stored (nothing, when it failed).
+   */
   upload = async (req: ApiRequest, username: string): Promise<ApiResponse> => {
     const policy = this.o.upload;
     const declared = Number(req.headers["content-length"] ?? "0");
-    // Multipart framing adds a little; a body far over the limit is refused before reading it.
-    if (declared > policy.maxBytes + 64 * 1024) throw new ApiError(413, "file_too_large", `file is larger than ${policy.maxBytes} bytes`);
+    // The transport refuses these before reading (and before authenticating); kept for other callers.
+    if (declared > this.maxUploadBodyBytes) throw new ApiError(413, "file_too_large", `file is larger than ${policy.maxBytes} bytes`);
     if (!req.body || !(req.headers["content-type"] ?? "").startsWith("multipart/form-data")) {
       throw new ApiError(400, "bad_upload", "send multipart/form-data with the file in field myFile");
     }
-    const result = await this.receiveFile(req.body, req.headers, username);
-    const { url, expiresAt } = await this.o.storage.locate(result.identifier);
-    return json(200, { file_location: url, file_identifier: result.identifier, expiration_time: expiresAt?.toISOString() ?? null });
+    let reservation: string | null = null;
+    if (policy.quotaBytesPerHour > 0) {
+      // The file is at most the body, and at most the limit: a body of unknown length reserves the limit.
+      const bytes = declared > 0 ? Math.min(declared, policy.maxBytes) : policy.maxBytes;
+      reservation = randomUUID();
+      const reserved = await reserveUploadBytes(this.o.db, { id: reservation, username, bytes, budget: policy.quotaBytesPerHour, windowSeconds: 3600 });
+      if (!reserved) {
+        this.o.log.info({ username, bytes, quota: policy.quotaBytesPerHour }, "upload refused: quota exceeded");
+        throw new ApiError(429, "upload_quota_exceeded", `upload quota of ${policy.quotaBytesPerHour} bytes per hour exceeded; try again later`);
+      }
+    }
+    let stored = 0;
+    try {
+      const result = await this.receiveFile(req.body, req.headers, username);
+      stored = result.size;
+      const { url, expiresAt } = await this.o.storage.locate(result.identifier);
+      return json(200, { file_location: url, file_identifier: result.identifier, expiration_time: expiresAt?.toISOString() ?? null });
+    } finally {
+      if (reservation) {
+        await settleUploadReservation(this.o.db, reservation, stored).catch((err: unknown) =>
+          this.o.log.warn({ err, username, reservation }, "upload reservation not settled; it lapses after an hour"),
+        );
+      }
+    }
   };
 
-  private receiveFile(body: Readable, headers: Record<string, string>, username: string): Promise<{ identifier: string }> {
+  /**
+   * Reads the multipart body, sniffs the file, stores it and records it. Settles exactly once, after
+   * everything it opened is released, whatever happens: refusal, a storage failure, or the client going
+   * away mid-body (the transport destroys `body` with an error).
+   */
+  private receiveFile(body: Readable, headers: Record<string, string>, username: string): Promise<{ identifier: string; size: number }> {
     const policy = this.o.upload;
     return new Promise((resolve, reject) => {
+      // The client may have gone away while we authenticated or reserved.
+      if (body.destroyed) return reject(new ApiError(400, "bad_upload", "upload interrupted"));
       let parser: busboy.Busboy;
       try {
         parser = busboy({ headers, limits: { files: 1, fileSize: policy.maxBytes + 1, fields: 10, parts: 20 } });
       } catch (cause) {
         return reject(new ApiError(400, "bad_upload", "malformed multipart request", { cause }));
       }
+      let failure: unknown = null;
+      let guard: UploadGuard | null = null;
       let saving: Promise<void> | null = null;
+      const fail = (err: unknown) => {
+        if (failure) return;
+        failure = err;
+        body.unpipe(parser);
+        // Ends the file stream with an error, so the storage pipeline closes its file.
+        parser.destroy();
+        guard?.destroy(err instanceof Error ? err : new Error(String(err)));
+        // With storage under way, its settlement rejects (after removing the partial file).
+        if (!saving) reject(err);
+      };
       parser.on("file", (field, file, info) => {
-        if (field !== "myFile" || saving) return void file.resume();
-        const contentType = info.mimeType.toLowerCase();
-        if (!allowed(contentType, policy)) {
-          file.resume();
-          return reject(new ApiError(415, "unsupported_media_type", `content type ${contentType} is not allowed`));
-        }
-        const identifier = `${uuidv7()}.${EXTENSIONS[contentType] ?? "bin"}`;
-        const limit = new ByteLimit(policy.maxBytes);
-        // Its errors reach us through storage.save's rejection; this keeps one emitted before the
+        if (field !== "myFile" || saving || failure) return void file.resume();
+        const g = new UploadGuard(policy.maxBytes);
+        guard = g;
+        // Its errors reach us through `sniffed` or storage.save; this keeps one emitted before the
         // storage attached its own handlers from being an uncaught exception.
-        limit.on("error", () => {});
-        file.on("limit", () => limit.destroy(new ApiError(413, "file_too_large", `file is larger than ${policy.maxBytes} bytes`)));
-        saving = this.o.storage
-          .save(identifier, contentType, file.pipe(limit))
-          .then((size) => insertUpload(this.o.db, { identifier, uploader: username, contentType, sizeBytes: size, storage: this.o.storage.kind }))
-          .then(
-            () => resolve({ identifier }),
-            async (err: unknown) => {
-              await this.o.storage.remove(identifier).catch(() => {});
-              file.resume();
-              reject(limit.exceeded || err instanceof ApiError ? (err instanceof ApiError ? err : new ApiError(413, "file_too_large", "file too large")) : err);
-            },
-          );
+        g.on("error", () => {});
+        file.on("limit", () => g.destroy(new UploadTooLargeError(policy.maxBytes)));
+        file.on("error", (err: Error) => g.destroy(err));
+        file.pipe(g);
+        let identifier: string | null = null;
+        saving = (async () => {
+          const type = await g.sniffed;
+          if (!type || !allowed(type.type, policy)) {
+            this.o.log.info({ username, declared: info.mimeType, sniffed: type?.type ?? null }, "upload refused: type");
+            throw new ApiError(415, "unsupported_media_type", type ? `files of type ${type.type} are not allowed` : "this kind of file is not accepted (allowed: common images, video, audio, PDF and plain text; never SVG or HTML)");
+          }
+          identifier = `${uuidv7()}.${type.ext}`;
+          const size = await this.o.storage.save(identifier, type, g);
+          await insertUpload(this.o.db, { identifier, uploader: username, contentType: type.type, sizeBytes: size, storage: this.o.storage.kind });
+          resolve({ identifier, size });
+        })().catch(async (err: unknown) => {
+          // Not stored: stop reading it (the rest of the body is discarded), and delete what was written.
+          file.unpipe(g);
+          file.resume();
+          g.destroy();
+          if (identifier) {
+            const id = identifier;
+            await this.o.storage.remove(id).catch((cause: unknown) => this.o.log.warn({ err: cause, identifier: id }, "partial upload not removed; the media sweep will"));
+          }
+          const reason = failure ?? err;
+          if (reason instanceof UploadTooLargeError) return reject(new ApiError(413, reason.code, reason.message, { cause: reason }));
+          reject(reason);
+        });
       });
-      parser.on("error", (cause: unknown) => reject(new ApiError(400, "bad_upload", "malformed multipart request", { cause })));
+      parser.on("error", (cause: unknown) => fail(new ApiError(400, "bad_upload", "malformed multipart request", { cause })));
       parser.on("close", () => {
-        if (!saving) reject(new ApiError(400, "bad_upload", "no file in field myFile"));
+        if (!saving) fail(new ApiError(400, "bad_upload", "no file in field myFile"));
       });
-      body.on("error", (cause) => reject(new ApiError(400, "bad_upload", "upload interrupted", { cause })));
+      body.on("error", (cause) => fail(cause instanceof ApiError ? cause : new ApiError(400, "bad_upload", "upload interrupted", { cause })));
       body.pipe(parser);
     });
   }

@@ -1,16 +1,21 @@
 import { createReadStream, createWriteStream, mkdirSync } from "node:fs";
-import { rm, stat } from "node:fs/promises";
+import { readdir, rm, stat } from "node:fs/promises";
 import { join, resolve } from "node:path";
 import type { Readable } from "node:stream";
 import { pipeline } from "node:stream/promises";
+import type { MediaUrlSigner } from "./signed-url.js";
+import type { SniffedType } from "./sniff.js";
 import { IDENTIFIER_PATTERN, type MediaStorage } from "./storage.js";
 
-/** Files in one directory, served back by the gateway under /chat-media/<identifier>. */
+/** Files in one directory, served back by the gateway under /chat-media/<identifier> through signed URLs. */
 export class LocalMediaStorage implements MediaStorage {
   readonly kind = "local" as const;
   private readonly dir: string;
 
-  constructor(dir: string) {
+  constructor(
+    dir: string,
+    private readonly signer: MediaUrlSigner,
+  ) {
     this.dir = resolve(dir);
     // At start-up, so that save() attaches its stream handlers before any await.
     mkdirSync(this.dir, { recursive: true });
@@ -22,14 +27,15 @@ export class LocalMediaStorage implements MediaStorage {
     return join(this.dir, identifier);
   }
 
-  async save(identifier: string, _contentType: string, body: Readable): Promise<number> {
+  async save(identifier: string, _type: SniffedType, body: Readable): Promise<number> {
     const out = createWriteStream(this.path(identifier), { flags: "wx" });
+    // pipeline destroys `out` (closing its descriptor) when `body` errors, e.g. on an aborted upload.
     await pipeline(body, out);
     return out.bytesWritten;
   }
 
   locate(identifier: string): Promise<{ url: string; expiresAt: Date | null }> {
-    return Promise.resolve({ url: `/chat-media/${identifier}`, expiresAt: null });
+    return Promise.resolve(this.signer.sign(identifier));
   }
 
   async open(identifier: string): Promise<{ readable: Readable; size: number } | null> {
@@ -44,5 +50,15 @@ export class LocalMediaStorage implements MediaStorage {
 
   async remove(identifier: string): Promise<void> {
     await rm(this.path(identifier), { force: true });
+  }
+
+  async listOlderThan(before: Date): Promise<string[]> {
+    const names = (await readdir(this.dir)).filter((n) => IDENTIFIER_PATTERN.test(n));
+    const old: string[] = [];
+    for (const name of names) {
+      const s = await stat(join(this.dir, name)).catch(() => null);
+      if (s?.isFile() && s.mtime < before) old.push(name);
+    }
+    return old;
   }
 }

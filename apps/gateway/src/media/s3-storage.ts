@@ -2,7 +2,8 @@ import type { Readable } from "node:stream";
 import { DeleteObjectCommand, GetObjectCommand, S3Client } from "@aws-sdk/client-s3";
 import { Upload } from "@aws-sdk/lib-storage";
 import { getSignedUrl } from "@aws-sdk/s3-request-presigner";
-import type { MediaStorage } from "./storage.js";
+import type { SniffedType } from "./sniff.js";
+import { contentDisposition, type MediaStorage } from "./storage.js";
 
 export interface S3StorageOptions {
   bucket: string;
@@ -34,13 +35,20 @@ export class S3MediaStorage implements MediaStorage {
     this.now = options.now ?? (() => new Date());
   }
 
-  async save(identifier: string, contentType: string, body: Readable): Promise<number> {
+  async save(identifier: string, type: SniffedType, body: Readable): Promise<number> {
     let size = 0;
     body.on("data", (chunk: Buffer) => (size += chunk.length));
     // Multipart upload: the size is unknown up front and the file is never held whole in memory.
     await new Upload({
       client: this.client,
-      params: { Bucket: this.options.bucket, Key: identifier, Body: body, ContentType: contentType },
+      // The sniffed type, never the client's, and how a browser opening the presigned URL must treat it.
+      params: {
+        Bucket: this.options.bucket,
+        Key: identifier,
+        Body: body,
+        ContentType: type.type,
+        ContentDisposition: contentDisposition(identifier, type),
+      },
     }).done();
     return size;
   }
