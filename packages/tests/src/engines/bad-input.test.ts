@@ -1,6 +1,6 @@
 import { describe, expect, it } from "vitest";
 import { CloseCode, ErrorCode } from "@chat/protocol";
-import { connectReady, engines, startEngine, tokenFor, uniqueUser, waitFor, type Frame } from "../helpers/index.js";
+import { connectReady, engines, sharedEngine, tokenFor, uniqueUser, waitFor, type Frame } from "../helpers/index.js";
 import { asHistoryMessage, chatMessages, chatPath, history, noSchemaViolations, notificationsPath, say } from "./support.js";
 
 const MAX_MESSAGE_LENGTH = 10;
@@ -28,8 +28,9 @@ const badFrames: [string, string, string, string | undefined][] = [
 ];
 
 describe.each(engines)("bad input (%s engine)", (kind) => {
+  const shared = sharedEngine(kind, limits);
   it("answers each malformed frame with a clear error, keeps the socket usable, and loses none of the valid messages in between", async () => {
-    const engine = await startEngine(kind, limits);
+    const engine = shared();
     const [alice, bob] = [uniqueUser("alice"), uniqueUser("bob")];
     const [ta, tb] = await Promise.all([tokenFor(alice), tokenFor(bob)]);
     const a = await connectReady(engine.nodes[0], chatPath(bob), ta);
@@ -74,7 +75,7 @@ describe.each(engines)("bad input (%s engine)", (kind) => {
   });
 
   it(`drops (${CloseCode.dropped}) a socket that sends a frame over 16x CHAT_MAX_FRAME_BYTES, and keeps serving the others`, async () => {
-    const engine = await startEngine(kind, limits);
+    const engine = shared();
     const [alice, bob] = [uniqueUser("alice"), uniqueUser("bob")];
     const [ta, tb] = await Promise.all([tokenFor(alice), tokenFor(bob)]);
     const a = await connectReady(engine.nodes[0], chatPath(bob), ta);
@@ -89,7 +90,7 @@ describe.each(engines)("bad input (%s engine)", (kind) => {
   });
 
   it("answers every frame on notification sockets with an error and keeps them open and counting", async () => {
-    const engine = await startEngine(kind, limits);
+    const engine = shared();
     const [alice, bob] = [uniqueUser("alice"), uniqueUser("bob")];
     const [ta, tb] = await Promise.all([tokenFor(alice), tokenFor(bob)]);
     const all = await connectReady(engine.nodes[0], notificationsPath(), ta);

@@ -1,6 +1,6 @@
 import { randomUUID } from "node:crypto";
 import { describe, expect, it } from "vitest";
-import { connect, connectReady, engines, refusedUpgrade, startEngine, tokenFor, uniqueUser, waitFor, type Frame, type TestClient } from "../helpers/index.js";
+import { connect, connectReady, engines, refusedUpgrade, sharedEngine, startEngine, tokenFor, uniqueUser, waitFor, type Frame, type TestClient } from "../helpers/index.js";
 import { chatIds, chatPath, history, noSchemaViolations, notificationsPath, say, withoutPresence } from "./support.js";
 
 /** The replay part of a socket opened with ?since=: the frames up to catch_up_end, checked for shape. */
@@ -16,8 +16,9 @@ async function replayOf(c: TestClient): Promise<{ replayed: Frame[]; end: Frame 
 }
 
 describe.each(engines)("catch-up with ?since= (%s engine)", (kind) => {
+  const shared = sharedEngine(kind);
   it("replays what was missed in order, then catch_up_end, then live messages, each exactly once", async () => {
-    const engine = await startEngine(kind);
+    const engine = shared();
     const [alice, bob] = [uniqueUser("alice"), uniqueUser("bob")];
     const [ta, tb] = await Promise.all([tokenFor(alice), tokenFor(bob)]);
     const a = await connectReady(engine.nodes[0], chatPath(bob), ta);
@@ -57,7 +58,7 @@ describe.each(engines)("catch-up with ?since= (%s engine)", (kind) => {
   });
 
   it("has no gap and no duplicate at the seam when the other user keeps sending during the reconnect", async () => {
-    const engine = await startEngine(kind);
+    const engine = shared();
     const [alice, bob] = [uniqueUser("alice"), uniqueUser("bob")];
     const [ta, tb] = await Promise.all([tokenFor(alice), tokenFor(bob)]);
     const a = await connectReady(engine.nodes[0], chatPath(bob), ta);
@@ -112,7 +113,7 @@ describe.each(engines)("catch-up with ?since= (%s engine)", (kind) => {
   });
 
   it("answers an unknown since, or another conversation's id, with recovered:false and count 0, then goes live; refuses a malformed since", async () => {
-    const engine = await startEngine(kind);
+    const engine = shared();
     const [alice, bob, carol] = [uniqueUser("alice"), uniqueUser("bob"), uniqueUser("carol")];
     const [ta, tb, tc] = await Promise.all([tokenFor(alice), tokenFor(bob), tokenFor(carol)]);
     const a = await connectReady(engine.nodes[0], chatPath(bob), ta);

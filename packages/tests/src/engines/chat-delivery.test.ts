@@ -1,10 +1,11 @@
 import { describe, expect, it } from "vitest";
-import { connectReady, engines, startEngine, tokenFor, uniqueUser } from "../helpers/index.js";
+import { connectReady, engines, sharedEngine, tokenFor, uniqueUser } from "../helpers/index.js";
 import { chatMessages, chatPath, noSchemaViolations, notificationsPath, say, UUID_V7 } from "./support.js";
 
 describe.each(engines)("chat delivery (%s engine)", (kind) => {
+  const shared = sharedEngine(kind);
   it("delivers a message to alice on one entry point and bob on the other, with every field the protocol defines", async () => {
-    const engine = await startEngine(kind);
+    const engine = shared();
     const [alice, bob] = [uniqueUser("alice"), uniqueUser("bob")];
     const [ta, tb] = await Promise.all([tokenFor(alice), tokenFor(bob)]);
     const a = await connectReady(engine.nodes[0], chatPath(bob), ta);
@@ -53,7 +54,7 @@ describe.each(engines)("chat delivery (%s engine)", (kind) => {
   });
 
   it("shows every socket of the conversation the same order when both users send at once from both entry points", async () => {
-    const engine = await startEngine(kind);
+    const engine = shared();
     const [alice, bob] = [uniqueUser("alice"), uniqueUser("bob")];
     const [ta, tb] = await Promise.all([tokenFor(alice), tokenFor(bob)]);
     const sockets = await Promise.all([
@@ -80,7 +81,7 @@ describe.each(engines)("chat delivery (%s engine)", (kind) => {
   });
 
   it("gives a third user's sockets nothing of the conversation", async () => {
-    const engine = await startEngine(kind);
+    const engine = shared();
     const [alice, bob, carol] = [uniqueUser("alice"), uniqueUser("bob"), uniqueUser("carol")];
     const [ta, tb, tc] = await Promise.all([tokenFor(alice), tokenFor(bob), tokenFor(carol)]);
     const a = await connectReady(engine.nodes[0], chatPath(bob), ta);

@@ -1,5 +1,5 @@
 import { describe, expect, it } from "vitest";
-import { connect, connectReady, engines, startEngine, tokenFor, uniqueUser, waitFor, type Frame } from "../helpers/index.js";
+import { connect, connectReady, engines, sharedEngine, tokenFor, uniqueUser, waitFor, type Frame } from "../helpers/index.js";
 import {
   asHistoryMessage,
   chatMessages,
@@ -16,8 +16,9 @@ import {
 const N = 200;
 
 describe.each(engines)("crash durability (%s engine)", (kind) => {
+  const shared = sharedEngine(kind, NO_RATE_LIMIT);
   it(`keeps every accepted message, once and in order, and exact unread counts and reads, across a SIGKILL of every process (${N} messages)`, async () => {
-    const engine = await startEngine(kind, NO_RATE_LIMIT);
+    const engine = shared();
     const [alice, bob] = [uniqueUser("alice"), uniqueUser("bob")];
     const [ta, tb] = await Promise.all([tokenFor(alice), tokenFor(bob)]);
     const a = await connectReady(engine.nodes[0], chatPath(bob), ta);
@@ -75,7 +76,7 @@ describe.each(engines)("crash durability (%s engine)", (kind) => {
   });
 
   it("keeps a read across a crash and counts only the messages after it", async () => {
-    const engine = await startEngine(kind, NO_RATE_LIMIT);
+    const engine = shared();
     const [alice, bob] = [uniqueUser("alice"), uniqueUser("bob")];
     const [ta, tb] = await Promise.all([tokenFor(alice), tokenFor(bob)]);
     const a = await connectReady(engine.nodes[0], chatPath(bob), ta);
@@ -95,7 +96,7 @@ describe.each(engines)("crash durability (%s engine)", (kind) => {
   });
 
   it("still answers a retry of a client_id accepted before the crash with the original message", async () => {
-    const engine = await startEngine(kind);
+    const engine = shared();
     const [alice, bob] = [uniqueUser("alice"), uniqueUser("bob")];
     const [ta, tb] = await Promise.all([tokenFor(alice), tokenFor(bob)]);
     const a = await connectReady(engine.nodes[0], chatPath(bob), ta);

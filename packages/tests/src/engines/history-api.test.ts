@@ -1,12 +1,13 @@
 import { describe, expect, it } from "vitest";
-import { connectReady, engines, startEngine, tokenFor, uniqueUser, waitFor, type Frame } from "../helpers/index.js";
+import { connectReady, engines, sharedEngine, tokenFor, uniqueUser, waitFor, type Frame } from "../helpers/index.js";
 import { api, asHistoryMessage, chatPath, conversations, history, noSchemaViolations, say, type ApiResult, type Json } from "./support.js";
 
 const roomId = (a: string, b: string) => (a < b ? `${a}:${b}` : `${b}:${a}`);
 
 describe.each(engines)("history and conversations over HTTP (%s engine)", (kind) => {
+  const shared = sharedEngine(kind);
   it("serves the messages in keyset pages, newest first with before and oldest first with after, as the sockets saw them", async () => {
-    const engine = await startEngine(kind);
+    const engine = shared();
     const [alice, bob, carol] = [uniqueUser("alice"), uniqueUser("bob"), uniqueUser("carol")];
     const [ta, tb, tc] = await Promise.all([tokenFor(alice), tokenFor(bob), tokenFor(carol)]);
     const a = await connectReady(engine.nodes[0], chatPath(bob), ta);
@@ -64,7 +65,7 @@ describe.each(engines)("history and conversations over HTTP (%s engine)", (kind)
   });
 
   it("lists conversations most recent first with the last message and the exact unread badge, cleared by a read", async () => {
-    const engine = await startEngine(kind);
+    const engine = shared();
     const [alice, bob, carol, dave] = [uniqueUser("alice"), uniqueUser("bob"), uniqueUser("carol"), uniqueUser("dave")];
     const [ta, tb, tc] = await Promise.all([tokenFor(alice), tokenFor(bob), tokenFor(carol)]);
     const [http0, http1] = engine.http;
@@ -136,7 +137,7 @@ describe.each(engines)("history and conversations over HTTP (%s engine)", (kind)
     noSchemaViolations(aToBob, aToDave, bob1, carol1);
   });
   it("refuses malformed cursors and message ids with 400 and unknown well-formed ones with 404, never 500", async () => {
-    const engine = await startEngine(kind);
+    const engine = shared();
     const [alice, bob] = [uniqueUser("alice"), uniqueUser("bob")];
     const [ta, tb] = await Promise.all([tokenFor(alice), tokenFor(bob)]);
     const [http0, http1] = engine.http;

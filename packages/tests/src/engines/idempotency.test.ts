@@ -1,12 +1,13 @@
 import { describe, expect, it } from "vitest";
-import { connectReady, engines, startEngine, tokenFor, uniqueUser, waitFor, type Frame, type TestClient } from "../helpers/index.js";
+import { connectReady, engines, sharedEngine, tokenFor, uniqueUser, waitFor, type Frame, type TestClient } from "../helpers/index.js";
 import { asHistoryMessage, chatMessages, chatPath, history, noSchemaViolations, NO_RATE_LIMIT, notificationsPath } from "./support.js";
 
 const echoes = (c: TestClient, clientId: string): Frame[] => chatMessages(c).filter((f) => f["client_id"] === clientId);
 
 describe.each(engines)("idempotent sends with client_id (%s engine)", (kind) => {
+  const shared = sharedEngine(kind, NO_RATE_LIMIT);
   it("answers a retry, on the same socket or after a reconnect to the other entry point, with the original and stores nothing new", async () => {
-    const engine = await startEngine(kind);
+    const engine = shared();
     const [alice, bob] = [uniqueUser("alice"), uniqueUser("bob")];
     const [ta, tb] = await Promise.all([tokenFor(alice), tokenFor(bob)]);
     const b = await connectReady(engine.nodes[1], chatPath(alice), tb);
@@ -51,7 +52,7 @@ describe.each(engines)("idempotent sends with client_id (%s engine)", (kind) => 
   });
 
   it("keeps client_ids per sender: two users may use the same one", async () => {
-    const engine = await startEngine(kind);
+    const engine = shared();
     const [alice, bob, carol] = [uniqueUser("alice"), uniqueUser("bob"), uniqueUser("carol")];
     const [ta, tb, tc] = await Promise.all([tokenFor(alice), tokenFor(bob), tokenFor(carol)]);
     const a = await connectReady(engine.nodes[0], chatPath(bob), ta);
@@ -76,7 +77,7 @@ describe.each(engines)("idempotent sends with client_id (%s engine)", (kind) => 
   });
 
   it("keeps client_ids per conversation: one sender's same client_id to two partners makes two messages, also after a restart", async () => {
-    const engine = await startEngine(kind);
+    const engine = shared();
     const [alice, bob, carol] = [uniqueUser("alice"), uniqueUser("bob"), uniqueUser("carol")];
     const [ta, tb, tc] = await Promise.all([tokenFor(alice), tokenFor(bob), tokenFor(carol)]);
     const b = await connectReady(engine.nodes[1], chatPath(alice), tb);
@@ -113,7 +114,7 @@ describe.each(engines)("idempotent sends with client_id (%s engine)", (kind) => 
   });
 
   it("creates one message when the same client_ids are sent at once on two sockets of one user, one per entry point", async () => {
-    const engine = await startEngine(kind, NO_RATE_LIMIT);
+    const engine = shared();
     const [alice, bob] = [uniqueUser("alice"), uniqueUser("bob")];
     const [ta, tb] = await Promise.all([tokenFor(alice), tokenFor(bob)]);
     const a1 = await connectReady(engine.nodes[0], chatPath(bob), ta);

@@ -1,6 +1,6 @@
 import { ErrorCode } from "@chat/protocol";
 import { describe, expect, it } from "vitest";
-import { connectReady, engines, startEngine, tokenFor, uniqueUser, waitFor, type Frame, type TestClient } from "../helpers/index.js";
+import { connectReady, engines, sharedEngine, tokenFor, uniqueUser, waitFor, type Frame, type TestClient } from "../helpers/index.js";
 import { asHistoryMessage, chatMessages, chatPath, history, noSchemaViolations, say, type Json } from "./support.js";
 
 /** A real 1x1 PNG: the upload endpoint may look at the bytes, not only the declared type. */
@@ -26,8 +26,9 @@ async function refused(chat: TestClient, frame: Record<string, unknown>): Promis
 }
 
 describe.each(engines)("media URLs of chat messages (%s engine)", (kind) => {
+  const shared = sharedEngine(kind);
   it("accepts only http(s) URLs to public hosts and the gateway's own media paths; refuses the rest with invalid_media_url and stores nothing", async () => {
-    const engine = await startEngine(kind);
+    const engine = shared();
     const [alice, bob] = [uniqueUser("alice"), uniqueUser("bob")];
     const [ta, tb] = await Promise.all([tokenFor(alice), tokenFor(bob)]);
     const a = await connectReady(engine.nodes[0], chatPath(bob), ta);
@@ -77,7 +78,7 @@ describe.each(engines)("media URLs of chat messages (%s engine)", (kind) => {
   });
 
   it("lets a message reference only the sender's own upload, at that upload's own location", async () => {
-    const engine = await startEngine(kind);
+    const engine = shared();
     const [alice, bob, carol] = [uniqueUser("alice"), uniqueUser("bob"), uniqueUser("carol")];
     const [ta, tb, tc] = await Promise.all([tokenFor(alice), tokenFor(bob), tokenFor(carol)]);
     const mine = await uploadPng(engine.http[0], ta);

@@ -1,12 +1,13 @@
 import { describe, expect, it } from "vitest";
-import { connectReady, engines, startEngine, tokenFor, uniqueUser, waitFor, type TestClient } from "../helpers/index.js";
+import { connectReady, engines, sharedEngine, tokenFor, uniqueUser, waitFor, type TestClient } from "../helpers/index.js";
 import { chatPath, conversationTriple, conversationWith, noSchemaViolations, notificationsPath, say, take } from "./support.js";
 
 const next = (c: TestClient) => c.next(undefined, 10000);
 
 describe.each(engines)("notifications and unread counts (%s engine)", (kind) => {
+  const shared = sharedEngine(kind);
   it("notifies every notification socket of the recipient on both entry points, in order, with exact counts, and nobody else", async () => {
-    const engine = await startEngine(kind);
+    const engine = shared();
     const [n0, n1] = engine.nodes;
     const [u, v, w] = [uniqueUser("u"), uniqueUser("v"), uniqueUser("w")];
     const [tu, tv, tw] = await Promise.all([tokenFor(u), tokenFor(v), tokenFor(w)]);
@@ -52,7 +53,7 @@ describe.each(engines)("notifications and unread counts (%s engine)", (kind) => 
   });
 
   it("recomputes the counts after read_messages, keeps other conversations in the total, and greets new sockets with exact counts", async () => {
-    const engine = await startEngine(kind);
+    const engine = shared();
     const [n0, n1] = engine.nodes;
     const [u, v, w, x] = [uniqueUser("u"), uniqueUser("v"), uniqueUser("w"), uniqueUser("x")];
     const [tu, tv, tw] = await Promise.all([tokenFor(u), tokenFor(v), tokenFor(w)]);

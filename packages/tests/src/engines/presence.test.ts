@@ -1,5 +1,5 @@
 import { describe, expect, it } from "vitest";
-import { connect, connectReady, engines, startEngine, tokenFor, uniqueUser, type TestClient } from "../helpers/index.js";
+import { connect, connectReady, engines, sharedEngine, tokenFor, uniqueUser, type TestClient } from "../helpers/index.js";
 import { chatPath, noSchemaViolations } from "./support.js";
 
 async function expectUserList(client: TestClient, users: string[]): Promise<void> {
@@ -25,8 +25,9 @@ async function expectNothingPendingBefore(sender: TestClient, sockets: TestClien
 }
 
 describe.each(engines)("presence (%s engine)", (kind) => {
+  const shared = sharedEngine(kind);
   it("starts every chat socket with online_user_list of the users with a socket to the conversation, on any entry point", async () => {
-    const engine = await startEngine(kind);
+    const engine = shared();
     const [n0, n1] = engine.nodes;
     const [alice, bob, carol] = [uniqueUser("alice"), uniqueUser("bob"), uniqueUser("carol")];
     const [ta, tb, tc] = await Promise.all([tokenFor(alice), tokenFor(bob), tokenFor(carol)]);
@@ -48,7 +49,7 @@ describe.each(engines)("presence (%s engine)", (kind) => {
   });
 
   it("sends user_join when a user's first socket opens (to it too, after its list), none for later sockets, and user_leave when the last closes", async () => {
-    const engine = await startEngine(kind);
+    const engine = shared();
     const [n0, n1] = engine.nodes;
     const [alice, bob] = [uniqueUser("alice"), uniqueUser("bob")];
     const [ta, tb] = await Promise.all([tokenFor(alice), tokenFor(bob)]);
@@ -96,7 +97,7 @@ describe.each(engines)("presence (%s engine)", (kind) => {
   });
 
   it("keeps presence per conversation: leaving one conversation says nothing in another", async () => {
-    const engine = await startEngine(kind);
+    const engine = shared();
     const [n0, n1] = engine.nodes;
     const [alice, bob, carol] = [uniqueUser("alice"), uniqueUser("bob"), uniqueUser("carol")];
     const [ta, tb, tc] = await Promise.all([tokenFor(alice), tokenFor(bob), tokenFor(carol)]);

@@ -1,9 +1,10 @@
 import { cpSync, mkdtempSync, rmSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
-import { onTestFinished } from "vitest";
+import { beforeAll } from "vitest";
 import { freshPrefix } from "./env.js";
-import { spawnNode, startGateway, startWorker, type RunningProcess } from "./processes.js";
+import { spawnNode, startGateway, startWorker, type RunningProcess, type SpawnOptions } from "./processes.js";
+import { atEnd, atFileEnd } from "./scope.js";
 
 /** The two engines the same code runs on. */
 export type EngineKind = "embedded" | "redis";
@@ -31,14 +32,33 @@ export interface EngineDeployment {
 const wsOf = (port: number) => `ws://127.0.0.1:${port}`;
 const httpOf = (port: number) => `http://127.0.0.1:${port}`;
 
-/** Starts a deployment; every process is killed and its data removed when the test ends. */
-export async function startEngine(kind: EngineKind, env: Record<string, string | undefined> = {}): Promise<EngineDeployment> {
-  return kind === "embedded" ? startEmbedded(env) : startRedis(env);
+/**
+ * One deployment for every test of the enclosing describe block: started before its first test, stopped
+ * when the file's tests are done. For tests that do not need a fresh deployment (unique users keep them
+ * apart); a test may still crash and restart it.
+ */
+export function sharedEngine(kind: EngineKind, env: Record<string, string | undefined> = {}): () => EngineDeployment {
+  let engine: EngineDeployment | null = null;
+  beforeAll(async () => {
+    engine = await startEngine(kind, env, "file");
+  }, 60_000);
+  return () => {
+    if (!engine) throw new Error("sharedEngine: no deployment (use it inside the tests of the describe block that declared it)");
+    return engine;
+  };
 }
 
-async function startEmbedded(env: Record<string, string | undefined>): Promise<EngineDeployment> {
+/** Starts a deployment; every process is killed and its data removed when the test ends. */
+export async function startEngine(kind: EngineKind, env: Record<string, string | undefined> = {}, lifetime: Lifetime = "test"): Promise<EngineDeployment> {
+  return kind === "embedded" ? startEmbedded(env, lifetime) : startRedis(env, lifetime);
+}
+
+/** Whose end stops a deployment's processes, its restarts' included: the test's, or the file's. */
+type Lifetime = NonNullable<SpawnOptions["lifetime"]>;
+
+async function startEmbedded(env: Record<string, string | undefined>, lifetime: Lifetime): Promise<EngineDeployment> {
   const dataDir = mkdtempSync(join(tmpdir(), "chat-embedded-"));
-  onTestFinished(() => rmSync(dataDir, { recursive: true, force: true }));
+  (lifetime === "file" ? atFileEnd : atEnd)(() => rmSync(dataDir, { recursive: true, force: true }));
   // A copy of the run's migrated data directory (global-setup.ts): what a new one would be, minus the migrations.
   const template = process.env["CHAT_TEST_EMBEDDED_TEMPLATE"];
   if (template) cpSync(template, dataDir, { recursive: true });
@@ -58,6 +78,7 @@ async function startEmbedded(env: Record<string, string | undefined>): Promise<E
       },
       readyMessage: "started",
       timeoutMs: 30_000,
+      lifetime,
     });
     proc = p;
     port = Number(new URL(String(p.ready["url"])).port);
@@ -78,13 +99,13 @@ async function startEmbedded(env: Record<string, string | undefined>): Promise<E
   };
 }
 
-async function startRedis(env: Record<string, string | undefined>): Promise<EngineDeployment> {
+async function startRedis(env: Record<string, string | undefined>, lifetime: Lifetime): Promise<EngineDeployment> {
   const prefix = freshPrefix("engine");
   let processes: RunningProcess[] = [];
   const ports: [number, number] = [0, 0];
   const start = async () => {
-    const [g1, g2] = await Promise.all([startGateway(prefix, env), startGateway(prefix, env)]);
-    const w = await startWorker(prefix, env);
+    const [g1, g2] = await Promise.all([startGateway(prefix, env, lifetime), startGateway(prefix, env, lifetime)]);
+    const w = await startWorker(prefix, env, lifetime);
     ports[0] = g1.port;
     ports[1] = g2.port;
     processes = [g1, g2, w];

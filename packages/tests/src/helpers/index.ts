@@ -8,3 +8,4 @@ export * from "./wait.js";
 export * from "./private-redis.js";
 export * from "./engines.js";
 export * from "./metrics.js";
+export * from "./scope.js";

@@ -1,8 +1,8 @@
 import { spawn, type ChildProcess } from "node:child_process";
 import { once } from "node:events";
 import { createInterface } from "node:readline";
-import { onTestFinished } from "vitest";
 import { DATABASE_URL, JWT_SECRET, REDIS_URL, REPO_ROOT } from "./env.js";
+import { atEnd, atFileEnd } from "./scope.js";
 
 export interface RunningProcess {
   readonly child: ChildProcess;
@@ -23,6 +23,8 @@ export interface SpawnOptions {
   /** Resolve when a log line with this msg appears. */
   readyMessage: string;
   timeoutMs?: number;
+  /** "test" (default): killed when the test ends, or the file's tests if started in a beforeAll; "file": when the file's tests are done. */
+  lifetime?: "test" | "file";
 }
 
 const running = new Set<ChildProcess>();
@@ -57,9 +59,7 @@ export function spawnNode(script: string, options: SpawnOptions): Promise<Runnin
     if (child.exitCode === null && child.signalCode === null) child.kill(signal);
     return exited;
   };
-  onTestFinished(async () => {
-    await stop("SIGKILL");
-  });
+  (options.lifetime === "file" ? atFileEnd : atEnd)(() => stop("SIGKILL"));
   child.stderr!.on("data", (d: Buffer) => stderr.push(d.toString()));
   return new Promise((resolve, reject) => {
     const timer = setTimeout(() => {
@@ -86,19 +86,21 @@ export function spawnNode(script: string, options: SpawnOptions): Promise<Runnin
   });
 }
 
-/** Starts a gateway process on a free port; it is killed when the test ends. */
-export async function startGateway(prefix: string, env: Record<string, string | undefined> = {}): Promise<Gateway> {
+/** Starts a gateway process on a free port; it is killed when the test ends (or the file's tests, from a beforeAll). */
+export async function startGateway(prefix: string, env: Record<string, string | undefined> = {}, lifetime: SpawnOptions["lifetime"] = "test"): Promise<Gateway> {
   const p = await spawnNode("apps/gateway/dist/main.js", {
     env: { PORT: "0", HOST: "127.0.0.1", CHAT_REDIS_PREFIX: prefix, ...env },
     readyMessage: "listening",
+    lifetime,
   });
   const port = Number(p.ready["port"]);
   return Object.assign(p, { port, url: `ws://127.0.0.1:${port}` });
 }
 
 /** Starts a worker process; it is killed when the test ends. */
-export async function startWorker(prefix: string, env: Record<string, string | undefined> = {}): Promise<RunningProcess> {
+export async function startWorker(prefix: string, env: Record<string, string | undefined> = {}, lifetime: SpawnOptions["lifetime"] = "test"): Promise<RunningProcess> {
   return spawnNode("apps/worker/dist/main.js", {
+    lifetime,
     env: { CHAT_REDIS_PREFIX: prefix, CHAT_WORKER_HTTP_PORT: "0", CHAT_WORKER_HTTP_HOST: "127.0.0.1", CHAT_WORKER_CLAIM_IDLE_MS: "1000", CHAT_WORKER_CLAIM_INTERVAL_MS: "500", ...env },
     readyMessage: "consuming",
   });

@@ -1,6 +1,7 @@
 import { Redis } from "ioredis";
-import { afterAll, onTestFinished } from "vitest";
+import { afterAll } from "vitest";
 import { REDIS_URL } from "./env.js";
+import { atEnd } from "./scope.js";
 
 let client: Redis | null = null;
 
@@ -22,7 +23,7 @@ export function testRedis(): Redis {
  * processes: teardowns run in reverse, so this runs after they are stopped.
  */
 export function dropPrefixAtEnd(prefix: string): void {
-  onTestFinished(async () => {
+  atEnd(async () => {
     const redis = testRedis();
     let cursor = "0";
     do {
