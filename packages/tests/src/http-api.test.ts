@@ -263,6 +263,25 @@ function walk(dir: string, base = dir): string[] {
   );
 }
 
+/**
+ * Bytes of a given kind, `size` long in all: uploads are sniffed (issue 13.1), so a test file starts
+ * with its format's real signature.
+ */
+function fileBytes(kind: "png" | "jpeg" | "mp4" | "pdf", size: number): Buffer {
+  const head = {
+    png: Buffer.from("89504e470d0a1a0a0000000d49484452", "hex"),
+    jpeg: Buffer.from("ffd8ffe000104a464946", "hex"),
+    mp4: Buffer.from("000000186674797069736f6d", "hex"),
+    pdf: Buffer.from("%PDF-1.7\n"),
+  }[kind];
+  return Buffer.concat([head, randomBytes(Math.max(0, size - head.length))]);
+}
+
+/** The signed media URL of an upload: our own path, ?expires=&sig=, never a token. */
+function expectSignedLocation(location: string, identifier: string): void {
+  expect(location).toMatch(new RegExp(`^/chat-media/${identifier.replace(".", "\\.")}\\?expires=\\d+&sig=[A-Za-z0-9_-]{43}$`));
+}
+
 const IDENTIFIER = /^[0-9a-f]{8}-[0-9a-f]{4}-7[0-9a-f]{3}-[0-9a-f]{4}-[0-9a-f]{12}\.[a-z0-9]{1,8}$/;
 
 async function upload(g: Gateway, token: string | undefined, bytes: Uint8Array, type: string, filename = "file.bin"): Promise<ApiResult> {
@@ -602,10 +621,10 @@ describe("authentication of large uploads", () => {
   it("refuses an unauthenticated 1 MiB upload with 401 and keeps serving", async () => {
     const { g1, mediaDir } = await cluster("auth-big", {}, false);
     const alice = uniqueUser("alice");
-    const r = await upload(g1, "garbage", randomBytes(1024 * 1024), "image/png", "big.png");
+    const r = await upload(g1, "garbage", fileBytes("png", 1024 * 1024), "image/png", "big.png");
     expect(r.status).toBe(401);
     // The node then still takes a real upload of the same size.
-    const bytes = randomBytes(1024 * 1024);
+    const bytes = fileBytes("png", 1024 * 1024);
     const ok = await upload(g1, await tokenFor(alice), bytes, "image/png", "big.png");
     expect(ok.status).toBe(200);
     expect(filesIn(mediaDir)).toEqual([ok.body.file_identifier]);
@@ -624,7 +643,7 @@ describe("authorization", () => {
     const c = await connectReady(g2.url, `/ws/${alice}/`, tc);
 
     // Alice uploads a file: until a message references it, only she can read it.
-    const bytes = randomBytes(3000);
+    const bytes = fileBytes("png", 3000);
     const up = await upload(g1, ta, bytes, "image/png", "secret.png");
     expect(up.status).toBe(200);
     const fileId = up.body.file_identifier as string;
@@ -638,18 +657,19 @@ describe("authorization", () => {
     await waitPersisted(alice, bob, 2);
     await waitPersisted(alice, carol, 1);
 
-    // Now bob (the other participant) may read it, by header or ?token=; carol still may not.
+    // Now bob (the other participant) may read it by header; a token in the URL is refused (media
+    // URLs are signed instead); carol still may not.
     for (const g of [g1, g2]) {
       const viaHeader = await call(g, `/chat-media/${fileId}`, { token: tb });
       expect(viaHeader.status).toBe(200);
       expect(viaHeader.bytes.equals(bytes)).toBe(true);
       const viaQuery = await call(g, `/chat-media/${fileId}?token=${tb}`);
-      expect(viaQuery.status).toBe(200);
-      expect(viaQuery.bytes.equals(bytes)).toBe(true);
+      expect(viaQuery.status).toBe(401);
+      expect(viaQuery.bytes.includes(bytes.subarray(0, 64))).toBe(false);
       const carolHeader = await call(g, `/chat-media/${fileId}`, { token: tc });
       expect(carolHeader.status).toBe(404);
       expect(carolHeader.bytes.includes(bytes.subarray(0, 64))).toBe(false);
-      expect((await call(g, `/chat-media/${fileId}?token=${tc}`)).status).toBe(404);
+      expect((await call(g, `/chat-media/${fileId}?token=${tc}`)).status).toBe(401);
     }
     expect(filesIn(mediaDir)).toEqual([fileId]);
 
@@ -677,11 +697,12 @@ describe("authorization", () => {
     // Also alice's own cursor in the wrong conversation (her conversation with carol) is not found.
     expect((await call(g1, `/api/rooms/${carol}/messages?before=${text["id"]}`, { token: ta })).status).toBe(404);
     // The participants themselves are answered.
+    // The message carries the signed URL of the upload: fresh, nothing to renew.
     expect((await call(g1, `/api/rooms/check-url/?message_id=${media["id"]}`, { token: tb })).body).toEqual({ refresh_url: false });
     expect((await call(g1, `/api/rooms/${alice}/messages?before=${media["id"]}`, { token: tb })).body.messages.map((m: Any) => m.id)).toEqual([text["id"]]);
     // The DB row of the media message is untouched by carol's refused refresh.
     const [row] = await testSql()<{ multimedia_url: string }[]>`SELECT multimedia_url FROM messages WHERE id = ${media["id"] as string}`;
-    expect(row!.multimedia_url).toBe(`/chat-media/${fileId}`);
+    expect(row!.multimedia_url).toBe(up.body.file_location);
   });
 
   it("does not let a third user gain access to someone else's upload by referencing its identifier in her own message", async () => {
@@ -693,7 +714,7 @@ describe("authorization", () => {
     const [ta, tb, tc] = await Promise.all([tokenFor(alice), tokenFor(bob), tokenFor(carol)]);
     const a = await connectReady(g1.url, `/ws/${bob}/`, ta);
     const c = await connectReady(g2.url, `/ws/${dave}/`, tc);
-    const bytes = randomBytes(500);
+    const bytes = fileBytes("jpeg", 500);
     const up = await upload(g1, ta, bytes, "image/jpeg", "holiday.jpg");
     expect(up.status).toBe(200);
     const fileId = up.body.file_identifier as string;
@@ -721,20 +742,21 @@ describe("uploads and media", () => {
     const bob = uniqueUser("bob");
     const [ta, tb] = await Promise.all([tokenFor(alice), tokenFor(bob)]);
 
-    const small = randomBytes(4096);
-    const big = randomBytes(3 * 1024 * 1024 + 17); // several chunks each way: streamed with backpressure
+    const small = fileBytes("png", 4096);
+    const big = fileBytes("mp4", 3 * 1024 * 1024 + 17); // several chunks each way: streamed with backpressure
     const results: [Buffer, string, ApiResult][] = [];
     for (const [bytes, type, ext] of [
       [small, "image/png", "png"],
       [big, "video/mp4", "mp4"],
       [Buffer.from("plain text\n"), "text/plain", "txt"],
-      [randomBytes(100), "application/pdf", "pdf"],
+      [fileBytes("pdf", 100), "application/pdf", "pdf"],
     ] as const) {
       const r = await upload(g1, ta, bytes, type, `my file.${ext}`);
       expect(r.status).toBe(200);
       expect(r.body.file_identifier).toMatch(IDENTIFIER);
       expect(r.body.file_identifier.endsWith(`.${ext}`)).toBe(true);
-      expect(r.body).toEqual({ file_location: `/chat-media/${r.body.file_identifier}`, file_identifier: r.body.file_identifier, expiration_time: null });
+      expectSignedLocation(r.body.file_location, r.body.file_identifier);
+      expect(new Date(r.body.expiration_time).getTime()).toBeGreaterThan(Date.now());
       results.push([bytes, type, r]);
     }
     expect(filesIn(mediaDir).sort()).toEqual(results.map(([, , r]) => r.body.file_identifier as string).sort());
@@ -757,7 +779,7 @@ describe("uploads and media", () => {
         .sort((x, y) => (x.identifier < y.identifier ? -1 : 1)),
     );
 
-    // A message that carries the file: check-url is false for local storage, refresh-url gives /chat-media/ back.
+    // A message that carries the file's signed URL: check-url is false while it is fresh, refresh-url signs a new one.
     const a = await connectReady(g2.url, `/ws/${bob}/`, ta);
     const [, , png] = results[0]!;
     const media = await say(a, "look", { multimedia_url: png.body.file_location, file_identifier: png.body.file_identifier });
@@ -767,13 +789,17 @@ describe("uploads and media", () => {
       const check = await call(g, `/api/rooms/check-url/?message_id=${media["id"]}`, { token });
       expect(check).toMatchObject({ status: 200, body: { refresh_url: false } });
       const refresh = await call(g, `/api/rooms/refresh-url/?message_id=${media["id"]}`, { token });
-      expect(refresh).toMatchObject({ status: 200, body: { file_location: `/chat-media/${png.body.file_identifier}` } });
+      expect(refresh.status).toBe(200);
+      expectSignedLocation(refresh.body.file_location, png.body.file_identifier);
       expect((await call(g, `/api/rooms/check-url?message_id=${plain["id"]}`, { token })).body).toEqual({ refresh_url: false });
       expect((await call(g, `/api/rooms/refresh-url/?message_id=${plain["id"]}`, { token })).status).toBe(404);
     }
-    const [row] = await sql<{ multimedia_url: string; multimedia_url_expiration: string | null }[]>`
-      SELECT multimedia_url, multimedia_url_expiration FROM messages WHERE id = ${media["id"] as string}`;
-    expect(row).toEqual({ multimedia_url: `/chat-media/${png.body.file_identifier}`, multimedia_url_expiration: null });
+    const [row] = await sql<{ multimedia_url: string }[]>`SELECT multimedia_url FROM messages WHERE id = ${media["id"] as string}`;
+    expectSignedLocation(row!.multimedia_url, png.body.file_identifier);
+    // A message that carries the bare path (an older client) is renewed into a signed URL.
+    const bare = await say(a, "bare", { multimedia_url: `/chat-media/${png.body.file_identifier}`, file_identifier: png.body.file_identifier });
+    await waitPersisted(alice, bob, 3);
+    expect((await call(g1, `/api/rooms/check-url/?message_id=${bare["id"]}`, { token: tb })).body).toEqual({ refresh_url: true });
     for (const q of ["", "message_id=", "message_id=abc", "message_id=0190a0a0-0000-7000-8000-000000000000"]) {
       expect((await call(g1, `/api/rooms/check-url/?${q}`, { token: ta })).status, q).toBe(404);
       expect((await call(g1, `/api/rooms/refresh-url/?${q}`, { token: ta })).status, q).toBe(404);
@@ -788,12 +814,12 @@ describe("uploads and media", () => {
     const { g1, g2, mediaDir } = await cluster("limit", { CHAT_UPLOAD_MAX_BYTES: "1024" }, false);
     const alice = uniqueUser("alice");
     const ta = await tokenFor(alice);
-    const r = await upload(g1, ta, randomBytes(size), "image/png", "big.png");
+    const r = await upload(g1, ta, fileBytes("png", size), "image/png", "big.png");
     expect(r.status).toBe(413);
     expect(r.body.error).toBeTypeOf("string");
     expect(filesIn(mediaDir)).toEqual([]);
     // Exactly the limit is accepted by the same node afterwards, and is then the only file.
-    const exact = randomBytes(1024);
+    const exact = fileBytes("png", 1024);
     const ok = await upload(g1, ta, exact, "image/png", "exact.png");
     expect(ok.status).toBe(200);
     expect(filesIn(mediaDir)).toEqual([ok.body.file_identifier]);
@@ -808,15 +834,16 @@ describe("uploads and media", () => {
     const alice = uniqueUser("alice");
     const ta = await tokenFor(alice);
     for (const type of ["application/x-msdownload", "text/html", "application/javascript", "imagex/png"]) {
-      const r = await upload(g1, ta, Buffer.from("MZ payload"), type, "x.exe");
+      // A Windows executable (binary, no format we store), whatever it is declared as.
+      const r = await upload(g1, ta, Buffer.concat([Buffer.from("4d5a90000300000004000000ffff0000", "hex"), randomBytes(64)]), type, "x.exe");
       expect(r.status, type).toBe(415);
     }
     const wrongField = new FormData();
     wrongField.append("otherFile", new Blob([Buffer.from("x")], { type: "image/png" }), "x.png");
     expect((await call(g1, "/api/rooms/upload", { method: "POST", token: ta, body: wrongField })).status).toBe(400);
     expect((await call(g1, "/api/rooms/upload", { method: "POST", token: ta, body: "just text", headers: { "content-type": "text/plain" } })).status).toBe(400);
-    // A large disallowed file is refused too (before its body is read), and the node keeps serving.
-    expect((await upload(g1, ta, randomBytes(3 * 1024 * 1024), "application/x-msdownload", "big.exe")).status).toBe(415);
+    // A large disallowed file is refused too (once its first bytes are sniffed), and the node keeps serving.
+    expect((await upload(g1, ta, Buffer.concat([Buffer.from("4d5a9000", "hex"), randomBytes(3 * 1024 * 1024)]), "application/x-msdownload", "big.exe")).status).toBe(415);
     expect(filesIn(mediaDir)).toEqual([]);
     const [row] = await testSql()<{ n: number }[]>`SELECT count(*)::int AS n FROM uploads WHERE uploader = ${alice}`;
     expect(row!.n).toBe(0);
@@ -870,7 +897,7 @@ describe("uploads and media", () => {
       const id = r.body.file_identifier as string;
       expect(id, filename).toMatch(IDENTIFIER);
       expect(id).not.toContain("evil");
-      expect(r.body.file_location).toBe(`/chat-media/${id}`);
+      expectSignedLocation(r.body.file_location, id);
       const path = realpathSync(join(mediaDir, id));
       expect(path.startsWith(realpathSync(mediaDir) + sep)).toBe(true);
       expect(dirname(path)).toBe(realpathSync(mediaDir));

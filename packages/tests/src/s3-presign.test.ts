@@ -186,9 +186,10 @@ describe("S3 storage through a real gateway (s3rver on loopback)", () => {
     const bob = uniqueUser("bob");
     const [ta, tb] = await Promise.all([tokenFor(alice), tokenFor(bob)]);
 
-    const bytes = randomBytes(256 * 1024 + 3);
+    // A JPEG by its bytes (uploads are sniffed), declared as something else: the object gets the sniffed type.
+    const bytes = Buffer.concat([Buffer.from("ffd8ffe000104a464946", "hex"), randomBytes(256 * 1024 + 3)]);
     const form = new FormData();
-    form.append("myFile", new Blob([bytes], { type: "image/jpeg" }), "photo.jpg");
+    form.append("myFile", new Blob([bytes], { type: "application/octet-stream" }), "photo.svg");
     const before = Date.now();
     const res = await fetch(`${base}/api/rooms/upload`, { method: "POST", body: form, headers: { authorization: `Bearer ${ta}` } });
     const up = (await res.json()) as { file_location: string; file_identifier: string; expiration_time: string };
@@ -205,6 +206,8 @@ describe("S3 storage through a real gateway (s3rver on loopback)", () => {
     const got = await fetch(up.file_location);
     expect(got.status).toBe(200);
     expect(Buffer.from(await got.arrayBuffer()).equals(bytes)).toBe(true);
+    expect(got.headers.get("content-type")).toBe("image/jpeg");
+    expect(got.headers.get("content-disposition")).toMatch(/^inline/);
     expect((await fetch(`${base}/chat-media/${up.file_identifier}`, { headers: { authorization: `Bearer ${ta}` } })).status).toBe(404);
     // The same object signed with a clock past the TTL is refused by the store: the expiry is real.
     const stale = new S3MediaStorage({ bucket, region: "us-east-1", endpoint, forcePathStyle: true, urlTtlSeconds: 60, now: () => new Date(Date.now() - 61_000) });
