@@ -5,6 +5,9 @@ import { ConfigError, commonSettings, integer, oneOf, readSettings, text } from 
 /** Signs and verifies tokens in development mode only (NODE_ENV=development without CHAT_JWT_SECRET). */
 export const DEVELOPMENT_JWT_SECRET = "chat-cluster-development-secret-never-use-in-production";
 
+/** Shortest CHAT_JWT_SECRET accepted outside development mode: HS256 wants a key as long as its hash (32 bytes). */
+export const MIN_JWT_SECRET_BYTES = 32;
+
 /** Every setting of the gateway: variable, default, meaning. The README table follows this list. */
 export const GATEWAY_SETTINGS = {
   port: { env: "PORT", default: "8000", description: "HTTP/WebSocket port (0 picks a free one)", parse: integer(0, 65535) },
@@ -65,13 +68,13 @@ export const GATEWAY_SETTINGS = {
   s3Endpoint: { env: "CHAT_S3_ENDPOINT", default: undefined, description: "Endpoint of an S3-compatible store (MinIO, R2...)", parse: text },
   s3ForcePathStyle: { env: "CHAT_S3_FORCE_PATH_STYLE", default: "false", description: "Path-style bucket addressing (most S3-compatible stores)", parse: (raw: string) => oneOf("true", "false")(raw) === "true" },
   s3UrlTtlSeconds: { env: "CHAT_S3_URL_TTL_SECONDS", default: "3600", description: "Lifetime of presigned media URLs (s)", parse: integer(60, 7 * 24 * 3600) },
-};
-
-export interface GatewayConfig {
   mediaUrlTtlSeconds: { env: "CHAT_MEDIA_URL_TTL_SECONDS", default: "900", description: "Lifetime of the signed /chat-media/ URLs of local storage (s); clients renew them through /api/rooms/check-url/ and refresh-url/", parse: integer(10, 7 * 24 * 3600) },
   uploadQuotaBytesPerHour: { env: "CHAT_UPLOAD_QUOTA_BYTES_PER_HOUR", default: "104857600", description: "Bytes one user may upload per hour, across the cluster (reserved before storing); beyond it 429 `upload_quota_exceeded`; 0 disables", parse: integer(0, Number.MAX_SAFE_INTEGER) },
   uploadOrphanGraceSeconds: { env: "CHAT_UPLOAD_ORPHAN_GRACE_SECONDS", default: "86400", description: "An upload no message references is deleted once older than this (s), as are stray files in CHAT_MEDIA_DIR", parse: integer(1, 365 * 86400) },
   uploadSweepIntervalSeconds: { env: "CHAT_UPLOAD_SWEEP_INTERVAL_SECONDS", default: "3600", description: "How often a gateway sweeps unreferenced uploads (s; one gateway at a time, under a Postgres advisory lock); 0 disables", parse: integer(0, 7 * 86400) },
+};
+
+export interface GatewayConfig {
   port: number;
   host: string;
   metricsPort?: number;
@@ -108,13 +111,13 @@ export interface GatewayConfig {
   s3Endpoint?: string;
   s3ForcePathStyle: boolean;
   s3UrlTtlSeconds: number;
-  jwtSecret: string;
-  development: boolean;
-  /** POST /api/dev/token signs tokens: development mode with the built-in secret only, never with CHAT_JWT_SECRET. */
   mediaUrlTtlSeconds: number;
   uploadQuotaBytesPerHour: number;
   uploadOrphanGraceSeconds: number;
   uploadSweepIntervalSeconds: number;
+  jwtSecret: string;
+  development: boolean;
+  /** POST /api/dev/token signs tokens: development mode with the built-in secret only, never with CHAT_JWT_SECRET. */
   devSignIn: boolean;
 }
 
@@ -124,6 +127,10 @@ export function loadGatewayConfig(env: NodeJS.ProcessEnv = process.env): Readonl
   const development = env["NODE_ENV"] === "development";
   const jwtSecret = env["CHAT_JWT_SECRET"] || (development ? DEVELOPMENT_JWT_SECRET : undefined);
   if (!jwtSecret) problems.push("CHAT_JWT_SECRET is required (the HS256 secret) unless NODE_ENV=development");
+  else if (!development && Buffer.byteLength(jwtSecret) < MIN_JWT_SECRET_BYTES) {
+    // The length only: never the secret itself.
+    problems.push(`CHAT_JWT_SECRET is ${Buffer.byteLength(jwtSecret)} bytes; outside development mode it must be at least ${MIN_JWT_SECRET_BYTES} (generate one: openssl rand -hex 32)`);
+  }
   if (values.mediaStorage === "s3" && !values.s3Bucket) problems.push("CHAT_S3_BUCKET is required when CHAT_MEDIA_STORAGE=s3");
   if (problems.length > 0) throw new ConfigError(problems);
   return Object.freeze({

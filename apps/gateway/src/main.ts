@@ -1,5 +1,5 @@
 import { createDb, redactUrl, survivePostgresClosedSocketWrites } from "@chat/db";
-import { exitOnStartupFailure } from "@chat/config";
+import { StartupError, exitOnStartupFailure } from "@chat/config";
 import { createLogger } from "@chat/log";
 import { openRedisBus, type RedisGatewayBus } from "./bus-redis.js";
 import { loadGatewayConfig, type GatewayConfig } from "./config.js";
@@ -19,8 +19,7 @@ let bus: RedisGatewayBus;
 try {
   bus = await openRedisBus(config, log);
 } catch (err) {
-  log.fatal({ err, redis: redactUrl(config.redisUrl) }, "redis unreachable at start-up");
-  process.exit(1);
+  exitOnStartupFailure("gateway", new StartupError(`Redis does not answer at ${redactUrl(config.redisUrl)} (${(err as Error & { cause?: Error }).cause?.message ?? (err as Error).message}): start Redis or set REDIS_URL`));
 }
 const db = createDb(config.databaseUrl, { max: config.dbPoolSize, applicationName: `gateway ${config.nodeId}` });
 

@@ -6,7 +6,11 @@ import { DEVELOPMENT_JWT_SECRET } from "./config.js";
 // development secret that `npm start` uses, and nothing else on stdout.
 const [username, ttl = "86400"] = process.argv.slice(2);
 if (!isValidUsername(username)) {
-  process.stderr.write("usage: npm run token -- <username> [ttl seconds]\n(username: 1-150 of letters, digits, @.+-_)\n");
+  process.stderr.write("token: usage: npm run token -- <username> [ttl seconds] (username: 1-150 of letters, digits, @.+-_)\n");
+  process.exit(2);
+}
+if (!/^[1-9]\d*$/.test(ttl)) {
+  process.stderr.write(`token: the lifetime must be a whole number of seconds, got "${ttl}": npm run token -- <username> [ttl seconds]\n`);
   process.exit(2);
 }
 const secret = process.env["CHAT_JWT_SECRET"] || DEVELOPMENT_JWT_SECRET;

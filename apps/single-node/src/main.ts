@@ -1,7 +1,7 @@
 import { MemoryConnectionLimit, MemoryPresence, MemoryPubSub, redisNames } from "@chat/bus";
-import { ConfigError } from "@chat/config";
+import { StartupError, exitOnStartupFailure, portProblem } from "@chat/config";
 import { createDb, redactUrl, runMigrations, survivePostgresClosedSocketWrites, type DbClient } from "@chat/db";
-import { PostgresMessageLog, openEmbeddedPostgres, type EmbeddedPostgres } from "@chat/embedded";
+import { DataDirInUseError, PostgresMessageLog, openEmbeddedPostgres, type EmbeddedPostgres } from "@chat/embedded";
 import { chatMessageEvent, loadGatewayConfig, openRedisBus, startGateway, type GatewayConfig, type RunningGateway } from "@chat/gateway";
 import { createLogger } from "@chat/log";
 import { loadWorkerConfig, openRedisWorkerBus, startWorker, type RunningWorker, type WorkerConfig } from "@chat/worker";
@@ -17,11 +17,32 @@ let workerConfig: Readonly<WorkerConfig>;
 try {
   engine = chooseEngine(process.env);
   gatewayConfig = loadGatewayConfig();
-  workerConfig = loadWorkerConfig();
+  const loaded = loadWorkerConfig();
+  // One port is enough: unless CHAT_WORKER_HTTP_PORT is set, the worker's /metrics takes a free port
+  // (the banner and the `started` line say which) on the gateway's address.
+  workerConfig = {
+    ...loaded,
+    httpPort: process.env["CHAT_WORKER_HTTP_PORT"] ? loaded.httpPort : 0,
+    httpHost: process.env["CHAT_WORKER_HTTP_HOST"] ? loaded.httpHost : gatewayConfig.host,
+  };
 } catch (err) {
-  process.stderr.write(JSON.stringify({ level: "fatal", component: "single-node", msg: (err as Error).message, problems: (err as ConfigError).problems }) + "\n");
-  process.exit(2);
+  exitOnStartupFailure("single-node", err);
 }
+
+/** The one line for an expected failure of this start-up, naming the setting to change. */
+function explain(err: unknown, stage: string): unknown {
+  if (err instanceof StartupError) return err;
+  if (err instanceof DataDirInUseError) return new StartupError(`the data directory ${err.message}`);
+  const code = (err as NodeJS.ErrnoException).code;
+  if (stage === "worker" && code?.startsWith("E")) {
+    return new StartupError(portProblem(code, workerConfig.httpHost, workerConfig.httpPort, "CHAT_WORKER_HTTP_PORT", "CHAT_WORKER_HTTP_HOST"));
+  }
+  const cause = (err as Error & { cause?: Error }).cause?.message ?? (err as Error).message;
+  if (stage === "redis") return new StartupError(`Redis does not answer at ${redactUrl(gatewayConfig.redisUrl)} (${cause}): start Redis or set REDIS_URL`);
+  if (stage === "postgres") return new StartupError(`Postgres is not usable at ${redactUrl(gatewayConfig.databaseUrl)} (${cause}): start PostgreSQL or set DATABASE_URL`);
+  return err;
+}
+let stage = "start";
 
 const log = createLogger(gatewayConfig.logLevel, { component: "single-node", node: gatewayConfig.nodeId });
 survivePostgresClosedSocketWrites(log);
@@ -37,7 +58,9 @@ let describe: string;
 
 try {
   if (engine.kind === "embedded") {
+    stage = "data";
     const pg: EmbeddedPostgres = await openEmbeddedPostgres(engine.dataDir);
+    stage = "gateway";
     closers.push(() => pg.close());
     // One client of one connection for the whole process (see EmbeddedPostgres): the gateway, the
     // worker and the message log queue on it, so log positions also commit in assignment order.
@@ -66,6 +89,7 @@ try {
       },
       log,
     );
+    stage = "worker";
     worker = await startWorker(
       // One connection: parts of a batch could not be written at once.
       { ...workerConfig, parallelBatches: 1, databaseUrl: `pglite:${pg.dataDir}` },
@@ -74,24 +98,27 @@ try {
     );
     describe = `embedded: in-process bus, PGlite under ${pg.dataDir}`;
   } else {
+    stage = "redis";
     const bus = await openRedisBus(gatewayConfig, log);
     closers.push(() => bus.close());
     const gatewayDb = createDb(engine.databaseUrl, { max: gatewayConfig.dbPoolSize, applicationName: `gateway ${gatewayConfig.nodeId}` });
     closers.unshift(() => gatewayDb.close());
+    stage = "postgres";
     await runMigrations(engine.databaseUrl);
+    stage = "gateway";
     gateway = await startGateway(gatewayConfig, { ...bus, db: gatewayDb }, log);
     bus.setRecovery(gateway.recovery);
     const workerBus = openRedisWorkerBus(workerConfig, log);
     closers.unshift(() => workerBus.close());
     const databaseUrl = engine.databaseUrl;
     const openDb = () => createDb(databaseUrl, { max: workerConfig.dbPoolSize, applicationName: `worker ${workerConfig.consumerName}` });
+    stage = "worker";
     worker = await startWorker(workerConfig, { ...workerBus, openDb }, log);
     describe = `redis: ${redactUrl(engine.redisUrl)}, postgres: ${redactUrl(engine.databaseUrl)}`;
   }
 } catch (err) {
-  log.fatal({ err, engine: engine.kind }, "cannot start");
   for (const close of closers) await close().catch(() => {});
-  process.exit(1);
+  exitOnStartupFailure("single-node", explain(err, stage));
 }
 
 const everywhere = gatewayConfig.host === "0.0.0.0" || gatewayConfig.host === "::";
@@ -107,6 +134,7 @@ const signIn = !gatewayConfig.development
     : "development mode, but the sign-in (POST /api/dev/token) is off: CHAT_JWT_SECRET is set; sign tokens with npm run token\n";
 process.stderr.write(
   `\nchat server on ${url} (engine ${describe})\n` +
+    `worker metrics on http://${workerConfig.httpHost === "0.0.0.0" ? "127.0.0.1" : workerConfig.httpHost}:${worker!.httpPort}/metrics (CHAT_WORKER_HTTP_PORT)\n` +
     (everywhere ? `listening on every interface (HOST=${gatewayConfig.host}): reachable from the network\n` : "") +
     signIn +
     "\n",

@@ -1,4 +1,4 @@
-import { ConfigError } from "@chat/config";
+import { StartupError, exitOnStartupFailure, portProblem } from "@chat/config";
 import { createDb, survivePostgresClosedSocketWrites } from "@chat/db";
 import { createLogger } from "@chat/log";
 import { openRedisWorkerBus } from "./bus-redis.js";
@@ -9,8 +9,7 @@ let config: Readonly<WorkerConfig>;
 try {
   config = loadWorkerConfig();
 } catch (err) {
-  process.stderr.write(JSON.stringify({ level: "fatal", component: "worker", msg: (err as Error).message, problems: (err as ConfigError).problems }) + "\n");
-  process.exit(2);
+  exitOnStartupFailure("worker", err);
 }
 
 const log = createLogger(config.logLevel, { component: "worker", consumer: config.consumerName });
@@ -34,8 +33,11 @@ try {
     log,
   );
 } catch (err) {
-  log.fatal({ err, port: config.httpPort }, "cannot open the metrics port");
-  process.exit(1);
+  const code = (err as NodeJS.ErrnoException).code;
+  exitOnStartupFailure(
+    "worker",
+    code?.startsWith("E") ? new StartupError(portProblem(code, config.httpHost, config.httpPort, "CHAT_WORKER_HTTP_PORT", "CHAT_WORKER_HTTP_HOST")) : err,
+  );
 }
 
 async function shutdown(signal: string): Promise<void> {

@@ -1,5 +1,9 @@
 import { spawn, type ChildProcess } from "node:child_process";
 import { randomBytes } from "node:crypto";
+import { mkdtempSync, rmSync } from "node:fs";
+import { createServer, type AddressInfo } from "node:net";
+import { tmpdir } from "node:os";
+import { join } from "node:path";
 import { Redis } from "ioredis";
 import postgres from "postgres";
 import { describe, expect, it, onTestFinished } from "vitest";
@@ -10,6 +14,7 @@ import {
   freshPrefix,
   refusedUpgrade,
   runScript,
+  spawnNode,
   startGateway,
   startPrivateRedis,
   startWorker,
@@ -23,6 +28,7 @@ import {
 testSql();
 
 const GATEWAY = "apps/gateway/dist/main.js";
+const VALID_SECRET = "a-valid-secret-of-at-least-32-bytes-0123";
 
 /** Runs the gateway to completion (it should refuse to start); a gateway that does start is killed after timeoutMs. */
 async function runGateway(env: Record<string, string>, timeoutMs = 8000) {
@@ -95,7 +101,7 @@ describe("gateway start-up", () => {
     ["CHAT_MAX_MESSAGE_LENGTH=ten", { CHAT_MAX_MESSAGE_LENGTH: "ten" }, "CHAT_MAX_MESSAGE_LENGTH"],
     ["REDIS_URL=http://127.0.0.1:6379", { REDIS_URL: "http://127.0.0.1:6379" }, "REDIS_URL"],
   ])("exits non-zero on invalid configuration %s, naming the variable", async (_what, env, variable) => {
-    const r = await runGateway({ CHAT_JWT_SECRET: "a-valid-secret", ...env });
+    const r = await runGateway({ CHAT_JWT_SECRET: VALID_SECRET, ...env });
     expect(r.listened, r.stdout).toBe(false);
     expect(r.code, `killed after the timeout, so it kept running; stdout: ${r.stdout}`).not.toBeNull();
     expect(r.code).not.toBe(0);
@@ -103,7 +109,7 @@ describe("gateway start-up", () => {
   });
 
   it.each(["1", "true"])("exits non-zero instead of running on the JS fallback when UWS_USE_FALLBACK=%s", async (value) => {
-    const r = await runGateway({ CHAT_JWT_SECRET: "a-valid-secret", UWS_USE_FALLBACK: value });
+    const r = await runGateway({ CHAT_JWT_SECRET: VALID_SECRET, UWS_USE_FALLBACK: value });
     expect(r.listened, r.stdout).toBe(false);
     expect(r.code, `killed after the timeout, so it kept running; stdout: ${r.stdout}`).not.toBeNull();
     expect(r.code).not.toBe(0);
@@ -211,5 +217,91 @@ describe("worker shutdown", () => {
     expect(await worker.stop("SIGTERM")).toBe(0);
     expect(Date.now() - signalledAt).toBeLessThan(10_000);
     expect(worker.logs.some((l) => l["msg"] === "batch in hand not finished in time; leaving it pending for another worker")).toBe(true);
+  });
+});
+
+/** Expects one plain line on stderr (no JSON, no stack) that names `setting`, and a non-zero exit. */
+function expectOneLine(r: { code: number | null; stderr: string; stdout: string }, program: string, setting: string, exitCode?: number): void {
+  expect(r.code, `still running at the timeout; stdout: ${r.stdout.slice(-400)}`).not.toBeNull();
+  expect(r.code).not.toBe(0);
+  if (exitCode !== undefined) expect(r.code).toBe(exitCode);
+  const lines = r.stderr.split("\n").filter((l) => l.trim() !== "");
+  expect(lines, r.stderr).toHaveLength(1);
+  expect(lines[0]).toMatch(new RegExp(`^${program}: `));
+  expect(lines[0]).not.toMatch(/^\{|"level"/);
+  expect(lines[0]).toContain(setting);
+}
+
+describe("start-up failures: one plain line on stderr naming the setting, exit non-zero", () => {
+  const strong = "a-valid-secret-of-at-least-32-bytes-0123";
+
+  it("gateway: configuration (exit 2), a secret shorter than 32 bytes in production, Redis unreachable", async () => {
+    expectOneLine(await runGateway({ CHAT_JWT_SECRET: strong, PORT: "abc" }), "gateway", "PORT", 2);
+    const short = await runGateway({ CHAT_JWT_SECRET: "short-secret" });
+    expectOneLine(short, "gateway", "CHAT_JWT_SECRET", 2);
+    expect(short.stderr).toContain("at least 32");
+    expect(short.stderr).not.toContain("short-secret");
+    expect(short.listened).toBe(false);
+    // The development mode's own secret needs no length check; a short one is fine there for trying things.
+    const dev = await startGateway(freshPrefix("dev-short"), { NODE_ENV: "development", CHAT_JWT_SECRET: "short-secret" });
+    expect(dev.port).toBeGreaterThan(0);
+    const deadRedis = `redis://127.0.0.1:${await freePort()}`;
+    expectOneLine(await runGateway({ CHAT_JWT_SECRET: strong, REDIS_URL: deadRedis }), "gateway", "REDIS_URL", 1);
+  });
+
+  it("worker: configuration (exit 2) and its HTTP port in use", async () => {
+    expectOneLine(await runScript("apps/worker/dist/main.js", [], { CHAT_WORKER_BATCH_SIZE: "0" }), "worker", "CHAT_WORKER_BATCH_SIZE", 2);
+    const taken = createServer();
+    await new Promise<void>((resolve) => taken.listen(0, "127.0.0.1", resolve));
+    onTestFinished(() => void taken.close());
+    const port = (taken.address() as AddressInfo).port;
+    const r = await runScript("apps/worker/dist/main.js", [], { CHAT_WORKER_HTTP_PORT: String(port), CHAT_WORKER_HTTP_HOST: "127.0.0.1", CHAT_REDIS_PREFIX: freshPrefix("wport") });
+    expectOneLine(r, "worker", "CHAT_WORKER_HTTP_PORT", 1);
+    expect(r.stderr).toContain(`port ${port} is already in use`);
+  });
+
+  it("migrate: Postgres unreachable", async () => {
+    const r = await runScript("packages/db/dist/migrate-cli.js", [], { DATABASE_URL: `postgres://postgres:hunter2@127.0.0.1:${await freePort()}/chat` });
+    expectOneLine(r, "migrate", "DATABASE_URL", 1);
+    expect(r.stderr).toContain("Postgres");
+    expect(r.stderr).not.toContain("hunter2");
+  });
+
+  it("token: a bad username or lifetime", async () => {
+    expectOneLine(await runScript("apps/gateway/dist/token-cli.js", ["a b"]), "token", "username", 2);
+    const r = await runScript("apps/gateway/dist/token-cli.js", ["alice", "1h"]);
+    expectOneLine(r, "token", "seconds", 2);
+    expect(r.stdout).toBe("");
+  });
+
+  it("npm start: Postgres or Redis unreachable, a port in use, a data directory in use; and no second port needed", async () => {
+    const SINGLE = "apps/single-node/dist/main.js";
+    const deadPort = String(await freePort());
+    expectOneLine(
+      await runScript(SINGLE, ["--development"], { DATABASE_URL: `postgres://postgres@127.0.0.1:${deadPort}/chat`, PORT: "0", CHAT_REDIS_PREFIX: freshPrefix("sn") }, 20_000),
+      "single-node",
+      "DATABASE_URL",
+      1,
+    );
+    expectOneLine(
+      await runScript(SINGLE, ["--development"], { REDIS_URL: `redis://127.0.0.1:${deadPort}`, PORT: "0", CHAT_REDIS_PREFIX: freshPrefix("sn") }, 20_000),
+      "single-node",
+      "REDIS_URL",
+      1,
+    );
+    const dataDir = mkdtempSync(join(tmpdir(), "chat-startup-"));
+    onTestFinished(() => rmSync(dataDir, { recursive: true, force: true }));
+    const embedded = { REDIS_URL: undefined, DATABASE_URL: undefined, CHAT_DATA_DIR: dataDir, NODE_ENV: "development", CHAT_JWT_SECRET: undefined };
+    // No CHAT_WORKER_HTTP_PORT: the worker's metrics take a free port, not 9100.
+    const first = await spawnNode(SINGLE, { env: { ...embedded, PORT: "0" }, readyMessage: "started", timeoutMs: 60_000 });
+    expect(first.ready["workerHttpPort"]).not.toBe(9100);
+    expect(Number(first.ready["workerHttpPort"])).toBeGreaterThan(0);
+    const port = new URL(String(first.ready["url"])).port;
+    const otherDir = mkdtempSync(join(tmpdir(), "chat-startup-"));
+    onTestFinished(() => rmSync(otherDir, { recursive: true, force: true }));
+    expectOneLine(await runScript(SINGLE, [], { ...embedded, CHAT_DATA_DIR: otherDir, PORT: port }, 30_000), "single-node", "PORT", 1);
+    const again = await runScript(SINGLE, [], { ...embedded, PORT: "0" }, 30_000);
+    expectOneLine(again, "single-node", "CHAT_DATA_DIR", 1);
+    expect(again.stderr).toContain("in use");
   });
 });
