@@ -2,10 +2,8 @@ import { describe, expect, it } from "vitest";
 import { CloseCode, ErrorCode } from "@chat/protocol";
 import {
   connectReady,
-  freshPrefix,
   messagesBetween,
-  startGateway,
-  startWorker,
+  sharedDeployment,
   testSql,
   tokenFor,
   uniqueUser,
@@ -20,10 +18,12 @@ const limits = { CHAT_MAX_MESSAGE_LENGTH: String(MAX_MESSAGE_LENGTH), CHAT_MAX_F
 // Register the pool's teardown at file level (the first query happens inside a test).
 testSql();
 
-/** A gateway with small limits, a worker, and alice's chat socket to bob (plus bob's, to see deliveries). */
-async function setup(label: string) {
-  const prefix = freshPrefix(label);
-  const [g] = await Promise.all([startGateway(prefix, limits), startWorker(prefix)]);
+/** One gateway with small limits and a worker for the whole file: every test has users of its own. */
+const deployment = sharedDeployment("bad-frames", limits);
+
+/** Alice's chat socket to bob (plus bob's, to see deliveries), on the file's gateway. */
+async function setup() {
+  const g = (await deployment()).gateway;
   const alice = uniqueUser("alice");
   const bob = uniqueUser("bob");
   const a = await connectReady(g.url, `/ws/${bob}/`, await tokenFor(alice));
@@ -99,7 +99,7 @@ const badTextFrames: [string, string, string, string | undefined][] = [
 
 describe("bad frames on a chat socket", () => {
   it.each(badTextFrames)("answers %s with an error, keeps the socket open and persists nothing", async (_what, raw, code, clientId) => {
-    const { alice, bob, a, b } = await setup("bad");
+    const { alice, bob, a, b } = await setup();
     a.send(raw);
     const err = await a.next();
     expect(err).toEqual({ type: "error", code, message: expect.any(String), ...(clientId === undefined ? {} : { client_id: clientId }) });
@@ -117,7 +117,7 @@ describe("bad frames on a chat socket", () => {
   });
 
   it("counts the message limit in characters: 10 emoji and 10 letters pass, several bad frames in a row change nothing", async () => {
-    const { alice, bob, a, b } = await setup("bad-seq");
+    const { alice, bob, a, b } = await setup();
     await sendValid(a, emoji.repeat(10), "ok-emoji", [b]);
     for (const [, raw, code, clientId] of badTextFrames) {
       a.send(raw);
@@ -134,7 +134,7 @@ describe("bad frames on a chat socket", () => {
   });
 
   it("answers a binary frame with binary_not_supported, even when it holds a valid message", async () => {
-    const { alice, bob, a, b } = await setup("binary");
+    const { alice, bob, a, b } = await setup();
     a.ws.send(Buffer.from(JSON.stringify({ type: "chat_message", message: "in binary", client_id: "c-bin" })), { binary: true });
     const err = await a.next();
     expect(err).toMatchObject({ type: "error", code: ErrorCode.binary_not_supported, message: expect.any(String) });
@@ -144,13 +144,13 @@ describe("bad frames on a chat socket", () => {
   });
 
   it(`closes the socket with ${CloseCode.dropped} on a frame over 16x CHAT_MAX_FRAME_BYTES`, async () => {
-    const { a } = await setup("huge-code");
+    const { a } = await setup();
     a.send(JSON.stringify({ type: "chat_message", message: "h".repeat(16 * MAX_FRAME_BYTES + 16), client_id: "c-huge" }));
     expect(await a.closed).toBe(CloseCode.dropped);
   });
 
   it("drops a socket that sends a frame over 16x CHAT_MAX_FRAME_BYTES, persists nothing and keeps serving others", async () => {
-    const { g, alice, bob, a, b } = await setup("huge");
+    const { g, alice, bob, a, b } = await setup();
     a.send(JSON.stringify({ type: "chat_message", message: "h".repeat(16 * MAX_FRAME_BYTES + 16), client_id: "c-huge" }));
     await a.closed;
     expect(a.ofType("chat_message")).toHaveLength(0);
@@ -171,9 +171,8 @@ describe("frames on notification sockets", () => {
     ["/ws/notifications/{other}/", "single_conversation_unread_count", "single_conversation_unread_count"],
   ];
 
-  async function notificationSocket(label: string, pathTemplate: string) {
-    const prefix = freshPrefix(label);
-    const [g] = await Promise.all([startGateway(prefix, limits), startWorker(prefix)]);
+  async function notificationSocket(pathTemplate: string) {
+    const g = (await deployment()).gateway;
     const alice = uniqueUser("alice");
     const bob = uniqueUser("bob");
     const n = await connectReady(g.url, pathTemplate.replace("{other}", bob), await tokenFor(alice));
@@ -182,7 +181,7 @@ describe("frames on notification sockets", () => {
   }
 
   it.each(endpoints)("answers every frame on %s with unknown_type, keeps it open and persists nothing", async (pathTemplate, counter, onMessage) => {
-    const { g, alice, bob, n } = await notificationSocket("notif-frames", pathTemplate);
+    const { g, alice, bob, n } = await notificationSocket(pathTemplate);
     expect(n.frames[0]).toEqual({ type: counter, unread_count: 0 });
     for (const frame of [JSON.stringify({ type: "chat_message", message: "hi bob" }), JSON.stringify({ type: "read_messages" })]) {
       n.send(frame);
@@ -203,7 +202,7 @@ describe("frames on notification sockets", () => {
   });
 
   it.each(endpoints)("echoes the client_id of a frame refused on %s", async (pathTemplate) => {
-    const { n } = await notificationSocket("notif-client-id", pathTemplate);
+    const { n } = await notificationSocket(pathTemplate);
     n.send({ type: "chat_message", message: "hi bob", client_id: "n-1" });
     expect(await n.next()).toEqual({ type: "error", code: ErrorCode.unknown_type, message: expect.any(String), client_id: "n-1" });
   });

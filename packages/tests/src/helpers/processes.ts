@@ -1,7 +1,7 @@
 import { spawn, type ChildProcess } from "node:child_process";
 import { once } from "node:events";
 import { createInterface } from "node:readline";
-import { DATABASE_URL, JWT_SECRET, REDIS_URL, REPO_ROOT } from "./env.js";
+import { DATABASE_URL, freshPrefix, JWT_SECRET, REDIS_URL, REPO_ROOT } from "./env.js";
 import { atEnd, atFileEnd } from "./scope.js";
 
 export interface RunningProcess {
@@ -121,4 +121,26 @@ export async function runScript(script: string, args: string[] = [], env: Record
   const [code] = (await once(child, "exit")) as [number | null];
   clearTimeout(timer);
   return { code, stdout, stderr };
+}
+
+/** A gateway and a worker on one Redis prefix, as sharedDeployment gives them. */
+export interface SmallDeployment {
+  gateway: Gateway;
+  worker: RunningProcess;
+  prefix: string;
+}
+
+/**
+ * A gateway and a worker started on the first call and kept until the file's tests are done, for
+ * tests that unique users keep apart and that need nothing fresh of the processes (no metrics, no
+ * subscription counts, no faults). Starting one per test costs about a second each.
+ */
+export function sharedDeployment(label: string, gatewayEnv: Record<string, string | undefined> = {}): () => Promise<SmallDeployment> {
+  let started: Promise<SmallDeployment> | null = null;
+  return () =>
+    (started ??= (async () => {
+      const prefix = freshPrefix(label);
+      const [gateway, worker] = await Promise.all([startGateway(prefix, gatewayEnv, "file"), startWorker(prefix, {}, "file")]);
+      return { gateway, worker, prefix };
+    })());
 }
