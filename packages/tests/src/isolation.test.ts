@@ -7,6 +7,7 @@ import {
   connectReady,
   freshPrefix,
   messagesBetween,
+  sharedDeployment,
   startGateway,
   startWorker,
   testSql,
@@ -234,6 +235,8 @@ describe("a third user", () => {
 });
 
 describe("client_id and message text that could break framing", () => {
+  // One gateway and worker for these tests: each has users of its own.
+  const deployment = sharedDeployment("framing");
   const nasty: [string, string][] = [
     ["newlines", "line1\nline2\n"],
     ["carriage returns", "cr\rcrlf\r\n"],
@@ -249,8 +252,7 @@ describe("client_id and message text that could break framing", () => {
   ];
 
   it.each(nasty)("round-trips %s exactly in client_id and message, to both users and into Postgres", async (_what, value) => {
-    const prefix = freshPrefix("framing");
-    const [g] = await Promise.all([startGateway(prefix), startWorker(prefix)]);
+    const g = (await deployment()).gateway;
     const alice = uniqueUser("alice");
     const bob = uniqueUser("bob");
     const a = await connectReady(g.url, `/ws/${bob}/`, await tokenFor(alice));
@@ -283,8 +285,7 @@ describe("client_id and message text that could break framing", () => {
   it("echoes arbitrary Unicode client_ids and texts exactly (property, 40 runs)", async () => {
     const seed = Number(process.env["FUZZ_SEED"] ?? Math.floor(Math.random() * 2 ** 31));
     console.log(`isolation round-trip property: seed ${seed}`);
-    const prefix = freshPrefix("framing-prop");
-    const [g] = await Promise.all([startGateway(prefix), startWorker(prefix)]);
+    const g = (await deployment()).gateway;
     const alice = uniqueUser("alice");
     const bob = uniqueUser("bob");
     const a = await connectReady(g.url, `/ws/${bob}/`, await tokenFor(alice));
@@ -317,8 +318,7 @@ describe("client_id and message text that could break framing", () => {
   it("never takes two different client_ids for the same one (lone surrogates vs U+FFFD)", async () => {
     // A send whose client_id was already accepted is a retry and stores nothing. Different
     // client_ids must never be confused: each of these is refused, or accepted as its own message.
-    const prefix = freshPrefix("cid-distinct");
-    const [g] = await Promise.all([startGateway(prefix), startWorker(prefix)]);
+    const g = (await deployment()).gateway;
     const alice = uniqueUser("alice");
     const bob = uniqueUser("bob");
     const a = await connectReady(g.url, `/ws/${bob}/`, await tokenFor(alice));
@@ -347,7 +347,7 @@ describe("client_id and message text that could break framing", () => {
   it("echoes a client_id of 100 emoji (100 characters, within the 128 allowed) on an error about its frame", async () => {
     // docs/protocol.md: client_id is up to 128 characters, echoed on the chat_message and on any error
     // about this frame. The gateway accepts and echoes it on success; it must not drop it on errors.
-    const g = await startGateway(freshPrefix("cid-astral"));
+    const g = (await deployment()).gateway;
     const alice = uniqueUser("alice");
     const a = await connectReady(g.url, `/ws/${uniqueUser("bob")}/`, await tokenFor(alice));
     const clientId = "\u{1F600}".repeat(100);
