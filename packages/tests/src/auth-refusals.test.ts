@@ -8,6 +8,7 @@ import {
   openSocket,
   runScript,
   refusedUpgrade,
+  sharedGateway,
   startGateway,
   tokenFor,
   uniqueUser,
@@ -44,9 +45,13 @@ const badTokens: [string, (user: string) => Promise<string> | string][] = [
   ["a token issued 2 minutes in the future (iat)", (u) => tokenFor(u, { issuedAtOffsetSeconds: 120, expiresInSeconds: 3600 })],
 ];
 
+
+/** One gateway with the default settings for every test that needs nothing else: each has users of its own. */
+const gateway = sharedGateway("auth");
+
 describe("upgrade authentication", () => {
   it("refuses an upgrade without any token with 401 and a JSON body", async () => {
-    const g = await startGateway(freshPrefix("auth-missing"));
+    const g = await gateway();
     const bob = uniqueUser("bob");
     for (const [url, headers] of [
       [`${g.url}/ws/${bob}/`, {}],
@@ -64,7 +69,7 @@ describe("upgrade authentication", () => {
   });
 
   it.each(badTokens)("refuses %s with 401, given as ?token= or as Authorization: Bearer", async (_what, build) => {
-    const g = await startGateway(freshPrefix("auth-bad"));
+    const g = await gateway();
     const alice = uniqueUser("alice");
     const bob = uniqueUser("bob");
     const token = await build(alice);
@@ -82,7 +87,7 @@ describe("upgrade authentication", () => {
   });
 
   it("accepts a token given as ?token= and identifies the user by its sub", async () => {
-    const g = await startGateway(freshPrefix("auth-query"));
+    const g = await gateway();
     const alice = uniqueUser("alice");
     const bob = uniqueUser("bob");
     const a = await connectReady(g.url, `/ws/${bob}/`, await tokenFor(alice));
@@ -93,7 +98,7 @@ describe("upgrade authentication", () => {
   });
 
   it("accepts a token given as Authorization: Bearer on every endpoint", async () => {
-    const g = await startGateway(freshPrefix("auth-header"));
+    const g = await gateway();
     const alice = uniqueUser("alice");
     const bob = uniqueUser("bob");
     const headers = { Authorization: `Bearer ${await tokenFor(alice)}` };
@@ -114,7 +119,7 @@ describe("upgrade authentication", () => {
   });
 
   it("accepts usernames at the edge of the rules (150 characters, @.+-_)", async () => {
-    const g = await startGateway(freshPrefix("auth-edge"));
+    const g = await gateway();
     const long = `L${uniqueUser("x")}`.padEnd(150, "z");
     const odd = uniqueUser("john.doe+chat@x-y");
     expect(long).toHaveLength(150);
@@ -144,7 +149,7 @@ describe("upgrade paths", () => {
     ["/ws/a/b/c/", () => "/ws/a/b/c/"],
     ["/ws/notifications/a/b", () => "/ws/notifications/a/b"],
   ])("refuses %s with 400 and a JSON body, even with a valid token", async (_what, path) => {
-    const g = await startGateway(freshPrefix("paths"));
+    const g = await gateway();
     const alice = uniqueUser("alice");
     const token = await tokenFor(alice);
     const p = path(alice);
@@ -157,7 +162,7 @@ describe("upgrade paths", () => {
   });
 
   it("makes the trailing slash optional on all three endpoints", async () => {
-    const g = await startGateway(freshPrefix("slash"));
+    const g = await gateway();
     const alice = uniqueUser("alice");
     const bob = uniqueUser("bob");
     const token = await tokenFor(alice);
@@ -230,7 +235,7 @@ describe("token lifetime (exp required, iat not in the future)", () => {
   }
 
   it("refuses a token without exp, or issued more than a minute ahead, on the HTTP API too; accepts a little clock skew", async () => {
-    const g = await startGateway(freshPrefix("lifetime"));
+    const g = await gateway();
     const alice = uniqueUser("alice");
     const noExp = await apiStatus(g, await tokenFor(alice, { noExp: true }));
     expect(noExp).toEqual({ status: 401, body: { error: "token_invalid", message: expect.stringContaining("exp") } });
@@ -254,7 +259,7 @@ describe("token lifetime (exp required, iat not in the future)", () => {
   });
 
   it("accepts the tokens of every signer in the repository (token CLI, loadgen, k6, the test helper)", async () => {
-    const g = await startGateway(freshPrefix("lifetime-signers"));
+    const g = await gateway();
     const { signToken: loadgenToken } = await import("../../../apps/loadgen/dist/token.js");
     const { signHs256, tokenClaims } = await import("../../../k6/lib/jwt.js");
     const { createHmac } = await import("node:crypto");

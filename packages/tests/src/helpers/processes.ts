@@ -144,3 +144,9 @@ export function sharedDeployment(label: string, gatewayEnv: Record<string, strin
       return { gateway, worker, prefix };
     })());
 }
+
+/** Like sharedDeployment, without a worker: a gateway for tests that never need anything persisted. */
+export function sharedGateway(label: string, env: Record<string, string | undefined> = {}): () => Promise<Gateway> {
+  let started: Promise<Gateway> | null = null;
+  return () => (started ??= startGateway(freshPrefix(label), env, "file"));
+}
