@@ -800,9 +800,10 @@ describe("uploads and media", () => {
     const bare = await say(a, "bare", { multimedia_url: `/chat-media/${png.body.file_identifier}`, file_identifier: png.body.file_identifier });
     await waitPersisted(alice, bob, 3);
     expect((await call(g1, `/api/rooms/check-url/?message_id=${bare["id"]}`, { token: tb })).body).toEqual({ refresh_url: true });
-    for (const q of ["", "message_id=", "message_id=abc", "message_id=0190a0a0-0000-7000-8000-000000000000"]) {
-      expect((await call(g1, `/api/rooms/check-url/?${q}`, { token: ta })).status, q).toBe(404);
-      expect((await call(g1, `/api/rooms/refresh-url/?${q}`, { token: ta })).status, q).toBe(404);
+    // A missing or malformed message_id is the caller's mistake (400); a well-formed unknown one is 404.
+    for (const [q, status] of [["", 400], ["message_id=", 400], ["message_id=abc", 400], ["message_id=0190a0a0-0000-7000-8000-000000000000", 404]] as const) {
+      expect((await call(g1, `/api/rooms/check-url/?${q}`, { token: ta })).status, q).toBe(status);
+      expect((await call(g1, `/api/rooms/refresh-url/?${q}`, { token: ta })).status, q).toBe(status);
     }
   });
 
