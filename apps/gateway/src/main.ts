@@ -1,4 +1,4 @@
-import { createDb, redactUrl, survivePostgresClosedSocketWrites } from "@chat/db";
+import { DatabaseStartupError, checkDatabase, createDb, redactUrl, survivePostgresClosedSocketWrites } from "@chat/db";
 import { StartupError, exitOnStartupFailure } from "@chat/config";
 import { createLogger } from "@chat/log";
 import { openRedisBus, type RedisGatewayBus } from "./bus-redis.js";
@@ -20,6 +20,16 @@ try {
   bus = await openRedisBus(config, log);
 } catch (err) {
   exitOnStartupFailure("gateway", new StartupError(`Redis does not answer at ${redactUrl(config.redisUrl)} (${(err as Error & { cause?: Error }).cause?.message ?? (err as Error).message}): start Redis or set REDIS_URL`));
+}
+// Postgres is checked here, once: the pool below connects lazily, and a gateway on a database it
+// cannot use (unreachable, or a schema older than this version) would fail request by request.
+try {
+  const schema = await checkDatabase(config.databaseUrl);
+  if (schema.state === "ahead") {
+    log.warn({ ...schema, database: redactUrl(config.databaseUrl) }, "the database schema is ahead of this version (a newer version migrated it); starting anyway");
+  }
+} catch (err) {
+  exitOnStartupFailure("gateway", err instanceof DatabaseStartupError ? new StartupError(err.message) : err);
 }
 const db = createDb(config.databaseUrl, { max: config.dbPoolSize, applicationName: `gateway ${config.nodeId}` });
 

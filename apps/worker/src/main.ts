@@ -1,6 +1,7 @@
 import { StartupError, exitOnStartupFailure, portProblem } from "@chat/config";
-import { createDb, survivePostgresClosedSocketWrites } from "@chat/db";
+import { DatabaseStartupError, checkDatabase, createDb, redactUrl, survivePostgresClosedSocketWrites } from "@chat/db";
 import { createLogger } from "@chat/log";
+import { Redis } from "ioredis";
 import { openRedisWorkerBus } from "./bus-redis.js";
 import { loadWorkerConfig, type WorkerConfig } from "./config.js";
 import { startWorker, type RunningWorker } from "./worker.js";
@@ -14,6 +15,41 @@ try {
 
 const log = createLogger(config.logLevel, { component: "worker", consumer: config.consumerName });
 survivePostgresClosedSocketWrites(log);
+
+/**
+ * Whether Redis answers, on a connection of its own that does not retry: the bus's connection
+ * retries for ever (right while running, but at start-up a wrong REDIS_URL would only show as
+ * warnings). Resolves to the reason it does not, or null.
+ */
+async function redisProblem(url: string): Promise<string | null> {
+  let lastError: string | undefined;
+  const probe = new Redis(url, { lazyConnect: true, maxRetriesPerRequest: 0, retryStrategy: () => null, connectTimeout: 10_000 });
+  probe.on("error", (err: Error) => (lastError = err.message));
+  try {
+    await probe.connect();
+    await probe.ping();
+    return null;
+  } catch (err) {
+    return lastError ?? (err as Error).message;
+  } finally {
+    probe.disconnect();
+  }
+}
+
+const redisDown = await redisProblem(config.redisUrl);
+if (redisDown !== null) {
+  exitOnStartupFailure("worker", new StartupError(`Redis does not answer at ${redactUrl(config.redisUrl)} (${redisDown}): start Redis or set REDIS_URL`));
+}
+// The pools connect lazily: Postgres, and a schema not behind this version, are checked here once.
+try {
+  const schema = await checkDatabase(config.databaseUrl);
+  if (schema.state === "ahead") {
+    log.warn({ ...schema, database: redactUrl(config.databaseUrl) }, "the database schema is ahead of this version (a newer version migrated it); starting anyway");
+  }
+} catch (err) {
+  exitOnStartupFailure("worker", err instanceof DatabaseStartupError ? new StartupError(err.message) : err);
+}
+
 const bus = openRedisWorkerBus(config, log);
 
 // Signals are handled from the start: a SIGTERM during start-up must not kill the process with the

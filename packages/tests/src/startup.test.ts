@@ -1,9 +1,12 @@
 import { spawn, type ChildProcess } from "node:child_process";
 import { randomBytes } from "node:crypto";
-import { mkdtempSync, rmSync } from "node:fs";
+import { cpSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from "node:fs";
 import { createServer, type AddressInfo } from "node:net";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
+import { migrationsFolder } from "@chat/db";
+import { drizzle } from "drizzle-orm/postgres-js";
+import { migrate } from "drizzle-orm/postgres-js/migrator";
 import { Redis } from "ioredis";
 import postgres from "postgres";
 import { describe, expect, it, onTestFinished } from "vitest";
@@ -210,9 +213,11 @@ describe("gateway shutdown", () => {
 
 describe("worker shutdown", () => {
   it("exits 0 on SIGTERM within CHAT_WORKER_STOP_TIMEOUT_MS even while Redis is unreachable", async () => {
-    // A port nobody listens on: the worker starts (its HTTP server is up) but every read waits on Redis.
-    const deadRedis = `redis://127.0.0.1:${await freePort()}`;
-    const worker = await startWorker(freshPrefix("stop"), { REDIS_URL: deadRedis, CHAT_WORKER_STOP_TIMEOUT_MS: "1500" });
+    // The worker refuses to start without Redis: Redis goes away once it runs, and every read waits on it.
+    const port = await freePort();
+    const redis = await startPrivateRedis(port);
+    const worker = await startWorker(freshPrefix("stop"), { REDIS_URL: `redis://127.0.0.1:${port}`, CHAT_WORKER_STOP_TIMEOUT_MS: "1500" });
+    await redis.kill();
     const signalledAt = Date.now();
     expect(await worker.stop("SIGTERM")).toBe(0);
     expect(Date.now() - signalledAt).toBeLessThan(10_000);
@@ -231,6 +236,42 @@ function expectOneLine(r: { code: number | null; stderr: string; stdout: string 
   expect(lines[0]).not.toMatch(/^\{|"level"/);
   expect(lines[0]).toContain(setting);
 }
+
+/**
+ * A database of its own on the test server, dropped when the test ends. `apply(n)` applies the first
+ * n checked-in migrations with drizzle's migrator, as a version that shipped only those would have.
+ */
+async function scratchDatabase(): Promise<{ url: string; sql: postgres.Sql; create(): Promise<void>; apply(n: number): Promise<void> }> {
+  const name = `chat_schema_${randomBytes(4).toString("hex")}`;
+  const u = new URL(DATABASE_URL);
+  u.pathname = `/${name}`;
+  const url = u.toString();
+  const admin = testSql();
+  const sql = postgres(url, { max: 1, onnotice: () => {} });
+  onTestFinished(async () => {
+    await sql.end({ timeout: 5 });
+    await admin.unsafe(`DROP DATABASE IF EXISTS "${name}" WITH (FORCE)`);
+  });
+  return {
+    url,
+    sql,
+    create: async () => void (await admin.unsafe(`CREATE DATABASE "${name}"`)),
+    apply: async (n) => {
+      const folder = mkdtempSync(join(tmpdir(), "chat-migrations-"));
+      try {
+        cpSync(migrationsFolder, folder, { recursive: true });
+        const journalPath = join(folder, "meta", "_journal.json");
+        const journal = JSON.parse(readFileSync(journalPath, "utf8")) as { entries: unknown[] };
+        writeFileSync(journalPath, JSON.stringify({ ...journal, entries: journal.entries.slice(0, n) }));
+        await migrate(drizzle(sql), { migrationsFolder: folder });
+      } finally {
+        rmSync(folder, { recursive: true, force: true });
+      }
+    },
+  };
+}
+
+const KNOWN_MIGRATIONS = (JSON.parse(readFileSync(join(migrationsFolder, "meta", "_journal.json"), "utf8")) as { entries: { when: number }[] }).entries;
 
 describe("start-up failures: one plain line on stderr naming the setting, exit non-zero", () => {
   const strong = "a-valid-secret-of-at-least-32-bytes-0123";
@@ -258,6 +299,67 @@ describe("start-up failures: one plain line on stderr naming the setting, exit n
     const r = await runScript("apps/worker/dist/main.js", [], { CHAT_WORKER_HTTP_PORT: String(port), CHAT_WORKER_HTTP_HOST: "127.0.0.1", CHAT_REDIS_PREFIX: freshPrefix("wport") });
     expectOneLine(r, "worker", "CHAT_WORKER_HTTP_PORT", 1);
     expect(r.stderr).toContain(`port ${port} is already in use`);
+  });
+
+  it("gateway and worker: Postgres unreachable (password left out), the worker's Redis unreachable", async () => {
+    const deadPostgres = `postgres://postgres:hunter2@127.0.0.1:${await freePort()}/chat`;
+    const WORKER = "apps/worker/dist/main.js";
+    const workerEnv = { CHAT_WORKER_HTTP_PORT: "0", CHAT_WORKER_HTTP_HOST: "127.0.0.1", CHAT_REDIS_PREFIX: freshPrefix("wdown") };
+    const [gateway, worker, workerRedis] = await Promise.all([
+      runGateway({ CHAT_JWT_SECRET: strong, DATABASE_URL: deadPostgres }),
+      runScript(WORKER, [], { ...workerEnv, DATABASE_URL: deadPostgres }),
+      runScript(WORKER, [], { ...workerEnv, REDIS_URL: `redis://127.0.0.1:${await freePort()}` }),
+    ]);
+    for (const [r, program] of [
+      [gateway, "gateway"],
+      [worker, "worker"],
+    ] as const) {
+      expectOneLine(r, program, "DATABASE_URL", 1);
+      expect(r.stderr).toContain("Postgres is not usable at postgres://postgres:***@127.0.0.1:");
+      expect(r.stderr).not.toContain("hunter2");
+    }
+    expect(gateway.listened).toBe(false);
+    expect(worker.stdout).not.toContain('"msg":"consuming"');
+    expectOneLine(workerRedis, "worker", "REDIS_URL", 1);
+    expect(workerRedis.stderr).toContain("Redis does not answer at redis://127.0.0.1:");
+    expect(workerRedis.stdout).not.toContain('"msg":"consuming"');
+  });
+
+  it("gateway and worker: refuse a database that does not exist, is unmigrated or behind; start with a warning on one ahead", async () => {
+    const db = await scratchDatabase();
+    const WORKER = "apps/worker/dist/main.js";
+    const both = () =>
+      Promise.all([
+        runGateway({ CHAT_JWT_SECRET: strong, DATABASE_URL: db.url }),
+        runScript(WORKER, [], { DATABASE_URL: db.url, CHAT_WORKER_HTTP_PORT: "0", CHAT_WORKER_HTTP_HOST: "127.0.0.1", CHAT_REDIS_PREFIX: freshPrefix("wschema") }),
+      ]);
+    const expectRefused = (results: Awaited<ReturnType<typeof both>>, text: string) => {
+      const [gateway, worker] = results;
+      expectOneLine(gateway, "gateway", "DATABASE_URL", 1);
+      expectOneLine(worker, "worker", "DATABASE_URL", 1);
+      expect(gateway.stderr).toContain(text);
+      expect(worker.stderr).toContain(text);
+      expect(gateway.listened).toBe(false);
+      expect(worker.stdout).not.toContain('"msg":"consuming"');
+    };
+    const known = KNOWN_MIGRATIONS.length;
+    expect(known).toBeGreaterThan(2);
+
+    expectRefused(await both(), `the database at ${db.url} does not exist: run npm run migrate`);
+    await db.create();
+    expectRefused(await both(), `the database schema at ${db.url} is behind this version (applied 0 of ${known} migrations): run npm run migrate (DATABASE_URL)`);
+    await db.apply(known - 2);
+    expectRefused(await both(), `is behind this version (applied ${known - 2} of ${known} migrations): run npm run migrate (DATABASE_URL)`);
+
+    // A newer version (during its rollout) migrated it further: this version still starts, and says so.
+    await db.apply(known);
+    await db.sql`INSERT INTO drizzle.__drizzle_migrations (hash, created_at) VALUES ('a newer version', ${KNOWN_MIGRATIONS.at(-1)!.when + 1000})`;
+    const ahead = { DATABASE_URL: db.url };
+    const prefix = freshPrefix("ahead");
+    const [gateway, worker] = await Promise.all([startGateway(prefix, ahead), startWorker(prefix, ahead)]);
+    for (const p of [gateway, worker]) {
+      expect(p.logs).toContainEqual(expect.objectContaining({ level: "warn", state: "ahead", applied: known, known, newer: 1 }));
+    }
   });
 
   it("migrate: Postgres unreachable", async () => {
