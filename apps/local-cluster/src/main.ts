@@ -13,25 +13,29 @@ const redisUrl = process.env["REDIS_URL"] ?? "redis://127.0.0.1:6379";
 const databaseUrl = process.env["DATABASE_URL"] ?? "postgres://postgres@127.0.0.1:5432/chat";
 const basePort = Number(process.env["PORT"] ?? 8000);
 
+/** One line a person can act on, like the other commands' (the processes it starts print their own). */
 function fail(message: string): never {
-  process.stderr.write(`\n${message}\n\n`);
+  process.stderr.write(`local-cluster: ${message}\n`);
   process.exit(1);
 }
 
+let redisError: string | undefined;
 const probe = new Redis(redisUrl, { lazyConnect: true, maxRetriesPerRequest: 0, retryStrategy: () => null });
-probe.on("error", () => {});
+probe.on("error", (err: Error) => (redisError = err.message));
 try {
   await probe.connect();
   await probe.ping();
   probe.disconnect();
-} catch {
-  fail(`Redis does not answer at ${redactUrl(redisUrl)}.\nStart one (e.g. redis-server --daemonize yes --save "" --appendonly no) or set REDIS_URL.`);
+} catch (err) {
+  probe.disconnect();
+  fail(`Redis does not answer at ${redactUrl(redisUrl)} (${redisError ?? (err as Error).message}): start Redis (redis-server --daemonize yes --save "" --appendonly no) or set REDIS_URL`);
 }
+// Migrating first: the gateways and the worker refuse a schema behind this version.
 try {
   await runMigrations(databaseUrl);
 } catch (err) {
   const cause = (err as Error & { cause?: Error }).cause;
-  fail(`Postgres is not usable at ${redactUrl(databaseUrl)}: ${cause?.message ?? (err as Error).message}\nStart PostgreSQL or set DATABASE_URL.`);
+  fail(`Postgres is not usable at ${redactUrl(databaseUrl)} (${cause?.message ?? (err as Error).message}): start PostgreSQL or set DATABASE_URL`);
 }
 
 const children: ChildProcess[] = [];

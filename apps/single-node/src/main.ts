@@ -1,6 +1,6 @@
 import { MemoryConnectionLimit, MemoryPresence, MemoryPubSub, redisNames } from "@chat/bus";
 import { StartupError, exitOnStartupFailure, portProblem } from "@chat/config";
-import { createDb, redactUrl, runMigrations, survivePostgresClosedSocketWrites, type DbClient } from "@chat/db";
+import { DatabaseStartupError, checkDatabase, createDb, redactUrl, runMigrations, schemaStatus, survivePostgresClosedSocketWrites, type DbClient, type SchemaStatus } from "@chat/db";
 import { DataDirInUseError, PostgresMessageLog, openEmbeddedPostgres, type EmbeddedPostgres } from "@chat/embedded";
 import { chatMessageEvent, loadGatewayConfig, openRedisBus, startGateway, type GatewayConfig, type RunningGateway } from "@chat/gateway";
 import { createLogger } from "@chat/log";
@@ -32,6 +32,7 @@ try {
 /** The one line for an expected failure of this start-up, naming the setting to change. */
 function explain(err: unknown, stage: string): unknown {
   if (err instanceof StartupError) return err;
+  if (err instanceof DatabaseStartupError) return new StartupError(err.message);
   if (err instanceof DataDirInUseError) return new StartupError(`the data directory ${err.message}`);
   const code = (err as NodeJS.ErrnoException).code;
   if (stage === "worker" && code?.startsWith("E")) {
@@ -43,6 +44,11 @@ function explain(err: unknown, stage: string): unknown {
   return err;
 }
 let stage = "start";
+
+/** A database migrated by a newer version (during its rollout) is used as it is, with a warning. */
+function warnIfAhead(schema: SchemaStatus, database: string): void {
+  if (schema.state === "ahead") log.warn({ ...schema, database }, "the database schema is ahead of this version (a newer version migrated it); starting anyway");
+}
 
 const log = createLogger(gatewayConfig.logLevel, { component: "single-node", node: gatewayConfig.nodeId });
 survivePostgresClosedSocketWrites(log);
@@ -66,6 +72,7 @@ try {
     // worker and the message log queue on it, so log positions also commit in assignment order.
     const db = createDb(pg.url, { max: 1, applicationName: "single-node", socketPath: pg.socketPath });
     closers.unshift(() => db.close());
+    warnIfAhead(await schemaStatus(db.sql), pg.dataDir);
     // The worker replaces a pool that stalls; with one shared connection there is nothing to swap
     // to, and closing it would take the gateway down too, so its "pool" never closes.
     const workerDb: DbClient = { ...db, close: async () => {} };
@@ -104,7 +111,9 @@ try {
     const gatewayDb = createDb(engine.databaseUrl, { max: gatewayConfig.dbPoolSize, applicationName: `gateway ${gatewayConfig.nodeId}` });
     closers.unshift(() => gatewayDb.close());
     stage = "postgres";
+    // Migrates first, so the schema is never behind here; checked after, for a newer version's.
     await runMigrations(engine.databaseUrl);
+    warnIfAhead(await checkDatabase(engine.databaseUrl), redactUrl(engine.databaseUrl));
     stage = "gateway";
     gateway = await startGateway(gatewayConfig, { ...bus, db: gatewayDb }, log);
     bus.setRecovery(gateway.recovery);
