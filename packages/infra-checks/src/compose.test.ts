@@ -87,7 +87,7 @@ describe("the compose checks reject a broken file", () => {
 const dockerCompose = spawnSync("docker-compose", ["version"], { encoding: "utf8" }).status === 0;
 
 /** Debian's docker-compose (apt-get install docker-compose) parses and interpolates without a daemon. */
-describe.skipIf(!dockerCompose)("docker-compose config (Debian's docker-compose, no daemon)", () => {
+describe.skipIf(!dockerCompose)(`docker-compose config (Debian's docker-compose, no daemon)${dockerCompose ? "" : " (skipped: docker-compose is not installed; apt-get install docker-compose)"}`, () => {
   const run = (env: Record<string, string>) =>
     spawnSync("docker-compose", ["-f", COMPOSE, "config", "-q"], { encoding: "utf8", env: { PATH: process.env["PATH"], ...env } });
 

@@ -69,7 +69,10 @@ describe(".dockerignore", () => {
  * single node on its embedded engine (anywhere). A missing migration folder, Lua script, WASM file
  * or dist file fails here.
  */
-const withServices = it.skipIf(process.env["CHAT_TEST_SERVICES"] !== "up");
+const servicesUp = process.env["CHAT_TEST_SERVICES"] === "up";
+/** A test that needs Redis and Postgres; where they do not answer, its name says why it was skipped. */
+const withServices = (name: string, fn: () => unknown) =>
+  it.skipIf(!servicesUp)(`${name}${servicesUp ? "" : " (skipped: Redis and Postgres do not answer)"}`, fn);
 
 describe("the image layout runs the processes", () => {
   const app = mkdtempSync(join(tmpdir(), "chat-image-"));

@@ -47,7 +47,8 @@ const sortById = (objects: K8sObject[]) => [...objects].sort((a, b) => objectId(
  * `kubectl kustomize` (kustomize built into kubectl) renders without a cluster. Where kubectl is
  * installed, the in-process render must be identical, so the checks above look at what kubectl applies.
  */
-describe.skipIf(!kubectlKustomizeWorks())("the in-process render equals `kubectl kustomize`", () => {
+const kubectl = kubectlKustomizeWorks();
+describe.skipIf(!kubectl)(`the in-process render equals \`kubectl kustomize\`${kubectl ? "" : " (skipped: kubectl is not installed; it is not packaged by Debian, install it by hand to run this)"}`, () => {
   const scratch = mkdtempSync(join(tmpdir(), "infra-checks-"));
   afterAll(() => rmSync(scratch, { recursive: true, force: true }));
   const kubectl = (dir: string) =>

@@ -9,8 +9,10 @@ import { FIXTURES, INFRA, REPO_ROOT } from "./paths.js";
  */
 
 const has = (tool: string) => spawnSync(tool, ["--version"]).status === 0;
+/** A suite's name that says why it was skipped, when it was. */
+const named = (tool: string) => (has(tool) ? tool : `${tool} (skipped: ${tool} is not installed; apt-get install ${tool})`);
 
-describe.skipIf(!has("shellcheck"))("shellcheck", () => {
+describe.skipIf(!has("shellcheck"))(named("shellcheck"), () => {
   // Warnings and errors; info-level style notes are left to taste.
   const shellcheck = (file: string) => spawnSync("shellcheck", ["--severity=warning", file], { encoding: "utf8" });
 
@@ -27,7 +29,7 @@ describe.skipIf(!has("shellcheck"))("shellcheck", () => {
   });
 });
 
-describe.skipIf(!has("yamllint"))("yamllint", () => {
+describe.skipIf(!has("yamllint"))(named("yamllint"), () => {
   const yamllint = (...paths: string[]) =>
     spawnSync("yamllint", ["-f", "parsable", "-c", join(INFRA, ".yamllint.yaml"), ...paths], { encoding: "utf8" });
 
