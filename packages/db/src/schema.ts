@@ -68,7 +68,7 @@ export const uploads = pgTable(
 );
 
 /**
- * The upload quota's ledger (issue 13.6): one row per upload attempt, reserved before the file is
+ * The upload quota's ledger: one row per upload attempt, reserved before the file is
  * stored (the declared size), settled to the bytes stored, or zeroed when the upload failed. A user's
  * rows of the last hour are their usage; older rows are deleted as the user reserves again.
  */

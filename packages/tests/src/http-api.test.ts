@@ -264,7 +264,7 @@ function walk(dir: string, base = dir): string[] {
 }
 
 /**
- * Bytes of a given kind, `size` long in all: uploads are sniffed (issue 13.1), so a test file starts
+ * Bytes of a given kind, `size` long in all: uploads are sniffed, so a test file starts
  * with its format's real signature.
  */
 function fileBytes(kind: "png" | "jpeg" | "mp4" | "pdf", size: number): Buffer {

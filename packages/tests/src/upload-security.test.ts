@@ -85,7 +85,7 @@ function fdCount(g: Gateway): number {
   return readdirSync(`/proc/${g.child.pid}/fd`).length;
 }
 
-describe("uploads are sniffed, never trusted (issue 13.1)", () => {
+describe("uploads are sniffed, never trusted", () => {
   it("refuses SVG and HTML whatever their declared type or name, and stores a file as the type its bytes are", async () => {
     const { mediaDir } = mediaDirs("sniff");
     const g = await startGateway(freshPrefix("upsec-sniff"), { CHAT_MEDIA_DIR: mediaDir });
@@ -198,7 +198,7 @@ async function partialUploads(g: Gateway, token: string, count: number) {
   );
 }
 
-describe("an aborted upload releases everything (issue 13.2)", () => {
+describe("an aborted upload releases everything", () => {
   it("gives back every file descriptor and deletes every partial file after clients disconnect mid-body", async () => {
     const { mediaDir } = mediaDirs("abort");
     const g = await startGateway(freshPrefix("upsec-abort"), { CHAT_MEDIA_DIR: mediaDir, CHAT_DB_POOL_SIZE: "2", CHAT_UPLOAD_QUOTA_BYTES_PER_HOUR: "0" });
@@ -227,7 +227,7 @@ describe("an aborted upload releases everything (issue 13.2)", () => {
   });
 });
 
-describe("per-user upload quota and clean-up (issue 13.6)", () => {
+describe("per-user upload quota and clean-up", () => {
   it("refuses uploads beyond the hourly budget with 429 across gateways and parallel uploads, and gives back what a refused upload did not use", async () => {
     const { mediaDir } = mediaDirs("quota");
     const prefix = freshPrefix("upsec-quota");
@@ -295,7 +295,7 @@ describe("per-user upload quota and clean-up (issue 13.6)", () => {
   });
 });
 
-describe("an oversize upload is answered, not reset (issue 13.13)", () => {
+describe("an oversize upload is answered, not reset", () => {
   it("answers 413 to a too-large declared Content-Length with Connection: close while the client is still sending, and the client reads it", async () => {
     const { mediaDir } = mediaDirs("oversize");
     const g = await startGateway(freshPrefix("upsec-413"), { CHAT_MEDIA_DIR: mediaDir, CHAT_UPLOAD_MAX_BYTES: String(MiB) });

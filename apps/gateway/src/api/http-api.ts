@@ -46,7 +46,7 @@ export interface UploadPolicy {
 const MULTIPART_SLACK = 64 * 1024;
 
 /**
- * Headers of every media response (issue 13.1): the browser never second-guesses the type, and
+ * Headers of every media response: the browser never second-guesses the type, and
  * whatever the file is, it runs no script and loads nothing, even when opened as a document.
  */
 const MEDIA_HEADERS = {

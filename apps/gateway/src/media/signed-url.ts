@@ -3,7 +3,7 @@ import { createHmac, timingSafeEqual } from "node:crypto";
 /**
  * Short-lived signed URLs of local media (`/chat-media/<identifier>?expires=<unix s>&sig=<HMAC>`), the
  * local counterpart of S3's presigned URLs: a link a user opens or shares carries no bearer token,
- * only the right to fetch one file until it expires (issue 13.1). Every gateway derives the same key
+ * only the right to fetch one file until it expires. Every gateway derives the same key
  * from the token secret, separated from token signing by its own label.
  */
 export class MediaUrlSigner {

@@ -1,6 +1,6 @@
 /**
  * What an upload is, decided from its first bytes only: the client's declared type and file name are
- * never trusted (issue 13.1). Only types in this table are ever stored; markup (SVG, HTML, XML) is
+ * never trusted. Only types in this table are ever stored; markup (SVG, HTML, XML) is
  * none of them, so it can never be served back as a document of our origin.
  */
 export interface SniffedType {

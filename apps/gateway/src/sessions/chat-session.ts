@@ -221,9 +221,9 @@ export class ChatSession extends SubscribedSession {
   private checking: Promise<void> | null = null;
 
   /**
-   * Checks the frame's media reference (issue: any URL scheme, or someone else's upload, was stored
-   * and relayed), then accepts it. A check that needs the database holds this socket's later sends
-   * behind it, so one socket's messages keep their order.
+   * Checks the frame's media reference (only http(s) links to public hosts and the sender's own
+   * uploads: see media-reference.ts), then accepts it. A check that needs the database holds this
+   * socket's later sends behind it, so one socket's messages keep their order.
    */
   private sendMessage(frame: AcceptedChatMessage): void {
     const url = frame.multimedia_url;

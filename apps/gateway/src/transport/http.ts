@@ -16,7 +16,7 @@ const HEADERS = ["authorization", "content-type", "content-length", "connection"
  * A refusal sent before the request body is in (a 413 on the declared length, a 415 after sniffing...)
  * to a client that asked to close the connection: the rest of the body is read and discarded for up to
  * this long and this many bytes before closing, so that the client, still sending, gets to read the
- * answer instead of a reset (a lingering close; issue 13.13).
+ * answer instead of a reset (a lingering close).
  */
 const LINGER_MS = 2000;
 const LINGER_BYTES = 8 * 1024 * 1024;
@@ -208,7 +208,7 @@ export function registerApiRoutes(app: TemplatedApp, api: HttpApi): void {
         state.aborted = true;
         state.onAbort?.();
         // With an error, so that whatever reads the body (busboy, storage) fails and lets go of its
-        // file and descriptor; a plain destroy left them waiting forever (issue 13.2).
+        // file and descriptor; a plain destroy left them waiting forever.
         request.body?.destroy(new RequestAbortedError(request.path));
       });
       if (method === "post") request.body = bodyStream(res, state);
