@@ -25,6 +25,12 @@ export const GATEWAY_SETTINGS = {
   },
   maxBackpressureBytes: { env: "CHAT_MAX_BACKPRESSURE_BYTES", default: "4194304", description: "Bytes queued to a socket that does not read before it is closed", parse: integer(65536, 1 << 30) },
   idleTimeoutSeconds: { env: "CHAT_IDLE_TIMEOUT_SECONDS", default: "120", description: "A silent socket is closed after this; the server pings before", parse: integer(8, 960) },
+  unsubscribeDelayMs: {
+    env: "CHAT_UNSUBSCRIBE_DELAY_MS",
+    default: "2000",
+    description: "A node keeps a channel subscribed this long after its last local socket for it closed, so a quick reconnect does not unsubscribe and subscribe again (ms)",
+    parse: integer(0, 60000),
+  },
   presenceTtlMs: { env: "CHAT_PRESENCE_TTL_MS", default: "30000", description: "Presence of a node that stops refreshing it expires after this (ms)", parse: integer(3000, 30000) },
   maxReplay: { env: "CHAT_MAX_REPLAY", default: "500", description: "Most missed messages replayed to a chat socket opened with ?since=", parse: integer(0, 10000) },
   rateMessagesPerSecond: { env: "CHAT_RATE_MESSAGES_PER_SECOND", default: "100", description: "Sends (messages and reads) per second per user, cluster-wide; more get error `rate_limited`; 0 disables", parse: integer(0, 1_000_000) },
@@ -89,6 +95,7 @@ export interface GatewayConfig {
   maxFrameBytes: number;
   maxBackpressureBytes: number;
   idleTimeoutSeconds: number;
+  unsubscribeDelayMs: number;
   presenceTtlMs: number;
   drainWindowMs: number;
   idleGcGrowthMb: number;

@@ -68,6 +68,7 @@ export async function startGateway(config: Readonly<GatewayConfig>, parts: Gatew
   const metrics = new GatewayMetrics(() => router.channelCount);
   const router: SubscriptionRouter = new SubscriptionRouter(parts.transport, {
     log: busLog,
+    unsubscribeDelayMs: config.unsubscribeDelayMs,
     observe: (envelope) => metrics.deliverLatency.observe(Math.max(0, Date.now() - envelope.sentAt) / 1000),
   });
   const core = new GatewayCore({

@@ -42,10 +42,16 @@ interface Node {
   id: string;
 }
 
+/**
+ * A grace delay shorter than the default 2 s, so the waits for unsubscribes are short, and still far
+ * longer than a reconnect takes here (tens of ms), so "reopens during the grace delay" stays true.
+ */
+const UNSUBSCRIBE_DELAY_MS = "600";
+
 /** Two gateways with known node ids, so their subscriber connections can be told apart. */
 async function twoNodes(prefix: string): Promise<[Node, Node]> {
   const ids = [1, 2].map((n) => `subs-g${n}-${randomBytes(4).toString("hex")}`);
-  const [g1, g2] = await Promise.all(ids.map((id) => startGateway(prefix, { CHAT_NODE_ID: id })));
+  const [g1, g2] = await Promise.all(ids.map((id) => startGateway(prefix, { CHAT_NODE_ID: id, CHAT_UNSUBSCRIBE_DELAY_MS: UNSUBSCRIBE_DELAY_MS })));
   return [
     { g: g1!, id: ids[0]! },
     { g: g2!, id: ids[1]! },
