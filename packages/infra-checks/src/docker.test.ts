@@ -82,7 +82,7 @@ describe("the image layout runs the processes", () => {
     REDIS_URL: process.env["REDIS_URL"] ?? "redis://127.0.0.1:6379",
     DATABASE_URL: process.env["DATABASE_URL"] ?? "postgres://postgres@127.0.0.1:5432/chat_test",
     CHAT_REDIS_PREFIX: `test:image:${randomBytes(4).toString("hex")}:`,
-    CHAT_JWT_SECRET: "image-layout-test",
+    CHAT_JWT_SECRET: "image-layout-test-secret-of-32-bytes-or-more",
     NODE_ENV: "production",
   };
 
