@@ -20,8 +20,10 @@ export default defineConfig(async () => {
       testTimeout: 30000,
       hookTimeout: 30000,
       pool: "forks",
-      // Two cores run gateways, workers, Redis and Postgres besides the tests: keep files to two at a time.
-      maxWorkers: 2,
+      // Three files at a time on two cores: most tests spend much of their time waiting (grace delays,
+      // TTLs, other processes), so a third file fills those waits. Measured on an idle 2-core machine:
+      // 254 s with three against 275 s with two, every test passing; the cores were 92 % busy.
+      maxWorkers: 3,
       minWorkers: 1,
     },
   };

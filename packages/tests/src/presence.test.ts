@@ -3,6 +3,7 @@ import {
   connect,
   connectReady,
   freshPrefix,
+  sharedPair,
   startGateway,
   testRedis,
   tokenFor,
@@ -42,10 +43,13 @@ async function expectNothingPendingBefore(sender: TestClient, sockets: TestClien
   for (const s of sockets) await expectNext(s, { type: "chat_message", message: marker });
 }
 
+
+/** Two gateways for the tests that need nothing fresh of them: each has users of its own. */
+const pair = sharedPair("presence", { worker: false });
+
 describe("presence", () => {
   it("starts every chat socket with online_user_list of every user with an open socket to the conversation on any node", async () => {
-    const prefix = freshPrefix("presence-list");
-    const [g1, g2] = await Promise.all([startGateway(prefix), startGateway(prefix)]);
+    const [g1, g2] = await pair();
     const alice = uniqueUser("alice");
     const bob = uniqueUser("bob");
     const carol = uniqueUser("carol");
@@ -74,8 +78,7 @@ describe("presence", () => {
   });
 
   it("sends user_join to every socket of the conversation on both nodes when a user's first socket opens, not for later sockets", async () => {
-    const prefix = freshPrefix("presence-join");
-    const [g1, g2] = await Promise.all([startGateway(prefix), startGateway(prefix)]);
+    const [g1, g2] = await pair();
     const alice = uniqueUser("alice");
     const bob = uniqueUser("bob");
     const [ta, tb] = await Promise.all([tokenFor(alice), tokenFor(bob)]);
@@ -228,8 +231,7 @@ describe("presence", () => {
     expect(b.ofType("user_leave")).toHaveLength(1);
   });
   it("announces a user exactly once when two of their sockets open at once on two nodes, and once when both close at once", async () => {
-    const prefix = freshPrefix("presence-race");
-    const [g1, g2] = await Promise.all([startGateway(prefix), startGateway(prefix)]);
+    const [g1, g2] = await pair();
     const alice = uniqueUser("alice");
     const bob = uniqueUser("bob");
     const [ta, tb] = await Promise.all([tokenFor(alice), tokenFor(bob)]);

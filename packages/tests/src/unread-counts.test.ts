@@ -4,6 +4,7 @@ import {
   connectReady,
   freshPrefix,
   messagesBetween,
+  sharedPair,
   startGateway,
   startWorker,
   testRedis,
@@ -51,11 +52,13 @@ function noViolations(...clients: TestClient[]): void {
   for (const c of clients) expect(c.schemaViolations).toEqual([]);
 }
 
+
+/** Two gateways and a worker for the tests that need nothing fresh of them: each has users of its own. */
+const pair = sharedPair("unread");
+
 describe("unread counts", () => {
   it("greets /ws/notifications/ with unread_count and /ws/notifications/{other}/ with single_conversation_unread_count", async () => {
-    const prefix = freshPrefix("greet");
-    const [g1, g2] = await Promise.all([startGateway(prefix), startGateway(prefix)]);
-    await startWorker(prefix);
+    const [g1, g2] = await pair();
     const [u, v, w, x] = [uniqueUser("u"), uniqueUser("v"), uniqueUser("w"), uniqueUser("x")];
     const [tu, tv, tw] = await Promise.all([tokenFor(u), tokenFor(v), tokenFor(w)]);
 
@@ -90,9 +93,7 @@ describe("unread counts", () => {
   });
 
   it("notifies every notification socket of the recipient, on both nodes, in order, and nobody else", async () => {
-    const prefix = freshPrefix("notify");
-    const [g1, g2] = await Promise.all([startGateway(prefix), startGateway(prefix)]);
-    await startWorker(prefix);
+    const [g1, g2] = await pair();
     const [u, v, w] = [uniqueUser("u"), uniqueUser("v"), uniqueUser("w")];
     const [tu, tv, tw] = await Promise.all([tokenFor(u), tokenFor(v), tokenFor(w)]);
 
@@ -146,9 +147,7 @@ describe("unread counts", () => {
   });
 
   it("recomputes the counts after read_messages, keeping other conversations in the total, and reconnects match Postgres", async () => {
-    const prefix = freshPrefix("read");
-    const [g1, g2] = await Promise.all([startGateway(prefix), startGateway(prefix)]);
-    await startWorker(prefix);
+    const [g1, g2] = await pair();
     const [u, v, w] = [uniqueUser("u"), uniqueUser("v"), uniqueUser("w")];
     const [tu, tv, tw] = await Promise.all([tokenFor(u), tokenFor(v), tokenFor(w)]);
 

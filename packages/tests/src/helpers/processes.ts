@@ -150,3 +150,15 @@ export function sharedGateway(label: string, env: Record<string, string | undefi
   let started: Promise<Gateway> | null = null;
   return () => (started ??= startGateway(freshPrefix(label), env, "file"));
 }
+
+/** Two gateways on one prefix (and a worker unless `worker` is false), shared like sharedDeployment. */
+export function sharedPair(label: string, options: { env?: Record<string, string | undefined>; worker?: boolean } = {}): () => Promise<[Gateway, Gateway]> {
+  let started: Promise<[Gateway, Gateway]> | null = null;
+  return () =>
+    (started ??= (async () => {
+      const prefix = freshPrefix(label);
+      const [g1, g2] = await Promise.all([startGateway(prefix, options.env, "file"), startGateway(prefix, options.env, "file")]);
+      if (options.worker !== false) await startWorker(prefix, {}, "file");
+      return [g1, g2] as [Gateway, Gateway];
+    })());
+}
