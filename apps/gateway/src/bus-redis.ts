@@ -21,6 +21,9 @@ export class RedisUnreachableError extends Error {
 export async function openRedisBus(config: Readonly<GatewayConfig>, log: Logger): Promise<RedisGatewayBus> {
   const busLog = log.child({ component: "bus" });
   let recovery: BusRecovery | null = null;
+  // ioredis rejects a failed first connect with "Connection is closed."; the socket's own error
+  // (ECONNREFUSED, ENOTFOUND...) comes through the error event, and is what a person can act on.
+  let lastError: Error | null = null;
 
   function connect(name: string, enableOfflineQueue: boolean, onReconnect: () => void): Redis {
     const redis = new Redis(config.redisUrl, {
@@ -41,7 +44,10 @@ export async function openRedisBus(config: Readonly<GatewayConfig>, log: Logger)
       }
       wasReady = true;
     });
-    redis.on("error", (err: Error) => busLog.warn({ client: name, err: err.message, redis: redactUrl(config.redisUrl) }, "redis error"));
+    redis.on("error", (err: Error) => {
+      lastError = err;
+      busLog.warn({ client: name, err: err.message, redis: redactUrl(config.redisUrl) }, "redis error");
+    });
     return redis;
   }
 
@@ -65,7 +71,7 @@ export async function openRedisBus(config: Readonly<GatewayConfig>, log: Logger)
   } catch (cause) {
     redis.disconnect();
     subscriber.disconnect();
-    throw new RedisUnreachableError(`redis unreachable at ${redactUrl(config.redisUrl)}`, { cause });
+    throw new RedisUnreachableError(`redis unreachable at ${redactUrl(config.redisUrl)}`, { cause: lastError ?? cause });
   }
 
   const names = redisNames(config.redisPrefix);

@@ -287,7 +287,10 @@ describe("start-up failures: one plain line on stderr naming the setting, exit n
     const dev = await startGateway(freshPrefix("dev-short"), { NODE_ENV: "development", CHAT_JWT_SECRET: "short-secret" });
     expect(dev.port).toBeGreaterThan(0);
     const deadRedis = `redis://127.0.0.1:${await freePort()}`;
-    expectOneLine(await runGateway({ CHAT_JWT_SECRET: strong, REDIS_URL: deadRedis }), "gateway", "REDIS_URL", 1);
+    const redisDown = await runGateway({ CHAT_JWT_SECRET: strong, REDIS_URL: deadRedis });
+    expectOneLine(redisDown, "gateway", "REDIS_URL", 1);
+    // The socket's own error, not ioredis' "Connection is closed.".
+    expect(redisDown.stderr).toContain(`(connect ECONNREFUSED ${deadRedis.slice("redis://".length)})`);
   });
 
   it("worker: configuration (exit 2) and its HTTP port in use", async () => {
