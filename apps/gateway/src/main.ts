@@ -1,4 +1,4 @@
-import { DatabaseStartupError, checkDatabase, createDb, redactUrl, survivePostgresClosedSocketWrites } from "@chat/db";
+import { DatabaseStartupError, checkDatabase, createDb, redactUrl, survivePostgresClosedSocketWrites, warnIfSchemaAhead } from "@chat/db";
 import { StartupError, exitOnStartupFailure } from "@chat/config";
 import { createLogger } from "@chat/log";
 import { openRedisBus, type RedisGatewayBus } from "./bus-redis.js";
@@ -24,10 +24,7 @@ try {
 // Postgres is checked here, once: the pool below connects lazily, and a gateway on a database it
 // cannot use (unreachable, or a schema older than this version) would fail request by request.
 try {
-  const schema = await checkDatabase(config.databaseUrl);
-  if (schema.state === "ahead") {
-    log.warn({ ...schema, database: redactUrl(config.databaseUrl) }, "the database schema is ahead of this version (a newer version migrated it); starting anyway");
-  }
+  warnIfSchemaAhead(await checkDatabase(config.databaseUrl), redactUrl(config.databaseUrl), log);
 } catch (err) {
   exitOnStartupFailure("gateway", err instanceof DatabaseStartupError ? new StartupError(err.message) : err);
 }

@@ -1,6 +1,6 @@
 import { MemoryConnectionLimit, MemoryPresence, MemoryPubSub, redisNames } from "@chat/bus";
 import { StartupError, exitOnStartupFailure, portProblem } from "@chat/config";
-import { DatabaseStartupError, checkDatabase, createDb, redactUrl, runMigrations, schemaStatus, survivePostgresClosedSocketWrites, type DbClient, type SchemaStatus } from "@chat/db";
+import { DatabaseStartupError, checkDatabase, createDb, redactUrl, runMigrations, schemaStatus, survivePostgresClosedSocketWrites, warnIfSchemaAhead, type DbClient } from "@chat/db";
 import { DataDirInUseError, PostgresMessageLog, openEmbeddedPostgres, type EmbeddedPostgres } from "@chat/embedded";
 import { chatMessageEvent, loadGatewayConfig, openRedisBus, startGateway, type GatewayConfig, type RunningGateway } from "@chat/gateway";
 import { createLogger } from "@chat/log";
@@ -45,11 +45,6 @@ function explain(err: unknown, stage: string): unknown {
 }
 let stage = "start";
 
-/** A database migrated by a newer version (during its rollout) is used as it is, with a warning. */
-function warnIfAhead(schema: SchemaStatus, database: string): void {
-  if (schema.state === "ahead") log.warn({ ...schema, database }, "the database schema is ahead of this version (a newer version migrated it); starting anyway");
-}
-
 const log = createLogger(gatewayConfig.logLevel, { component: "single-node", node: gatewayConfig.nodeId });
 survivePostgresClosedSocketWrites(log);
 const closers: (() => Promise<void>)[] = [];
@@ -72,7 +67,7 @@ try {
     // worker and the message log queue on it, so log positions also commit in assignment order.
     const db = createDb(pg.url, { max: 1, applicationName: "single-node", socketPath: pg.socketPath });
     closers.unshift(() => db.close());
-    warnIfAhead(await schemaStatus(db.sql), pg.dataDir);
+    warnIfSchemaAhead(await schemaStatus(db.sql), pg.dataDir, log);
     // The worker replaces a pool that stalls; with one shared connection there is nothing to swap
     // to, and closing it would take the gateway down too, so its "pool" never closes.
     const workerDb: DbClient = { ...db, close: async () => {} };
@@ -113,7 +108,7 @@ try {
     stage = "postgres";
     // Migrates first, so the schema is never behind here; checked after, for a newer version's.
     await runMigrations(engine.databaseUrl);
-    warnIfAhead(await checkDatabase(engine.databaseUrl), redactUrl(engine.databaseUrl));
+    warnIfSchemaAhead(await checkDatabase(engine.databaseUrl), redactUrl(engine.databaseUrl), log);
     stage = "gateway";
     gateway = await startGateway(gatewayConfig, { ...bus, db: gatewayDb }, log);
     bus.setRecovery(gateway.recovery);

@@ -1,5 +1,5 @@
 import { StartupError, exitOnStartupFailure, portProblem } from "@chat/config";
-import { DatabaseStartupError, checkDatabase, createDb, redactUrl, survivePostgresClosedSocketWrites } from "@chat/db";
+import { DatabaseStartupError, checkDatabase, createDb, redactUrl, survivePostgresClosedSocketWrites, warnIfSchemaAhead } from "@chat/db";
 import { createLogger } from "@chat/log";
 import { Redis } from "ioredis";
 import { openRedisWorkerBus } from "./bus-redis.js";
@@ -42,10 +42,7 @@ if (redisDown !== null) {
 }
 // The pools connect lazily: Postgres, and a schema not behind this version, are checked here once.
 try {
-  const schema = await checkDatabase(config.databaseUrl);
-  if (schema.state === "ahead") {
-    log.warn({ ...schema, database: redactUrl(config.databaseUrl) }, "the database schema is ahead of this version (a newer version migrated it); starting anyway");
-  }
+  warnIfSchemaAhead(await checkDatabase(config.databaseUrl), redactUrl(config.databaseUrl), log);
 } catch (err) {
   exitOnStartupFailure("worker", err instanceof DatabaseStartupError ? new StartupError(err.message) : err);
 }

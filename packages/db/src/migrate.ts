@@ -142,3 +142,8 @@ export function redactUrl(url: string): string {
     return "<unparseable url>";
   }
 }
+
+/** A database migrated by a newer version (during its rollout) is used as it is, with this warning. */
+export function warnIfSchemaAhead(schema: SchemaStatus, database: string, log: { warn(fields: Record<string, unknown>, msg: string): void }): void {
+  if (schema.state === "ahead") log.warn({ ...schema, database }, "the database schema is ahead of this version (a newer version migrated it); starting anyway");
+}
