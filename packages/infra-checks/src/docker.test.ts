@@ -1,5 +1,5 @@
 import { execFileSync, spawn, spawnSync } from "node:child_process";
-import { mkdirSync, mkdtempSync, readdirSync, readFileSync, rmSync, symlinkSync } from "node:fs";
+import { cpSync, mkdirSync, mkdtempSync, readdirSync, readFileSync, rmSync, symlinkSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { createInterface } from "node:readline";
@@ -157,6 +157,10 @@ describe("the image layout runs the processes", () => {
 
   it("node apps/single-node/dist/main.js runs on its embedded engine (no Redis, no Postgres), serves the client and stops on SIGTERM", async () => {
     const data = mkdtempSync(join(tmpdir(), "chat-image-data-"));
+    // The run's migrated embedded data directory (packages/tests' global setup), when there is one:
+    // migrating a new PGlite is not what this test is about (single-node.test.ts covers it).
+    const template = process.env["CHAT_TEST_EMBEDDED_TEMPLATE"];
+    if (template) cpSync(template, data, { recursive: true });
     try {
       const node = await start(
         "apps/single-node/dist/main.js",

@@ -8,6 +8,7 @@ import addFormatsModule from "ajv-formats";
 import { describe, expect, it, onTestFinished } from "vitest";
 import { parse as parseYaml } from "yaml";
 import {
+  atFileEnd,
   connectReady,
   freshPrefix,
   messagesBetween,
@@ -221,6 +222,26 @@ async function cluster(label: string, env: Record<string, string> = {}, worker =
   return { g1, g2, root, mediaDir };
 }
 
+let shared: Promise<Cluster> | null = null;
+
+/**
+ * One cluster (two gateways and a worker, no rate limit) for the tests that need nothing fresh of it
+ * and look at no file in its media directory: each has users of its own.
+ */
+function sharedCluster(): Promise<Cluster> {
+  return (shared ??= (async () => {
+    const prefix = freshPrefix("api-shared");
+    const root = mkdtempSync(join(tmpdir(), "chat-api-shared-"));
+    atFileEnd(() => rmSync(root, { recursive: true, force: true }));
+    const mediaDir = join(root, "media");
+    mkdirSync(mediaDir);
+    const env = { CHAT_MEDIA_DIR: mediaDir, CHAT_RATE_MESSAGES_PER_SECOND: "0" };
+    const [g1, g2] = await Promise.all([startGateway(prefix, env, "file"), startGateway(prefix, env, "file")]);
+    await startWorker(prefix, {}, "file");
+    return { g1, g2, root, mediaDir };
+  })());
+}
+
 /** Sends a chat message and resolves to the sender's own echo (proof it was accepted). */
 async function say(chat: TestClient, text: string, extra: Json = {}): Promise<Frame> {
   const clientId = `${text}-${randomBytes(3).toString("hex")}`;
@@ -356,7 +377,7 @@ describe("HTTP API contract checker", () => {
 
 describe("GET /api/conversations", () => {
   it("lists the caller's conversations, most recent first, with last_message and the DB's unread_count, paged once each", async () => {
-    const { g1, g2 } = await cluster("conv");
+    const { g1, g2 } = await sharedCluster();
     const [alice, bob, carol, dave, erin] = ["alice", "bob", "carol", "dave", "erin"].map(uniqueUser) as [string, string, string, string, string];
     const [ta, tb, tc, te] = await Promise.all([tokenFor(alice), tokenFor(bob), tokenFor(carol), tokenFor(erin)]);
     const aToBob = await connectReady(g1.url, `/ws/${bob}/`, ta);
@@ -447,7 +468,7 @@ describe("GET /api/conversations", () => {
 
 describe("GET /api/rooms/{username}/messages", () => {
   it("pages newest first with before, then oldest first with after, visiting every message exactly once while new ones keep arriving", async () => {
-    const { g1, g2 } = await cluster("paging");
+    const { g1, g2 } = await sharedCluster();
     const alice = uniqueUser("alice");
     const bob = uniqueUser("bob");
     const [ta, tb] = await Promise.all([tokenFor(alice), tokenFor(bob)]);
@@ -530,7 +551,7 @@ describe("GET /api/rooms/{username}/messages", () => {
 
   it("takes limit from 1 to 200 (default 50) and refuses 0, 201, non-integers, bad cursors and a conversation with oneself", async () => {
     // 205 messages sent at once: the per-user send rate limit (if configured) is lifted for this setup step.
-    const { g1, g2 } = await cluster("limits", { CHAT_RATE_MESSAGES_PER_SECOND: "0" });
+    const { g1, g2 } = await sharedCluster();
     const alice = uniqueUser("alice");
     const bob = uniqueUser("bob");
     const [ta, tb] = await Promise.all([tokenFor(alice), tokenFor(bob)]);
@@ -582,7 +603,7 @@ describe("GET /api/rooms/{username}/messages", () => {
 
 describe("authentication", () => {
   it("answers 401 on every endpoint without a token, with a bad one, an expired one or one signed with another secret", async () => {
-    const { g1 } = await cluster("auth", {}, false);
+    const { g1 } = await sharedCluster();
     const alice = uniqueUser("alice");
     const bad = [
       undefined,
@@ -706,7 +727,7 @@ describe("authorization", () => {
   });
 
   it("does not let a third user gain access to someone else's upload by referencing its identifier in her own message", async () => {
-    const { g1, g2 } = await cluster("authz-claim");
+    const { g1, g2 } = await sharedCluster();
     const alice = uniqueUser("alice");
     const bob = uniqueUser("bob");
     const carol = uniqueUser("carol");
