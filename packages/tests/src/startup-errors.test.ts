@@ -161,6 +161,18 @@ describe("start-up failures: one plain line on stderr naming the setting, exit n
     expect(r.stderr).not.toContain("hunter2");
   });
 
+  it("start:cluster: Redis or Postgres unreachable (password left out)", async () => {
+    const cluster = (env: Record<string, string>) => runScript("apps/local-cluster/dist/main.js", [], { NODE_ENV: "development", CHAT_WORKER_HTTP_PORT: "0", ...env }, 20_000);
+    const redisPort = await freePort();
+    const noRedis = await cluster({ REDIS_URL: `redis://127.0.0.1:${redisPort}` });
+    expectOneLine(noRedis, "local-cluster", "REDIS_URL", 1);
+    expect(noRedis.stderr).toContain(`Redis does not answer at redis://127.0.0.1:${redisPort} (connect ECONNREFUSED`);
+    const noPostgres = await cluster({ DATABASE_URL: `postgres://postgres:hunter2@127.0.0.1:${await freePort()}/chat` });
+    expectOneLine(noPostgres, "local-cluster", "DATABASE_URL", 1);
+    expect(noPostgres.stderr).toContain("Postgres is not usable at");
+    expect(noPostgres.stderr).not.toContain("hunter2");
+  });
+
   it("token: a bad username or lifetime", async () => {
     expectOneLine(await runScript("apps/gateway/dist/token-cli.js", ["a b"]), "token", "username", 2);
     const r = await runScript("apps/gateway/dist/token-cli.js", ["alice", "1h"]);
