@@ -106,7 +106,8 @@ describe("slow consumer", () => {
 
     // Memory: the ~120 MB the slow socket did not read were not kept for it. With the limit set to
     // 1 GiB instead, the peak grew by +112 MiB over the warm-up's (and the socket was never dropped);
-    // with 64 KiB, by 0 to 17 MiB.
+    // with 64 KiB, by 0 to 17 MiB on an idle machine and up to 44 MiB in CI, where the collector runs
+    // later. Half the flood tells the two apart.
     const floodMiB = (FLOOD * (TEXT.length + 250)) / 2 ** 20;
     const growthMiB = (peak - baseline) / 1024;
     console.log(
@@ -115,7 +116,7 @@ describe("slow consumer", () => {
         `gateway RSS at start ${(start / 1024).toFixed(0)} MiB, peak while everyone read ${(baseline / 1024).toFixed(0)} MiB, peak ${(peak / 1024).toFixed(0)} MiB, after ${(after / 1024).toFixed(0)} MiB ` +
         `(peak growth ${growthMiB.toFixed(1)} MiB); 3 other sockets got all ${all.length}`,
     );
-    expect(growthMiB, "gateway RSS growth during the flood (MiB)").toBeLessThan(floodMiB / 3);
+    expect(growthMiB, "gateway RSS growth during the flood (MiB)").toBeLessThan(floodMiB / 2);
   }, 90_000);
 
   it("drops a reconnecting socket that does not read its replay once the replay passes the limit, mid-replay, and the node goes on", async () => {
