@@ -1,4 +1,5 @@
 import { Redis } from "ioredis";
+import type { RedisNames } from "@chat/bus";
 import postgres from "postgres";
 import { parentPid } from "./proc.js";
 import { spawnNode, type ManagedProcess } from "./processes.js";
@@ -194,6 +195,19 @@ export class ServicePids {
     const lastGenerated = String(field(info, "last-generated-id"));
     const lag = lastDelivered === lastGenerated ? 0 : Number(field(g, "lag") ?? 1) || 1;
     return { pending: Number(field(g, "pending") ?? 0), lag, lastDelivered };
+  }
+
+  /** The consumer group's state summed over every partition of a deployment's log (null when a partition has no group yet). */
+  async logState(names: RedisNames): Promise<{ pending: number; lag: number } | null> {
+    const states = await Promise.all(Array.from({ length: names.partitions }, (_, p) => this.groupState(names.stream(p), names.group)));
+    let pending = 0;
+    let lag = 0;
+    for (const state of states) {
+      if (!state) return null;
+      pending += state.pending;
+      lag += state.lag;
+    }
+    return { pending, lag };
   }
 
   async close(): Promise<void> {

@@ -1,6 +1,18 @@
-import { Redis } from "ioredis";
-import { MessageStream, RedisChannelTransport, RedisConnectionLimit, RedisPresence, RedisPublisher, redisNames } from "@chat/bus";
-import { redactUrl } from "@chat/db";
+import {
+  RedisChannelTransport,
+  RedisConnectionLimit,
+  RedisMessageLog,
+  RedisPresence,
+  RedisPublisher,
+  RedisRateLimiter,
+  checkPartitionCount,
+  checkPrefixForTarget,
+  describeRedisTarget,
+  openRedis,
+  parseRedisTarget,
+  redisNames,
+  type RedisClient,
+} from "@chat/bus";
 import type { Logger } from "@chat/log";
 import type { GatewayConfig } from "./config.js";
 import type { BusRecovery, GatewayParts } from "./gateway.js";
@@ -15,18 +27,33 @@ export interface RedisGatewayBus extends Omit<GatewayParts, "db"> {
 export class RedisUnreachableError extends Error {
   override readonly name = "RedisUnreachableError";
   readonly code = "redis_unreachable";
+  constructor(
+    /** REDIS_URL as it may be shown (no password). */
+    readonly where: string,
+    options: { cause: unknown },
+  ) {
+    super(`redis unreachable at ${where}`, options);
+  }
 }
 
-/** Connects both clients; rejects with RedisUnreachableError when Redis does not answer at start-up. */
+/**
+ * Connects both clients (to one Redis, or a Redis Cluster: see REDIS_URL); rejects with
+ * RedisUnreachableError when Redis does not answer at start-up, RedisTargetError on a REDIS_URL or
+ * CHAT_REDIS_PREFIX that cannot work, PartitionCountMismatchError on another CHAT_PARTITIONS than
+ * the deployment's.
+ */
 export async function openRedisBus(config: Readonly<GatewayConfig>, log: Logger): Promise<RedisGatewayBus> {
+  const target = parseRedisTarget(config.redisUrl);
+  checkPrefixForTarget(config.redisPrefix, target);
+  const shown = describeRedisTarget(target);
   const busLog = log.child({ component: "bus" });
   let recovery: BusRecovery | null = null;
   // ioredis rejects a failed first connect with "Connection is closed."; the socket's own error
   // (ECONNREFUSED, ENOTFOUND...) comes through the error event, and is what a person can act on.
   let lastError: Error | null = null;
 
-  function connect(name: string, enableOfflineQueue: boolean, onReconnect: () => void): Redis {
-    const redis = new Redis(config.redisUrl, {
+  function connect(name: string, enableOfflineQueue: boolean, onReconnect: () => void): RedisClient {
+    const redis = openRedis(target, {
       connectionName: `${config.nodeId}:${name}`,
       enableOfflineQueue,
       // No auto-pipelining: it defers every command to setImmediate and wraps it in a pipeline of its
@@ -46,7 +73,7 @@ export async function openRedisBus(config: Readonly<GatewayConfig>, log: Logger)
     });
     redis.on("error", (err: Error) => {
       lastError = err;
-      busLog.warn({ client: name, err: err.message, redis: redactUrl(config.redisUrl) }, "redis error");
+      busLog.warn({ client: name, err: err.message, redis: shown }, "redis error");
     });
     return redis;
   }
@@ -71,14 +98,22 @@ export async function openRedisBus(config: Readonly<GatewayConfig>, log: Logger)
   } catch (cause) {
     redis.disconnect();
     subscriber.disconnect();
-    throw new RedisUnreachableError(`redis unreachable at ${redactUrl(config.redisUrl)}`, { cause: lastError ?? cause });
+    throw new RedisUnreachableError(shown, { cause: lastError ?? cause });
   }
 
-  const names = redisNames(config.redisPrefix);
+  const names = redisNames(config.redisPrefix, config.partitions);
+  try {
+    await checkPartitionCount(redis, names);
+  } catch (err) {
+    redis.disconnect();
+    subscriber.disconnect();
+    throw err;
+  }
   return {
     publisher: new RedisPublisher(redis),
     transport: new RedisChannelTransport(subscriber),
-    stream: new MessageStream(redis, names),
+    stream: new RedisMessageLog(redis, names, { idempotencyTtlSeconds: config.idempotencyTtlSeconds }),
+    rateLimiter: config.rateMessagesPerSecond > 0 ? new RedisRateLimiter(redis, names, config.rateMessagesPerSecond, config.rateMessagesBurst) : null,
     presence: new RedisPresence(redis, names, config.presenceTtlMs),
     connections: config.maxConnectionsPerUser > 0 ? new RedisConnectionLimit(redis, names, config.maxConnectionsPerUser, config.presenceTtlMs) : null,
     busReady: () => redis.status === "ready" && subscriber.status === "ready" && subscriberSynced,

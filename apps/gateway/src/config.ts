@@ -89,6 +89,7 @@ export interface GatewayConfig {
   redisUrl: string;
   databaseUrl: string;
   redisPrefix: string;
+  partitions: number;
   logLevel: string;
   nodeId: string;
   maxMessageLength: number;

@@ -6,6 +6,7 @@ import {
   type MessageLog,
   type Presence,
   type Publisher,
+  type RateLimiter,
 } from "@chat/bus";
 import { latestMessagesAfter, messageById, totalUnread, unreadFrom, uploadById, type DbClient } from "@chat/db";
 import { CloseCode } from "@chat/protocol";
@@ -28,6 +29,8 @@ export interface GatewayParts {
   publisher: Publisher;
   transport: ChannelTransport;
   stream: MessageLog;
+  /** Each user's send budget; null when CHAT_RATE_MESSAGES_PER_SECOND is 0. */
+  rateLimiter: RateLimiter | null;
   presence: Presence;
   /** Sockets-per-user limit; null when off. */
   connections: ConnectionCounter | null;
@@ -60,7 +63,7 @@ export interface RunningGateway {
 export async function startGateway(config: Readonly<GatewayConfig>, parts: GatewayParts, log: Logger): Promise<RunningGateway> {
   const { GatewayServer } = await import("./transport/server.js");
   const busLog = log.child({ component: "bus" });
-  const names = redisNames(config.redisPrefix);
+  const names = redisNames(config.redisPrefix, parts.stream.partitions);
   const db = parts.db;
   let draining = false;
 
@@ -95,11 +98,7 @@ export async function startGateway(config: Readonly<GatewayConfig>, parts: Gatew
     },
     maxReplay: config.maxReplay,
     redisReady: parts.busReady,
-    limits: {
-      ratePerSecond: config.rateMessagesPerSecond,
-      burst: config.rateMessagesBurst,
-      idempotencyTtlSeconds: config.idempotencyTtlSeconds,
-    },
+    rateLimiter: parts.rateLimiter,
     maxMessageLength: config.maxMessageLength,
     log: log.child({ component: "gateway:sessions" }),
   });

@@ -1,7 +1,8 @@
 import { DatabaseStartupError, checkDatabase, createDb, redactUrl, survivePostgresClosedSocketWrites, warnIfSchemaAhead } from "@chat/db";
 import { StartupError, exitOnStartupFailure } from "@chat/config";
 import { createLogger } from "@chat/log";
-import { openRedisBus, type RedisGatewayBus } from "./bus-redis.js";
+import { PartitionCountMismatchError, RedisTargetError } from "@chat/bus";
+import { RedisUnreachableError, openRedisBus, type RedisGatewayBus } from "./bus-redis.js";
 import { loadGatewayConfig, type GatewayConfig } from "./config.js";
 import { startGateway, type RunningGateway } from "./gateway.js";
 
@@ -19,7 +20,9 @@ let bus: RedisGatewayBus;
 try {
   bus = await openRedisBus(config, log);
 } catch (err) {
-  exitOnStartupFailure("gateway", new StartupError(`Redis does not answer at ${redactUrl(config.redisUrl)} (${(err as Error & { cause?: Error }).cause?.message ?? (err as Error).message}): start Redis or set REDIS_URL`));
+  if (err instanceof RedisTargetError || err instanceof PartitionCountMismatchError) exitOnStartupFailure("gateway", new StartupError(err.message));
+  if (!(err instanceof RedisUnreachableError)) exitOnStartupFailure("gateway", err);
+  exitOnStartupFailure("gateway", new StartupError(`Redis does not answer at ${err.where} (${(err.cause as Error | undefined)?.message ?? "no answer"}): start Redis or set REDIS_URL`));
 }
 // Postgres is checked here, once: the pool below connects lazily, and a gateway on a database it
 // cannot use (unreachable, or a schema older than this version) would fail request by request.

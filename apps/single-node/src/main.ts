@@ -1,4 +1,4 @@
-import { MemoryConnectionLimit, MemoryPresence, MemoryPubSub, redisNames } from "@chat/bus";
+import { MemoryConnectionLimit, MemoryPresence, MemoryPubSub, MemoryRateLimiter, redisNames } from "@chat/bus";
 import { StartupError, exitOnStartupFailure, portProblem } from "@chat/config";
 import { DatabaseStartupError, checkDatabase, createDb, redactUrl, runMigrations, schemaStatus, survivePostgresClosedSocketWrites, warnIfSchemaAhead, type DbClient } from "@chat/db";
 import { DataDirInUseError, PostgresMessageLog, openEmbeddedPostgres, type EmbeddedPostgres } from "@chat/embedded";
@@ -72,8 +72,8 @@ try {
     // to, and closing it would take the gateway down too, so its "pool" never closes.
     const workerDb: DbClient = { ...db, close: async () => {} };
     const bus = new MemoryPubSub();
-    const stream = await PostgresMessageLog.open(db.sql, bus, Date.now, {
-      keyOf: redisNames(gatewayConfig.redisPrefix).clientMessage,
+    const names = redisNames(gatewayConfig.redisPrefix, 1);
+    const stream = await PostgresMessageLog.open(db.sql, bus, names.roomChannel, {
       ttlSeconds: gatewayConfig.idempotencyTtlSeconds,
       frameOf: (entry) => JSON.stringify(chatMessageEvent(entry)),
     });
@@ -84,6 +84,7 @@ try {
         publisher: bus,
         transport: bus.transport(),
         stream,
+        rateLimiter: gatewayConfig.rateMessagesPerSecond > 0 ? new MemoryRateLimiter(gatewayConfig.rateMessagesPerSecond, gatewayConfig.rateMessagesBurst) : null,
         presence: new MemoryPresence(presenceTtlMs),
         connections: maxConnectionsPerUser > 0 ? new MemoryConnectionLimit(maxConnectionsPerUser, presenceTtlMs) : null,
         db,
@@ -95,7 +96,7 @@ try {
     worker = await startWorker(
       // One connection: parts of a batch could not be written at once.
       { ...workerConfig, parallelBatches: 1, databaseUrl: `pglite:${pg.dataDir}` },
-      { stream, publisher: bus, openDb: () => workerDb, busReady: () => true },
+      { stream, publisher: bus, openDb: () => workerDb, busReady: () => true, ownership: null },
       log,
     );
     describe = `embedded: in-process bus, PGlite under ${pg.dataDir}`;
@@ -112,7 +113,7 @@ try {
     stage = "gateway";
     gateway = await startGateway(gatewayConfig, { ...bus, db: gatewayDb }, log);
     bus.setRecovery(gateway.recovery);
-    const workerBus = openRedisWorkerBus(workerConfig, log);
+    const workerBus = await openRedisWorkerBus(workerConfig, log);
     closers.unshift(() => workerBus.close());
     const databaseUrl = engine.databaseUrl;
     const openDb = () => createDb(databaseUrl, { max: workerConfig.dbPoolSize, applicationName: `worker ${workerConfig.consumerName}` });

@@ -1,22 +1,70 @@
-import { Redis } from "ioredis";
-import { MessageStream, RedisPublisher, redisNames } from "@chat/bus";
-import { redactUrl } from "@chat/db";
+import {
+  RedisMessageLog,
+  RedisPublisher,
+  checkPartitionCount,
+  checkPrefixForTarget,
+  describeRedisTarget,
+  openRedis,
+  parseRedisTarget,
+  redisNames,
+  type RedisClient,
+} from "@chat/bus";
 import type { Logger } from "@chat/log";
 import type { WorkerConfig } from "./config.js";
+import { PartitionLeases } from "./leases.js";
 import type { WorkerParts } from "./worker.js";
 
-/** A worker's Redis: one connection for its blocking reads, acknowledgements and notifications. */
-export function openRedisWorkerBus(config: Readonly<WorkerConfig>, log: Logger): Omit<WorkerParts, "openDb"> & { close(): Promise<void> } {
-  const redis = new Redis(config.redisUrl, {
-    connectionName: `${config.consumerName}:worker`,
-    maxRetriesPerRequest: null,
-    retryStrategy: (times) => Math.min(times * 200, 2000),
+/**
+ * A worker's Redis: one connection for notifications, leases and checks, and one per partition it
+ * consumes (opened when the partition is acquired), which blocks on that partition's stream and
+ * carries its acknowledgements. On a cluster each of these is a cluster client.
+ */
+export interface RedisWorkerBus extends Omit<WorkerParts, "openDb"> {
+  close(): Promise<void>;
+}
+
+/**
+ * Opens the worker's Redis; rejects with RedisTargetError on a REDIS_URL or CHAT_REDIS_PREFIX that
+ * cannot work, PartitionCountMismatchError on another CHAT_PARTITIONS than the deployment's.
+ */
+export async function openRedisWorkerBus(config: Readonly<WorkerConfig>, log: Logger): Promise<RedisWorkerBus> {
+  const target = parseRedisTarget(config.redisUrl);
+  checkPrefixForTarget(config.redisPrefix, target);
+  const shown = describeRedisTarget(target);
+  const connect = (name: string): RedisClient => {
+    const redis = openRedis(target, {
+      connectionName: `${config.consumerName}:${name}`,
+      maxRetriesPerRequest: null,
+      retryStrategy: (times) => Math.min(times * 200, 2000),
+    });
+    redis.on("error", (err: Error) => log.warn({ client: name, err: err.message, redis: shown }, "redis error"));
+    return redis;
+  };
+  const redis = connect("worker");
+  const names = redisNames(config.redisPrefix, config.partitions);
+  try {
+    await checkPartitionCount(redis, names);
+  } catch (err) {
+    redis.disconnect();
+    throw err;
+  }
+  const stream = new RedisMessageLog(redis, names, {
+    // Not used by a worker (it accepts nothing); the gateways' setting decides.
+    idempotencyTtlSeconds: 1,
+    openPartitionClient: () => connect("partition"),
   });
-  redis.on("error", (err: Error) => log.warn({ err: err.message, redis: redactUrl(config.redisUrl) }, "redis error"));
   return {
-    stream: new MessageStream(redis, redisNames(config.redisPrefix)),
+    stream,
     publisher: new RedisPublisher(redis),
     busReady: () => redis.status === "ready",
+    ownership: (events) =>
+      new PartitionLeases(
+        redis,
+        { lease: names.partitionLease, workers: names.workers },
+        { partitions: names.partitions, workerId: config.consumerName, ttlMs: config.leaseTtlMs, heartbeatMs: Math.max(100, Math.floor(config.leaseTtlMs / 3)) },
+        events,
+        log.child({ component: "worker:leases" }),
+      ),
     close: async () => {
       // QUIT waits for a connection that may never come back; then just drop it.
       let timer: NodeJS.Timeout | undefined;

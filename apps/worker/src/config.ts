@@ -13,6 +13,12 @@ export const WORKER_SETTINGS = {
   claimIntervalMs: { env: "CHAT_WORKER_CLAIM_INTERVAL_MS", default: "2000", description: "How often to look for such entries (ms)", parse: integer(100, 60000) },
   trimIntervalMs: { env: "CHAT_WORKER_TRIM_INTERVAL_MS", default: "5000", description: "How often acknowledged entries are trimmed from the stream (ms)", parse: integer(100, 600000) },
   stallTimeoutMs: { env: "CHAT_WORKER_STALL_TIMEOUT_MS", default: "30000", description: "A batch that gets no answer from Postgres for this long is abandoned, its pool replaced and the batch retried (ms)", parse: integer(1000, 600000) },
+  leaseTtlMs: {
+    env: "CHAT_WORKER_LEASE_TTL_MS",
+    default: "10000",
+    description: "Life of a worker's lease on a partition without a heartbeat (every third of it): the partitions of a worker that died are taken over within about 1.3 times this (ms)",
+    parse: integer(1000, 600000),
+  },
   stopTimeoutMs: { env: "CHAT_WORKER_STOP_TIMEOUT_MS", default: "15000", description: "On SIGTERM, how long to wait for the batch in hand before exiting anyway (it stays pending for another worker; ms). Kubernetes' grace period must be longer", parse: integer(1000, 600000) },
   httpPort: { env: "CHAT_WORKER_HTTP_PORT", default: "9100", description: "Port of the worker's /metrics, /healthz and /readyz (0 picks a free one)", parse: integer(0, 65535) },
   httpHost: { env: "CHAT_WORKER_HTTP_HOST", default: "0.0.0.0", description: "Address of that HTTP server", parse: text },
@@ -29,6 +35,7 @@ export interface WorkerConfig {
   redisUrl: string;
   databaseUrl: string;
   redisPrefix: string;
+  partitions: number;
   logLevel: string;
   consumerName: string;
   batchSize: number;
@@ -38,6 +45,7 @@ export interface WorkerConfig {
   trimIntervalMs: number;
   batchWaitMs: number;
   stallTimeoutMs: number;
+  leaseTtlMs: number;
   stopTimeoutMs: number;
   parallelBatches: number;
   httpPort: number;

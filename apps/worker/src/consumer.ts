@@ -1,4 +1,4 @@
-import type { MessageLog, Publisher, RedisNames, ReceivedEntry } from "@chat/bus";
+import type { LogPartition, Publisher, RedisNames, ReceivedEntry } from "@chat/bus";
 import { BatchStalledError, ConnectionLostError, ReserveTimeoutError, persistBatch, type BatchOutcome, type DbClient } from "@chat/db";
 import type { Logger } from "@chat/log";
 import type { WorkerMetrics } from "./metrics.js";
@@ -28,24 +28,48 @@ const isPermanentDbError = (err: unknown): boolean => {
 const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));
 
 /**
- * One loop over the stream's consumer group: read (or claim) a batch, write it in one transaction,
- * publish its notifications, then acknowledge. Nothing is acknowledged before its commit, so a
- * worker killed at any point loses nothing: its pending entries are claimed by another worker
- * after `claimIdleMs`, and the write is idempotent on the message id.
+ * The worker's Postgres pool, shared by its partitions' consumers, and replaced when it stopped
+ * handing out connections or answering: by the first consumer that finds it broken, once.
+ */
+export class PoolHolder {
+  constructor(
+    private pool: DbClient,
+    private readonly open: () => DbClient,
+    private readonly log: Logger,
+    private readonly metrics: WorkerMetrics,
+  ) {}
+
+  get current(): DbClient {
+    return this.pool;
+  }
+
+  /** Replaces `broken` unless another consumer already did. */
+  replace(broken: DbClient, err: unknown): void {
+    if (this.pool !== broken) return;
+    this.metrics.poolReplacements.inc();
+    this.log.warn({ err }, "replacing the Postgres pool");
+    this.pool = this.open();
+    void broken.close().catch(() => {});
+  }
+}
+
+/**
+ * One loop over one partition's consumer group: read (or claim) a batch, write it in one
+ * transaction, publish its notifications, then acknowledge. Nothing is acknowledged before its
+ * commit, so a worker killed at any point loses nothing: its pending entries are claimed by the
+ * partition's next owner after `claimIdleMs`, and the write is idempotent on the message id.
  */
 export class StreamConsumer {
   private stopping = false;
   private stopped: Promise<void> | null = null;
   constructor(
-    private readonly stream: MessageLog,
+    private readonly stream: LogPartition,
     private readonly publisher: Publisher,
-    private db: DbClient,
+    private readonly pool: PoolHolder,
     private readonly names: RedisNames,
     private readonly options: ConsumerOptions,
     private readonly log: Logger,
     private readonly metrics: WorkerMetrics,
-    /** Opens a fresh pool, to replace one that stopped handing out connections. */
-    private readonly reopenDb: () => DbClient,
   ) {}
 
   start(): void {
@@ -61,11 +85,6 @@ export class StreamConsumer {
   /** The log's backlog for the metrics: not yet delivered (lag) and delivered but unacknowledged. */
   streamState(): Promise<{ lag: number; pending: number }> {
     return this.stream.backlog();
-  }
-
-  /** The pool in use (replaced when it stopped handing out connections). */
-  get dbClient(): DbClient {
-    return this.db;
   }
 
   /** True while the loop runs (not stopping). */
@@ -160,7 +179,7 @@ export class StreamConsumer {
     for (let attempt = 1; ; attempt++) {
       // The pool of this attempt: parts written at once may fail together, and only the first of
       // them replaces it.
-      const db = this.db;
+      const db = this.pool.current;
       try {
         if (batch.poison.length > 0) await this.deadLetter(batch.poison, "undecodable stream entry");
         batch.poison = [];
@@ -175,12 +194,7 @@ export class StreamConsumer {
       } catch (err) {
         this.metrics.writeErrors.inc();
         const poolBroken = err instanceof ReserveTimeoutError || err instanceof BatchStalledError || err instanceof ConnectionLostError;
-        if (poolBroken && this.db === db) {
-          this.metrics.poolReplacements.inc();
-          this.log.warn({ err }, "replacing the Postgres pool");
-          this.db = this.reopenDb();
-          void db.close().catch(() => {});
-        }
+        if (poolBroken) this.pool.replace(db, err);
         this.log.warn({ err, first: ids[0], last: ids.at(-1), attempt, retryInMs: backoff }, "batch failed, will retry");
         // Left pending: another worker claims it after claimIdleMs.
         if (this.stopping) return false;

@@ -1,8 +1,8 @@
 import { StartupError, exitOnStartupFailure, portProblem } from "@chat/config";
 import { DatabaseStartupError, checkDatabase, createDb, redactUrl, survivePostgresClosedSocketWrites, warnIfSchemaAhead } from "@chat/db";
 import { createLogger } from "@chat/log";
-import { Redis } from "ioredis";
-import { openRedisWorkerBus } from "./bus-redis.js";
+import { PartitionCountMismatchError, RedisTargetError, describeRedisTarget, openRedis, parseRedisTarget, type RedisTarget } from "@chat/bus";
+import { openRedisWorkerBus, type RedisWorkerBus } from "./bus-redis.js";
 import { loadWorkerConfig, type WorkerConfig } from "./config.js";
 import { startWorker, type RunningWorker } from "./worker.js";
 
@@ -21,9 +21,9 @@ survivePostgresClosedSocketWrites(log);
  * retries for ever (right while running, but at start-up a wrong REDIS_URL would only show as
  * warnings). Resolves to the reason it does not, or null.
  */
-async function redisProblem(url: string): Promise<string | null> {
+async function redisProblem(target: RedisTarget): Promise<string | null> {
   let lastError: string | undefined;
-  const probe = new Redis(url, { lazyConnect: true, maxRetriesPerRequest: 0, retryStrategy: () => null, connectTimeout: 10_000 });
+  const probe = openRedis(target, { connectionName: "worker-probe", lazyConnect: true, maxRetriesPerRequest: 0, retryStrategy: () => null, connectTimeout: 10_000 });
   probe.on("error", (err: Error) => (lastError = err.message));
   try {
     await probe.connect();
@@ -36,9 +36,15 @@ async function redisProblem(url: string): Promise<string | null> {
   }
 }
 
-const redisDown = await redisProblem(config.redisUrl);
+let target: RedisTarget;
+try {
+  target = parseRedisTarget(config.redisUrl);
+} catch (err) {
+  exitOnStartupFailure("worker", err instanceof RedisTargetError ? new StartupError(err.message) : err);
+}
+const redisDown = await redisProblem(target);
 if (redisDown !== null) {
-  exitOnStartupFailure("worker", new StartupError(`Redis does not answer at ${redactUrl(config.redisUrl)} (${redisDown}): start Redis or set REDIS_URL`));
+  exitOnStartupFailure("worker", new StartupError(`Redis does not answer at ${describeRedisTarget(target)} (${redisDown}): start Redis or set REDIS_URL`));
 }
 // The pools connect lazily: Postgres, and a schema not behind this version, are checked here once.
 try {
@@ -47,7 +53,12 @@ try {
   exitOnStartupFailure("worker", err instanceof DatabaseStartupError ? new StartupError(err.message) : err);
 }
 
-const bus = openRedisWorkerBus(config, log);
+let bus: RedisWorkerBus;
+try {
+  bus = await openRedisWorkerBus(config, log);
+} catch (err) {
+  exitOnStartupFailure("worker", err instanceof RedisTargetError || err instanceof PartitionCountMismatchError ? new StartupError(err.message) : err);
+}
 
 // Signals are handled from the start: a SIGTERM during start-up must not kill the process with the
 // default action (exit by signal, no cleanup); it stops the worker once it is up.

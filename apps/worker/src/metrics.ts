@@ -53,6 +53,11 @@ export class WorkerMetrics {
     help: "Notification envelopes published on user channels",
     registers: [this.registry],
   });
+  readonly partitionsOwned = new Gauge({
+    name: "chat_worker_partitions_owned",
+    help: "Message-log partitions this worker consumes now (its lease share)",
+    registers: [this.registry],
+  });
   readonly streamLag: Gauge;
   readonly pendingEntries: Gauge;
 
@@ -63,7 +68,7 @@ export class WorkerMetrics {
     const state = () => (last ??= readStream().finally(() => setTimeout(() => (last = null), 0)));
     this.streamLag = new Gauge({
       name: "chat_worker_stream_lag",
-      help: "Stream entries not yet delivered to any worker",
+      help: "Entries of this worker's partitions not yet delivered to any worker",
       registers: [this.registry],
       async collect() {
         this.set((await state()).lag);
@@ -71,7 +76,7 @@ export class WorkerMetrics {
     });
     this.pendingEntries = new Gauge({
       name: "chat_worker_pending_entries",
-      help: "Stream entries delivered to a worker and not yet acknowledged",
+      help: "Entries of this worker's partitions delivered to a worker and not yet acknowledged",
       registers: [this.registry],
       async collect() {
         this.set((await state()).pending);
@@ -80,7 +85,7 @@ export class WorkerMetrics {
     collectDefaultMetrics({ register: this.registry, prefix: "chat_worker_" });
   }
 
-  /** GET /metrics, /healthz (alive) and /readyz (the consumer loop runs and Redis answers). */
+  /** GET /metrics, /healthz (alive) and /readyz (its partitions are taken and Redis answers). */
   serve(port: number, host: string, ready: () => boolean): Promise<Server> {
     const server = createServer((req, res) => {
       if (req.url === "/healthz") return void res.end("ok");

@@ -1,10 +1,20 @@
 import type { AddressInfo } from "node:net";
-import { redisNames, type MessageLog, type Publisher } from "@chat/bus";
+import { redisNames, type LogPartition, type MessageLog, type Publisher } from "@chat/bus";
 import { redactUrl, type DbClient } from "@chat/db";
 import type { Logger } from "@chat/log";
 import type { WorkerConfig } from "./config.js";
-import { StreamConsumer } from "./consumer.js";
+import { PoolHolder, StreamConsumer } from "./consumer.js";
+import type { LeaseEvents } from "./leases.js";
 import { WorkerMetrics } from "./metrics.js";
+
+/** Which partitions this worker consumes, as they are given to it and taken away. */
+export interface PartitionOwnership {
+  /** Resolves once the first share is held (its consumers started through the events). */
+  start(): Promise<void>;
+  /** Gives every partition back, each after its consumer stopped. */
+  stop(): Promise<void>;
+  owned(): ReadonlySet<number>;
+}
 
 /** What a worker runs on: the message log and publisher of one engine, and its database. */
 export interface WorkerParts {
@@ -14,52 +24,117 @@ export interface WorkerParts {
   openDb: () => DbClient;
   /** Whether the bus serves, for /readyz. */
   busReady: () => boolean;
+  /**
+   * Shares the log's partitions with the other workers (leases); null when this worker is the only
+   * consumer and takes every partition (the embedded engine).
+   */
+  ownership: ((events: LeaseEvents) => PartitionOwnership) | null;
 }
 
 export interface RunningWorker {
   readonly httpPort: number;
+  /** The partitions this worker consumes now. */
+  owned(): ReadonlySet<number>;
   /**
-   * Finishes the batch in hand (written, published, acknowledged), stops reading and closes the
-   * pool; false when that took longer than CHAT_WORKER_STOP_TIMEOUT_MS and was given up.
+   * Finishes the batches in hand (written, published, acknowledged), stops reading, gives its
+   * partitions back and closes the pool; false when that took longer than
+   * CHAT_WORKER_STOP_TIMEOUT_MS and was given up.
    */
   stop(): Promise<boolean>;
 }
 
-/** Starts the consume loop and the metrics/health HTTP server. */
+interface Running {
+  consumer: StreamConsumer;
+  partition: LogPartition;
+}
+
+/** Starts the consumers of the partitions this worker gets and the metrics/health HTTP server. */
 export async function startWorker(config: Readonly<WorkerConfig>, parts: WorkerParts, log: Logger): Promise<RunningWorker> {
-  const metrics = new WorkerMetrics(() => consumer.streamState());
-  const consumer: StreamConsumer = new StreamConsumer(
-    parts.stream,
-    parts.publisher,
-    parts.openDb(),
-    redisNames(config.redisPrefix),
-    config,
-    log.child({ component: "worker:consumer" }),
-    metrics,
-    parts.openDb,
-  );
-  const http = await metrics.serve(config.httpPort, config.httpHost, () => consumer.running && parts.busReady());
+  const names = redisNames(config.redisPrefix, parts.stream.partitions);
+  const running = new Map<number, Running>();
+  const metrics = new WorkerMetrics(async () => {
+    let lag = 0;
+    let pending = 0;
+    for (const { partition } of running.values()) {
+      const b = await partition.backlog();
+      lag += b.lag;
+      pending += b.pending;
+    }
+    return { lag, pending };
+  });
+  const pool = new PoolHolder(parts.openDb(), parts.openDb, log.child({ component: "worker:pool" }), metrics);
+  const consumerLog = log.child({ component: "worker:consumer" });
+
+  const events: LeaseEvents = {
+    acquired(p) {
+      if (running.has(p)) return;
+      const partition = parts.stream.partition(p);
+      const consumer = new StreamConsumer(partition, parts.publisher, pool, names, config, consumerLog.child({ partition: p }), metrics);
+      running.set(p, { consumer, partition });
+      consumer.start();
+      metrics.partitionsOwned.set(running.size);
+    },
+    async released(p, reason) {
+      const r = running.get(p);
+      if (!r) return;
+      running.delete(p);
+      metrics.partitionsOwned.set(running.size);
+      // A lost lease: another worker may already consume it. Stopping still finishes the batch in
+      // hand, which is safe (idempotent writes) and quicker for the new owner than leaving it pending.
+      await r.consumer.stop();
+      await r.partition.close?.();
+      consumerLog.info({ partition: p, reason }, "partition released");
+    },
+  };
+  const ownership: PartitionOwnership = parts.ownership?.(events) ?? everyPartition(parts.stream.partitions, events);
+
+  let started = false;
+  let stopping = false;
+  // A worker beyond the partition count holds none and stands by: still ready.
+  const ready = () => started && !stopping && parts.busReady();
+  const http = await metrics.serve(config.httpPort, config.httpHost, ready);
   const httpPort = (http.address() as AddressInfo).port;
-  consumer.start();
-  log.info({ prefix: config.redisPrefix, database: redactUrl(config.databaseUrl), httpPort }, "consuming");
+  await ownership.start();
+  started = true;
+  log.info({ prefix: config.redisPrefix, database: redactUrl(config.databaseUrl), httpPort, partitions: [...ownership.owned()] }, "consuming");
   return {
     httpPort,
+    owned: () => ownership.owned(),
     async stop() {
-      // With Redis or Postgres unreachable the loop may wait on them for ever; what it holds stays
-      // pending and another worker claims it, so giving up here loses nothing.
+      stopping = true;
+      // With Redis or Postgres unreachable a loop may wait on them for ever; what it holds stays
+      // pending and the partition's next owner claims it, so giving up here loses nothing.
       let timer: NodeJS.Timeout | undefined;
       const stopped = await Promise.race([
-        consumer.stop().then(() => true),
+        ownership.stop().then(() => true),
         new Promise<boolean>((resolve) => (timer = setTimeout(() => resolve(false), config.stopTimeoutMs))),
       ]);
       clearTimeout(timer);
       if (!stopped) {
-        log.warn({ timeoutMs: config.stopTimeoutMs }, "batch in hand not finished in time; leaving it pending for another worker");
+        log.warn({ timeoutMs: config.stopTimeoutMs }, "batches in hand not finished in time; leaving them pending for another worker");
         return false;
       }
       await new Promise((resolve) => http.close(resolve));
-      await consumer.dbClient.close();
+      await pool.current.close();
       return true;
     },
+  };
+}
+
+/** Every partition, for a worker that is the log's only consumer. */
+function everyPartition(partitions: number, events: LeaseEvents): PartitionOwnership {
+  const owned = new Set<number>();
+  return {
+    async start() {
+      for (let p = 0; p < partitions; p++) {
+        owned.add(p);
+        events.acquired(p);
+      }
+    },
+    async stop() {
+      await Promise.all([...owned].map((p) => events.released(p, "stopping")));
+      owned.clear();
+    },
+    owned: () => owned,
   };
 }

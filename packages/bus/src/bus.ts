@@ -1,9 +1,7 @@
-import type { AcceptOptions, AcceptResult, ReceivedEntry, StreamEntry } from "./stream.js";
-
 /**
- * The seams the gateway and the worker run on. Two engines implement them: Redis (a cluster of
- * processes; `*-redis.ts` and the Redis classes) and memory plus an embedded log (one process;
- * `*-memory.ts` here and `@chat/embedded`). Both keep the guarantees written on each method.
+ * The seams the gateway and the worker run on, besides the message log (message-log.ts). Two engines
+ * implement them: Redis (a cluster of processes; `*-redis.ts`) and memory plus an embedded log (one
+ * process; `*-memory.ts` here and `@chat/embedded`). Both keep the guarantees written on each method.
  */
 
 /** Publishes to channels. Pub/sub is at-most-once and ordered per channel. */
@@ -25,44 +23,12 @@ export interface ChannelTransport {
 }
 
 /**
- * Where accepted client entries wait until a worker has persisted them, shared by every consumer
- * of one group. At-least-once: an entry stays pending until acknowledged, and one pending longer than
- * `claim`'s idle time is handed to another consumer, so consumers must be idempotent (the message id
- * is the key). Positions (`<ms>-<seq>`, see streamPosition) only grow.
+ * Each user's budget of sends (messages and read receipts), shared by every node: a token bucket of
+ * `ratePerSecond` tokens per second holding at most `burst`.
  */
-export interface MessageLog {
-  /**
-   * Accepts one client entry atomically: the sender's rate limit, then its client_id (a retry gets
-   * the original frame back and stores nothing), then append and publish the live event. A message
-   * is accepted exactly when it is in the log.
-   */
-  accept(entry: StreamEntry, options: AcceptOptions): Promise<AcceptResult>;
-  /** Appends one entry without the checks of `accept` (tools that fill a log: benchmarks, tests). */
-  append(entry: StreamEntry): Promise<string>;
-  /**
-   * Entries strictly between `afterId` ("-": the start) and `beforeId` (null: the end), newest first,
-   * at most `count`: a reader pages backwards with the last id it got, holding one page at a time.
-   */
-  rangeBetween(afterId: string, beforeId: string | null, count: number): Promise<ReceivedEntry[]>;
-  /**
-   * The entry of message `id` if it is still in the log, looked for only among entries appended from
-   * `fromMs` to `toMs` (a UUIDv7 id carries its creation time) and among at most `maxEntries` of them:
-   * bounded work whatever else the log holds, and only the match is returned. Null when not found.
-   */
-  findMessage(id: string, window: { fromMs: number; toMs: number; maxEntries: number }): Promise<ReceivedEntry | null>;
-  /** Makes sure the consumer group exists, starting at the beginning of the log. */
-  ensureGroup(): Promise<void>;
-  /** New entries for this consumer; waits up to blockMs when there are none (null: returns at once). */
-  read(consumer: string, count: number, blockMs: number | null): Promise<ReceivedEntry[]>;
-  /** Takes over entries another consumer left pending for at least minIdleMs. */
-  claim(consumer: string, minIdleMs: number, count: number): Promise<ReceivedEntry[]>;
-  ack(ids: readonly string[]): Promise<void>;
-  /** Drops acknowledged entries; never an unacknowledged one. Returns how many went. */
-  trimAcknowledged(): Promise<number>;
-  /** Entries not yet delivered to a consumer (lag) and delivered but not acknowledged (pending). */
-  backlog(): Promise<{ lag: number; pending: number }>;
-  /** Keeps an entry that can never be persisted, for an operator. */
-  deadLetter(fields: Readonly<Record<string, string>>): Promise<void>;
+export interface RateLimiter {
+  /** Takes one send from the user's budget: 0 when taken, else how many ms until one is there (nothing taken). */
+  take(username: string): Promise<number>;
 }
 
 /** One open chat socket of `user` in conversation `roomId`. */

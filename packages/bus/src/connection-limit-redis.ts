@@ -1,12 +1,12 @@
 import { readFileSync } from "node:fs";
-import type { Redis } from "ioredis";
+import type { Cluster, Redis } from "ioredis";
 import type { ConnectionCounter, CountedConnection } from "./bus.js";
 import type { RedisNames } from "./names.js";
 
 /** Open sockets per user in one Redis sorted set per user, scored by expiry. */
 export class RedisConnectionLimit implements ConnectionCounter {
   constructor(
-    private readonly redis: Redis,
+    private readonly redis: Redis | Cluster,
     private readonly names: RedisNames,
     readonly limit: number,
     readonly ttlMs: number,
@@ -32,12 +32,16 @@ export class RedisConnectionLimit implements ConnectionCounter {
 
   async refresh(connections: Iterable<CountedConnection>): Promise<void> {
     const expiry = Date.now() + this.ttlMs;
-    const pipeline = this.redis.pipeline();
-    let n = 0;
+    // Each user's set is in its own slot: no pipeline or script can take them together on a cluster.
+    // Sent without waiting, a thousand at a time, ioredis writes them out in a few socket writes.
+    let calls: Promise<unknown>[] = [];
     for (const c of connections) {
-      pipeline.zadd(c.key, "XX", expiry, c.member);
-      if (++n % 1000 === 0) await pipeline.exec();
+      calls.push(this.redis.zadd(c.key, "XX", expiry, c.member));
+      if (calls.length >= 1000) {
+        await Promise.all(calls);
+        calls = [];
+      }
     }
-    await pipeline.exec();
+    await Promise.all(calls);
   }
 }

@@ -1,7 +1,6 @@
 import { describe, expect, it } from "vitest";
 import { EnvelopeDecodeError, decodeEnvelope, encodeEnvelope } from "./envelope.js";
-import { redisNames } from "./names.js";
-import { streamPosition } from "./stream.js";
+import { streamPosition } from "./message-log.js";
 
 describe("envelope", () => {
   it("round-trips frames, keeping their bytes and order", () => {
@@ -15,16 +14,6 @@ describe("envelope", () => {
 
   it.each(["", "no header", "origin\ttarget\t1", "\ttarget\t1\n{}", "origin\n{}", "origin\ttarget\n{}", "o\tt\tnot-a-time\n{}"])("refuses %j", (raw) => {
     expect(() => decodeEnvelope(Buffer.from(raw))).toThrow(EnvelopeDecodeError);
-  });
-});
-
-describe("names", () => {
-  it("names a conversation the same whoever addresses whom, under the prefix", () => {
-    const n = redisNames("p:");
-    expect(n.roomId("bob", "alice")).toBe(n.roomId("alice", "bob"));
-    expect(n.roomChannel(n.roomId("bob", "alice"))).toBe("p:room:alice:bob");
-    expect(n.userChannel("alice")).toBe("p:user:alice");
-    for (const name of [n.stream, n.group, n.presenceIndex, n.deadLetterStream]) expect(name.startsWith("p:")).toBe(true);
   });
 });
 

@@ -1,28 +1,53 @@
 import { createHash } from "node:crypto";
+import { partitionOf, partitionTags } from "./partitions.js";
+
+/** Partitions of the message log when CHAT_PARTITIONS is not set (see docs/scaling.md). */
+export const DEFAULT_PARTITIONS = 16;
 
 /**
  * Every Redis key, channel and stream name the cluster uses, built from one prefix (CHAT_REDIS_PREFIX)
  * so that several deployments or test runs share a Redis without seeing each other.
- * Usernames never contain ':' or '|' (see @chat/protocol USERNAME_PATTERN), so both are safe separators.
+ *
+ * One layout for a single Redis and a Redis Cluster: every name carries a `{hash tag}`, so that what
+ * one script or command touches lies in one slot. Everything about one conversation (its partition's
+ * stream, its channel, its presence, its client_ids) carries its partition's tag; everything about one
+ * user (rate bucket, connection count, channel) carries `{u:<username>}`. No name is shared by the
+ * whole deployment except `partitionsKey` and the workers' registry, read at start-up and by
+ * heartbeats, never per message.
+ *
+ * Usernames never contain ':', '|', '{' or '}' (see @chat/protocol USERNAME_PATTERN), so these are
+ * safe separators.
  */
 export interface RedisNames {
   readonly prefix: string;
-  /** The stream every accepted message and read receipt is appended to. */
-  readonly stream: string;
-  /** The consumer group of the persistence workers on that stream. */
+  /** Partitions of the message log (CHAT_PARTITIONS). */
+  readonly partitions: number;
+  /** The partition a conversation's messages, channel and presence live in. */
+  partitionOf(roomId: string): number;
+  /** The stream of one partition: every accepted message and read receipt of its conversations. */
+  stream(partition: number): string;
+  /** The consumer group of the persistence workers on every partition's stream (a name inside the stream, not a key). */
   readonly group: string;
-  /** Entries the worker could not persist however often it tried (invalid data), kept for an operator. */
-  readonly deadLetterStream: string;
+  /** A partition's entries the worker could not persist however often it tried (invalid data), kept for an operator. */
+  deadLetterStream(partition: number): string;
+  /** A worker's lease on a partition: the partition is consumed by its holder only. */
+  partitionLease(partition: number): string;
+  /** Sorted set of live workers scored by expiry, from which each computes its share of partitions. */
+  readonly workers: string;
+  /** The partition count the deployment was started with, recorded on first start. */
+  readonly partitionsKey: string;
   /** Identifies a conversation independently of who addresses whom: the two usernames in order. */
   roomId(a: string, b: string): string;
-  /** Pub/sub channel carrying a conversation's chat events (chat_message, user_join, user_leave). */
+  /** Shard channel carrying a conversation's chat events (chat_message, user_join, user_leave). */
   roomChannel(roomId: string): string;
-  /** Pub/sub channel carrying one user's notification events. */
+  /** Shard channel carrying one user's notification events. */
   userChannel(username: string): string;
+  /** Shard channel a gateway publishes probes to and listens on, per partition, to know its subscriptions there are live. */
+  probeChannel(partition: number, nodeId: string): string;
   /** Sorted set of a conversation's open chat sockets, scored by expiry time (ms). */
   presenceRoom(roomId: string): string;
-  /** Sorted set of every presence entry of the deployment, scored by expiry, for the expiry sweep. */
-  readonly presenceIndex: string;
+  /** Sorted set of a partition's presence entries, scored by expiry, for the expiry sweep. */
+  presenceIndex(partition: number): string;
   /** Token bucket of a user's sends (messages and reads), shared by every node. */
   rateBucket(username: string): string;
   /**
@@ -35,20 +60,37 @@ export interface RedisNames {
   userConnections(username: string): string;
 }
 
-export function redisNames(prefix: string): RedisNames {
+const roomIdOf = (a: string, b: string): string => (a < b ? `${a}:${b}` : `${b}:${a}`);
+
+export function redisNames(prefix: string, partitions: number = DEFAULT_PARTITIONS): RedisNames {
+  const tags = partitionTags(partitions).map((tag) => `${prefix}{${tag}}:`);
+  const ofPartition = (p: number): string => {
+    const tag = tags[p];
+    if (tag === undefined) throw new RangeError(`no partition ${p} of ${partitions}`);
+    return tag;
+  };
+  const ofRoom = (roomId: string): string => tags[partitionOf(roomId, partitions)]!;
+  const ofUser = (username: string): string => `${prefix}{u:${username}}:`;
   return {
     prefix,
-    stream: `${prefix}messages`,
-    group: `${prefix}persisters`,
-    deadLetterStream: `${prefix}messages-dead`,
-    roomId: (a, b) => (a < b ? `${a}:${b}` : `${b}:${a}`),
-    roomChannel: (roomId) => `${prefix}room:${roomId}`,
-    userChannel: (username) => `${prefix}user:${username}`,
-    presenceRoom: (roomId) => `${prefix}presence:${roomId}`,
-    presenceIndex: `${prefix}presence-expiry`,
-    rateBucket: (username) => `${prefix}rate:${username}`,
+    partitions,
+    partitionOf: (roomId) => partitionOf(roomId, partitions),
+    stream: (p) => `${ofPartition(p)}messages`,
+    group: "persisters",
+    deadLetterStream: (p) => `${ofPartition(p)}messages-dead`,
+    partitionLease: (p) => `${ofPartition(p)}lease`,
+    workers: `${prefix}{meta}:workers`,
+    partitionsKey: `${prefix}{meta}:partitions`,
+    roomId: roomIdOf,
+    roomChannel: (roomId) => `${ofRoom(roomId)}room:${roomId}`,
+    userChannel: (username) => `${ofUser(username)}user`,
+    probeChannel: (p, nodeId) => `${ofPartition(p)}probe:${nodeId}`,
+    presenceRoom: (roomId) => `${ofRoom(roomId)}presence:${roomId}`,
+    presenceIndex: (p) => `${ofPartition(p)}presence-expiry`,
+    rateBucket: (username) => `${ofUser(username)}rate`,
     // The client_id is the client's: hashed so no byte of it reaches a key name.
-    clientMessage: (from, to, clientId) => `${prefix}client-msg:${from}:${to}:${createHash("sha256").update(clientId).digest("base64url")}`,
-    userConnections: (username) => `${prefix}connections:${username}`,
+    clientMessage: (from, to, clientId) =>
+      `${ofRoom(roomIdOf(from, to))}client-msg:${from}:${to}:${createHash("sha256").update(clientId).digest("base64url")}`,
+    userConnections: (username) => `${ofUser(username)}connections`,
   };
 }

@@ -1,6 +1,7 @@
 import { readFileSync } from "node:fs";
-import type { Redis } from "ioredis";
+import type { Cluster, Redis } from "ioredis";
 import type { ChannelTransport, Publisher } from "./bus.js";
+import { slotOf } from "./partitions.js";
 
 const publishManyLua = readFileSync(new URL("./lua/publish-many.lua", import.meta.url), "utf8");
 
@@ -13,52 +14,73 @@ const PUBLISHES_PER_CALL = 200;
 type PublishMany = (...args: string[]) => Promise<number>;
 
 /**
- * Publishes with Redis PUBLISH. Several at once (the worker's notifications of a batch) go as one
- * script call per PUBLISHES_PER_CALL, in order: ioredis spends about 10 µs of CPU on each command
- * of a pipeline and about 1.4 µs per publish in a script call, for 0.5-1 µs more in Redis (measured
- * with 1,000 notification-sized publishes, docs/benchmarks.md).
+ * Publishes with SPUBLISH (sharded pub/sub): on a Redis Cluster a message goes to the one shard
+ * that owns the channel's slot, where classic PUBLISH is broadcast to every node of the cluster.
+ * On a single Redis both cost the same (docs/benchmarks.md), so one form serves both.
+ *
+ * Several at once (the worker's notifications of a batch): on a single Redis, one script call per
+ * PUBLISHES_PER_CALL, in order (ioredis spends about 10 µs of CPU on each command of a pipeline and
+ * about 1.4 µs per publish in a script call). On a cluster, one SPUBLISH each, sent back to back:
+ * the channels are users' and lie in different slots, which one script cannot reach; per channel
+ * they stay in order (one connection per shard).
  */
 export class RedisPublisher implements Publisher {
   private readonly publishMany: PublishMany;
 
-  constructor(private readonly redis: Redis) {
+  constructor(private readonly redis: Redis | Cluster) {
     if (!("chatPublishMany" in redis)) redis.defineCommand("chatPublishMany", { numberOfKeys: 0, lua: publishManyLua });
     const command = (redis as unknown as { chatPublishMany: PublishMany }).chatPublishMany;
     this.publishMany = (...args) => command.apply(redis, args);
   }
 
   async publish(channel: string, payload: string): Promise<void> {
-    await this.redis.publish(channel, payload);
+    await this.redis.spublish(channel, payload);
   }
 
   async publishAll(messages: readonly (readonly [string, string])[]): Promise<void> {
-    // Sent back to back on one connection, so Redis runs the calls in this order.
-    const calls: Promise<number>[] = [];
-    for (let start = 0; start < messages.length; start += PUBLISHES_PER_CALL) {
-      const args: string[] = [];
-      for (const [channel, payload] of messages.slice(start, start + PUBLISHES_PER_CALL)) args.push(channel, payload);
-      calls.push(this.publishMany(...args));
+    const calls: Promise<unknown>[] = [];
+    if (this.redis.isCluster) {
+      for (const [channel, payload] of messages) calls.push(this.redis.spublish(channel, payload));
+    } else {
+      for (let start = 0; start < messages.length; start += PUBLISHES_PER_CALL) {
+        const args: string[] = [];
+        for (const [channel, payload] of messages.slice(start, start + PUBLISHES_PER_CALL)) args.push(channel, payload);
+        calls.push(this.publishMany(...args));
+      }
     }
     await Promise.all(calls);
   }
 }
 
 /**
- * Subscriptions on a dedicated Redis connection (one in subscriber mode can do nothing else).
- * ioredis subscribes every channel again after a reconnect; messages published meanwhile are lost.
+ * Sharded subscriptions (SSUBSCRIBE) on a dedicated connection: a single Redis connection in
+ * subscriber mode, or ioredis' sharded subscribers on a cluster (one connection per shard, which
+ * takes one slot per SSUBSCRIBE: channels are grouped by slot). ioredis subscribes every channel
+ * again after a reconnect or a failover; messages published meanwhile are lost.
  */
 export class RedisChannelTransport implements ChannelTransport {
-  constructor(private readonly subscriber: Redis) {}
+  constructor(private readonly subscriber: Redis | Cluster) {}
 
   async subscribe(channels: readonly string[]): Promise<void> {
-    await this.subscriber.subscribe(...channels);
+    if (!this.subscriber.isCluster) {
+      await this.subscriber.ssubscribe(...channels);
+      return;
+    }
+    const bySlot = new Map<number, string[]>();
+    for (const channel of channels) {
+      const slot = slotOf(channel);
+      const group = bySlot.get(slot);
+      if (group) group.push(channel);
+      else bySlot.set(slot, [channel]);
+    }
+    await Promise.all([...bySlot.values()].map((group) => this.subscriber.ssubscribe(...group)));
   }
 
   async unsubscribe(channel: string): Promise<void> {
-    await this.subscriber.unsubscribe(channel);
+    await this.subscriber.sunsubscribe(channel);
   }
 
   onMessage(handler: (channel: string, payload: Buffer) => void): void {
-    this.subscriber.on("messageBuffer", (channel: Buffer, payload: Buffer) => handler(channel.toString(), payload));
+    this.subscriber.on("smessageBuffer", (channel: Buffer, payload: Buffer) => handler(channel.toString(), payload));
   }
 }

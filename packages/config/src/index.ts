@@ -75,16 +75,29 @@ export function oneOf<T extends string>(...allowed: T[]): (raw: string) => T {
 
 /** Settings both apps share. */
 export const commonSettings = {
-  redisUrl: { env: "REDIS_URL", default: "redis://127.0.0.1:6379", description: "Redis: pub/sub, the message stream, presence", parse: url("redis:", "rediss:") },
+  redisUrl: {
+    env: "REDIS_URL",
+    default: "redis://127.0.0.1:6379",
+    description:
+      "Redis: pub/sub, the message log, presence. `redis+cluster://host:port?addr=host2:port2` (`rediss+cluster://` for TLS) is a Redis Cluster, given by seed nodes",
+    parse: url("redis:", "rediss:", "redis+cluster:", "rediss+cluster:"),
+  },
   databaseUrl: { env: "DATABASE_URL", default: "postgres://postgres@127.0.0.1:5432/chat", description: "Postgres database", parse: url("postgres:", "postgresql:") },
   redisPrefix: {
     env: "CHAT_REDIS_PREFIX",
     default: "chat:",
-    description: "Prefix of every Redis key, channel and stream name",
+    description: "Prefix of every Redis key, channel and stream name (no `{` or `}` on a Redis Cluster)",
     parse: (raw: string) => {
       if (/[\s*?[\]]/.test(raw)) throw new Error("must not contain whitespace or glob characters");
       return raw;
     },
+  },
+  partitions: {
+    env: "CHAT_PARTITIONS",
+    default: "16",
+    description:
+      "Partitions of the message log: conversations are spread over this many Redis streams, each consumed by one worker at a time. Recorded in Redis on first start; every gateway and worker must use the same value, and it must not change afterwards (see docs/scaling.md)",
+    parse: integer(1, 1024),
   },
   logLevel: { env: "LOG_LEVEL", default: "info", description: "Log level", parse: oneOf("trace", "debug", "info", "warn", "error", "fatal", "silent") },
 } satisfies Record<string, Setting>;

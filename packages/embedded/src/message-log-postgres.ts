@@ -5,8 +5,9 @@ import {
   receivedEntry,
   streamIdOf,
   streamPosition,
-  type AcceptOptions,
+  type AcceptRequest,
   type AcceptResult,
+  type LogPartition,
   type MessageEntry,
   type MessageLog,
   type Publisher,
@@ -14,14 +15,8 @@ import {
   type StreamEntry,
 } from "@chat/bus";
 
-interface Bucket {
-  tokens: number;
-  at: number;
-}
-
-/** How the gateway keys a sender's client_id in a conversation, for how long it remembers one, and what a retry gets back (see AcceptOptions). */
+/** How long the gateway remembers a client_id, and what a retry gets back (see AcceptRequest). */
 export interface IdempotencyRestore {
-  keyOf(from: string, to: string, clientId: string): string;
   ttlSeconds: number;
   /** The serialized chat_message of an accepted entry, as the gateway sends it. */
   frameOf(entry: MessageEntry): string;
@@ -29,17 +24,18 @@ export interface IdempotencyRestore {
 
 /**
  * The message log of the embedded engine: a table (message_log) of the embedded database instead of
- * a Redis stream, so an accepted message survives a crash of the process. One process owns it: the
- * rate limits and client_ids live in memory (client_ids accepted within the idempotency TTL are
+ * a Redis stream, so an accepted message survives a crash of the process. One partition, as one
+ * process consumes it. One process owns it: client_ids live in memory (those accepted within the idempotency TTL are
  * recovered from the database on open, as Redis keeps them across a gateway crash), and positions
  * come from a clock kept here, above every position already used. The process's client has one
  * connection (see EmbeddedPostgres), so positions commit, and live events go out, in the order
  * they were assigned.
  */
-export class PostgresMessageLog implements MessageLog {
+export class PostgresMessageLog implements MessageLog, LogPartition {
+  readonly partitions = 1;
+  readonly index = 0;
   private lastMs = 0;
   private lastSeq = 0;
-  private readonly buckets = new Map<string, Bucket>();
   private readonly clientIds = new Map<string, { frame: string; expiresAt: number }>();
   private readonly waiters = new Set<() => void>();
   private sweeps = 0;
@@ -47,6 +43,9 @@ export class PostgresMessageLog implements MessageLog {
   private constructor(
     private readonly sql: postgres.Sql,
     private readonly publisher: Publisher,
+    /** The channel a conversation's live events go to. */
+    private readonly channelOf: (conversation: string) => string,
+    private readonly idempotencyTtlSeconds: number,
     private readonly now: () => number,
   ) {}
 
@@ -57,11 +56,12 @@ export class PostgresMessageLog implements MessageLog {
   static async open(
     sql: postgres.Sql,
     publisher: Publisher,
+    channelOf: (conversation: string) => string,
+    idempotency: IdempotencyRestore,
     now: () => number = Date.now,
-    idempotency?: IdempotencyRestore,
   ): Promise<PostgresMessageLog> {
-    const log = new PostgresMessageLog(sql, publisher, now);
-    if (idempotency) await log.restoreClientIds(idempotency);
+    const log = new PostgresMessageLog(sql, publisher, channelOf, idempotency.ttlSeconds, now);
+    await log.restoreClientIds(idempotency);
     const [row] = await sql<{ last: bigint | null }[]>`
       SELECT GREATEST(
         (SELECT max(position) FROM message_log),
@@ -79,13 +79,13 @@ export class PostgresMessageLog implements MessageLog {
    * (persisted, or still in the log), with the chat_message a retry gets back: without this, a
    * client retrying after a crash, as the protocol tells it to, would store its message twice.
    */
-  private async restoreClientIds({ keyOf, ttlSeconds, frameOf }: IdempotencyRestore): Promise<void> {
+  private async restoreClientIds({ ttlSeconds, frameOf }: IdempotencyRestore): Promise<void> {
     const sinceMs = this.now() - ttlSeconds * 1000;
     const since = (BigInt(Math.max(0, sinceMs)) * 1_000_000n).toString();
     const remember = (e: MessageEntry, position: bigint) => {
       if (e.client_id === undefined) return;
       const expiresAt = Number(position / 1_000_000n) + ttlSeconds * 1000;
-      this.clientIds.set(keyOf(e.from, e.to, e.client_id), { frame: frameOf(e), expiresAt });
+      this.clientIds.set(clientIdKey(e.from, e.to, e.client_id), { frame: frameOf(e), expiresAt });
     };
     // A full scan of recent rows, once at start-up (messages has no index on the position alone).
     const stored = await this.sql<
@@ -114,37 +114,42 @@ export class PostgresMessageLog implements MessageLog {
     }
   }
 
-  async accept(entry: StreamEntry, o: AcceptOptions): Promise<AcceptResult> {
+  partitionOf(): number {
+    return 0;
+  }
+
+  partition(): LogPartition {
+    return this;
+  }
+
+  async accept({ conversation, entry, clientId, live }: AcceptRequest): Promise<AcceptResult> {
     const now = this.now();
     this.forgetExpired(now);
     // Checked and reserved before the first await: two copies sent at once cannot both pass.
-    if (o.idempotencyKey) {
-      const original = this.clientIds.get(o.idempotencyKey);
+    let key: string | null = null;
+    if (clientId !== undefined) {
+      if (entry.kind !== "message") throw new TypeError("only a chat message carries a client_id");
+      key = clientIdKey(entry.from, entry.to, clientId);
+      const original = this.clientIds.get(key);
       if (original) return { kind: "duplicate", frame: original.frame };
+      this.clientIds.set(key, { frame: live?.frame ?? "", expiresAt: now + this.idempotencyTtlSeconds * 1000 });
     }
-    if (o.ratePerSecond > 0) {
-      const b = this.buckets.get(o.rateKey) ?? { tokens: o.burst, at: now };
-      const tokens = Math.min(o.burst, b.tokens + ((now - b.at) * o.ratePerSecond) / 1000);
-      if (tokens < 1) return { kind: "rate_limited", retryAfterMs: Math.ceil(((1 - tokens) * 1000) / o.ratePerSecond) };
-      this.buckets.set(o.rateKey, { tokens: tokens - 1, at: now });
-    }
-    if (o.idempotencyKey) this.clientIds.set(o.idempotencyKey, { frame: o.frame ?? "", expiresAt: now + o.idempotencyTtlSeconds * 1000 });
     let id: string;
     try {
       id = await this.insert(entry);
     } catch (err) {
-      if (o.idempotencyKey) this.clientIds.delete(o.idempotencyKey);
+      if (key !== null) this.clientIds.delete(key);
       throw err;
     }
-    if (o.channel) await this.publisher.publish(o.channel, o.envelope ?? "");
+    if (live) await this.publisher.publish(this.channelOf(conversation), live.envelope);
     return { kind: "accepted", streamId: id };
   }
 
-  append(entry: StreamEntry): Promise<string> {
+  append(_conversation: string, entry: StreamEntry): Promise<string> {
     return this.insert(entry);
   }
 
-  async rangeBetween(afterId: string, beforeId: string | null, count: number): Promise<ReceivedEntry[]> {
+  async rangeBetween(_conversation: string, afterId: string, beforeId: string | null, count: number): Promise<ReceivedEntry[]> {
     const after = afterId === "-" ? -1n : streamPosition(afterId);
     // Past every position when open-ended (positions fit a bigint until 2262).
     const before = beforeId === null ? 9_000_000_000_000_000_000n : streamPosition(beforeId);
@@ -154,7 +159,7 @@ export class PostgresMessageLog implements MessageLog {
     return rows.map((r) => receivedEntry(streamIdOf(r.position), r.entry));
   }
 
-  async findMessage(id: string, window: { fromMs: number; toMs: number; maxEntries: number }): Promise<ReceivedEntry | null> {
+  async findMessage(_conversation: string, id: string, window: { fromMs: number; toMs: number; maxEntries: number }): Promise<ReceivedEntry | null> {
     const from = BigInt(Math.max(0, Math.floor(window.fromMs))) * 1_000_000n;
     const to = BigInt(Math.max(0, Math.floor(window.toMs)) + 1) * 1_000_000n;
     const prefix = entryPrefixOf(id);
@@ -254,12 +259,14 @@ export class PostgresMessageLog implements MessageLog {
   }
 
   private forgetExpired(now: number): void {
-    // Amortized: a full sweep every 1,000 accepts keeps both maps bounded by the live senders.
+    // Amortized: a full sweep every 1,000 accepts keeps the map bounded by the live senders.
     if (++this.sweeps % 1000 !== 0) return;
     for (const [k, v] of this.clientIds) if (v.expiresAt <= now) this.clientIds.delete(k);
-    for (const [k, b] of this.buckets) if (now - b.at > 60_000) this.buckets.delete(k);
   }
 }
+
+/** A sender's client_id in one conversation (usernames never contain '|'). */
+const clientIdKey = (from: string, to: string, clientId: string): string => `${from}|${to}|${clientId}`;
 
 /** Stream ids as a Postgres array literal; streamPosition validates each id (digits only). */
 const positionsArray = (ids: readonly string[]): string => `{${ids.map((id) => streamPosition(id).toString()).join(",")}}`;

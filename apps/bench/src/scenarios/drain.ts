@@ -1,4 +1,4 @@
-import { MessageStream, redisNames, type MessageEntry } from "@chat/bus";
+import { RedisMessageLog, redisNames, type MessageEntry } from "@chat/bus";
 import { Redis } from "ioredis";
 import { v7 as uuidv7 } from "uuid";
 import { startWorker } from "../cluster.js";
@@ -27,8 +27,8 @@ export interface DrainResult {
 }
 
 /**
- * With no worker consuming a fresh prefix, appends `entries` messages to its stream (the
- * gateway's own MessageStream, so the entry format is the product's), starts one worker and
+ * With no worker consuming a fresh prefix, appends `entries` messages to its log (the
+ * gateway's own RedisMessageLog, so the entry format and partitions are the product's), starts one worker and
  * times it until every entry is acknowledged, then checks rows and unread counters against the
  * backlog.
  */
@@ -39,9 +39,8 @@ export async function workerDrain(ctx: BenchContext, prefix: string, entries: nu
   const text = "x".repeat(ctx.messageBytes);
   const expected = new Map<string, number>();
   try {
-    const stream = new MessageStream(redis, names);
+    const stream = new RedisMessageLog(redis, names, { idempotencyTtlSeconds: 1 });
     const loadStarted = performance.now();
-    let lastId = "";
     const chunk = 2000;
     for (let i = 0; i < entries; i += chunk) {
       const appends: Promise<string>[] = [];
@@ -62,10 +61,9 @@ export async function workerDrain(ctx: BenchContext, prefix: string, entries: nu
           date_added: new Date().toISOString(),
           client_id: `d${j}`,
         };
-        appends.push(stream.append(entry));
+        appends.push(stream.append(names.roomId(from, to), entry));
       }
-      const ids = await Promise.all(appends);
-      lastId = ids.at(-1) ?? lastId;
+      await Promise.all(appends);
     }
     const loadMs = performance.now() - loadStarted;
 
@@ -79,8 +77,8 @@ export async function workerDrain(ctx: BenchContext, prefix: string, entries: nu
     let drainMs = 0;
     try {
       for (;;) {
-        const state = await ctx.services.groupState(names.stream, names.group);
-        if (state && state.pending === 0 && state.lastDelivered === lastId) break;
+        const state = await ctx.services.logState(names);
+        if (state && state.pending === 0 && state.lag === 0) break;
         if (performance.now() - started > 300000) throw new Error(`worker drain did not finish in 300 s (${JSON.stringify(state)})`);
         await new Promise((r) => setTimeout(r, 20));
       }
@@ -115,7 +113,7 @@ export async function workerDrain(ctx: BenchContext, prefix: string, entries: nu
       ...(cpu ? { cpu } : {}),
     };
   } finally {
-    await redis.del(names.stream, names.deadLetterStream).catch(() => undefined);
+    for (let p = 0; p < names.partitions; p++) await redis.del(names.stream(p), names.deadLetterStream(p)).catch(() => undefined);
     redis.disconnect();
   }
 }

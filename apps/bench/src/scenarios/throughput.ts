@@ -75,7 +75,7 @@ export async function waitForWorker(ctx: BenchContext, cluster: Cluster, timeout
   const names = redisNames(cluster.prefix);
   const deadline = performance.now() + timeoutMs;
   for (;;) {
-    const state = await ctx.services.groupState(names.stream, names.group);
+    const state = await ctx.services.logState(names);
     if (state && state.pending === 0 && state.lag === 0) return true;
     if (performance.now() > deadline) return false;
     await new Promise((r) => setTimeout(r, 100));

@@ -5,6 +5,7 @@ import {
   streamIdOf,
   streamPosition,
   uuidv7Time,
+  type AcceptResult,
   type MessageEntry,
   type PresenceEntry,
   type ReadEntry,
@@ -133,7 +134,7 @@ export class ChatSession extends SubscribedSession {
     if (persisted !== null) return persisted;
     const at = uuidv7Time(since);
     if (at === null) return null;
-    const found = await this.core.stream.findMessage(since, { fromMs: at - SINCE_WINDOW_MS, toMs: at + SINCE_WINDOW_MS, maxEntries: SINCE_SCAN });
+    const found = await this.core.stream.findMessage(this.roomId, since, { fromMs: at - SINCE_WINDOW_MS, toMs: at + SINCE_WINDOW_MS, maxEntries: SINCE_SCAN });
     const entry = found?.entry;
     if (found && entry?.kind === "message" && entry.id === since) {
       return this.core.names.roomId(entry.from, entry.to) === this.roomId ? streamPosition(found.streamId) : null;
@@ -152,7 +153,7 @@ export class ChatSession extends SubscribedSession {
     const after = streamIdOf(from);
     let before: string | null = null;
     for (let scanned = 0; scanned < REPLAY_STREAM_SCAN; ) {
-      const page = await this.core.stream.rangeBetween(after, before, REPLAY_PAGE);
+      const page = await this.core.stream.rangeBetween(this.roomId, after, before, REPLAY_PAGE);
       scanned += page.length;
       for (const { streamId, entry } of page) {
         if (entry?.kind !== "message" || this.core.names.roomId(entry.from, entry.to) !== this.roomId) continue;
@@ -299,15 +300,21 @@ export class ChatSession extends SubscribedSession {
     );
   }
 
-  private accept(entry: MessageEntry | ReadEntry, clientId?: string, frame?: string) {
-    const { names, limits } = this.core;
-    return this.core.stream.accept(entry, {
-      rateKey: names.rateBucket(this.username),
-      ratePerSecond: limits.ratePerSecond,
-      burst: limits.burst,
-      idempotencyKey: clientId === undefined ? undefined : names.clientMessage(this.username, this.other, clientId),
-      idempotencyTtlSeconds: limits.idempotencyTtlSeconds,
-      ...(frame === undefined ? {} : { channel: this.roomChannel, envelope: encodeEnvelope(this.core.nodeId, ALL, [frame]), frame }),
+  /**
+   * The sender's rate limit, then the log's accept. Both go out on the node's one command connection
+   * (per shard, on a cluster) in the order this socket's sends came, so its accepts keep that order.
+   */
+  private async accept(entry: MessageEntry | ReadEntry, clientId?: string, frame?: string): Promise<AcceptResult | { kind: "rate_limited"; retryAfterMs: number }> {
+    const limiter = this.core.rateLimiter;
+    if (limiter) {
+      const retryAfterMs = await limiter.take(this.username);
+      if (retryAfterMs > 0) return { kind: "rate_limited", retryAfterMs };
+    }
+    return this.core.stream.accept({
+      conversation: this.roomId,
+      entry,
+      clientId,
+      live: frame === undefined ? undefined : { envelope: encodeEnvelope(this.core.nodeId, ALL, [frame]), frame },
     });
   }
 

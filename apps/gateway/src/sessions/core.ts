@@ -7,6 +7,7 @@ import {
   type Presence,
   type PresenceEntry,
   type Publisher,
+  type RateLimiter,
   type RedisNames,
 } from "@chat/bus";
 import { createFrameParser, type ChatMessageEvent, type ParseResult } from "@chat/protocol";
@@ -34,15 +35,6 @@ export interface History {
   latestAfter(roomId: string, position: bigint, limit: number): Promise<StoredMessage[]>;
 }
 
-/** Per-user limits, enforced cluster-wide by the message log's accept. */
-export interface SendLimits {
-  /** Sends (messages and reads) per second per user; 0 disables. */
-  ratePerSecond: number;
-  burst: number;
-  /** How long a client_id is remembered to refuse a second copy of its message. */
-  idempotencyTtlSeconds: number;
-}
-
 export interface CoreOptions {
   nodeId: string;
   names: RedisNames;
@@ -59,7 +51,8 @@ export interface CoreOptions {
   /** Most messages a reconnecting socket is replayed. */
   maxReplay: number;
   maxMessageLength: number;
-  limits: SendLimits;
+  /** Each user's send budget, cluster-wide; null when unlimited. */
+  rateLimiter: RateLimiter | null;
   /** Whether the bus serves: commands, and a subscriber with every channel in place. */
   redisReady: () => boolean;
   log: Logger;
@@ -81,7 +74,7 @@ export class GatewayCore {
   readonly history: History;
   readonly media: MediaReferences;
   readonly maxReplay: number;
-  readonly limits: SendLimits;
+  readonly rateLimiter: RateLimiter | null;
   private readonly isRedisReady: () => boolean;
   readonly parseFrame: (text: string) => ParseResult;
   readonly log: Logger;
@@ -110,7 +103,7 @@ export class GatewayCore {
     this.history = options.history;
     this.media = options.media;
     this.maxReplay = options.maxReplay;
-    this.limits = options.limits;
+    this.rateLimiter = options.rateLimiter;
     this.isRedisReady = options.redisReady;
     this.parseFrame = createFrameParser({ maxMessageLength: options.maxMessageLength });
     this.log = options.log;

@@ -1,0 +1,273 @@
+import { readFileSync } from "node:fs";
+import type { Cluster, Redis } from "ioredis";
+import {
+  encodeStreamEntry,
+  entryPrefixOf,
+  receivedEntry,
+  type AcceptRequest,
+  type AcceptResult,
+  type LogPartition,
+  type MessageLog,
+  type ReceivedEntry,
+  type StreamEntry,
+} from "./message-log.js";
+import type { RedisNames } from "./names.js";
+
+/** A single Redis or a Redis Cluster client: every command here touches one slot. */
+type Client = Redis | Cluster;
+
+/** The one field of a stream entry: its JSON (see encodeStreamEntry). */
+const FIELD = "e";
+
+type XEntries = [id: string, fields: string[]][];
+
+function toReceived(entries: XEntries): ReceivedEntry[] {
+  const out: ReceivedEntry[] = [];
+  for (const [streamId, fields] of entries) {
+    // XAUTOCLAIM returns deleted entries with null fields; nothing is left to process for those.
+    if (!fields) continue;
+    const at = fields.indexOf(FIELD);
+    out.push(receivedEntry(streamId, at >= 0 ? (fields[at + 1] ?? "") : ""));
+  }
+  return out;
+}
+
+const acceptLua = readFileSync(new URL("./lua/accept.lua", import.meta.url), "utf8");
+const findMessageLua = readFileSync(new URL("./lua/find-message.lua", import.meta.url), "utf8");
+
+/** Entries find-message.lua looks at per call: Redis copies at most this many entries into Lua at once. */
+const FIND_PAGE = 100;
+
+type Run<T> = (...args: (string | number)[]) => Promise<T>;
+
+function defineScripts(redis: Client): void {
+  if (!("chatAccept" in redis)) redis.defineCommand("chatAccept", { lua: acceptLua });
+  if (!("chatFindMessage" in redis)) redis.defineCommand("chatFindMessage", { lua: findMessageLua, numberOfKeys: 1 });
+}
+
+export interface RedisMessageLogOptions {
+  /** How long a client_id is remembered for retries (CHAT_IDEMPOTENCY_TTL_SECONDS). */
+  idempotencyTtlSeconds: number;
+  /**
+   * Opens the connection a partition's consumer uses for its blocking reads and everything else of
+   * that partition (a blocked connection serves nothing else). Without it, partitions share `redis`,
+   * which suits a tool that never blocks.
+   */
+  openPartitionClient?: () => Client;
+}
+
+/**
+ * The message log as one Redis stream per partition with one consumer group. `accept` is one Lua
+ * script (one round trip) on the partition's slot: the client_id record, the entry and the live event
+ * all carry the partition's hash tag.
+ */
+export class RedisMessageLog implements MessageLog {
+  readonly partitions: number;
+
+  constructor(
+    private readonly redis: Client,
+    private readonly names: RedisNames,
+    private readonly options: RedisMessageLogOptions,
+  ) {
+    this.partitions = names.partitions;
+    defineScripts(redis);
+  }
+
+  partitionOf(conversation: string): number {
+    return this.names.partitionOf(conversation);
+  }
+
+  private streamOf(conversation: string): string {
+    return this.names.stream(this.names.partitionOf(conversation));
+  }
+
+  async accept(request: AcceptRequest): Promise<AcceptResult> {
+    const { entry, clientId, live } = request;
+    const stream = this.streamOf(request.conversation);
+    let keys = [stream];
+    if (clientId !== undefined) {
+      if (entry.kind !== "message") throw new TypeError("only a chat message carries a client_id");
+      keys = [stream, this.names.clientMessage(entry.from, entry.to, clientId)];
+    }
+    const run = (this.redis as unknown as { chatAccept: Run<[string, string]> }).chatAccept;
+    const [kind, value] = await run.call(
+      this.redis,
+      keys.length,
+      ...keys,
+      encodeStreamEntry(entry),
+      live ? this.names.roomChannel(request.conversation) : "",
+      live?.envelope ?? "",
+      live?.frame ?? "",
+      this.options.idempotencyTtlSeconds,
+    );
+    if (kind === "accepted") return { kind, streamId: value };
+    return { kind: "duplicate", frame: value };
+  }
+
+  async append(conversation: string, entry: StreamEntry): Promise<string> {
+    return (await this.redis.xadd(this.streamOf(conversation), "*", FIELD, encodeStreamEntry(entry))) as string;
+  }
+
+  async rangeBetween(conversation: string, afterId: string, beforeId: string | null, count: number): Promise<ReceivedEntry[]> {
+    const start = afterId === "-" ? "-" : `(${afterId}`;
+    const end = beforeId === null ? "+" : `(${beforeId}`;
+    return toReceived((await this.redis.xrevrange(this.streamOf(conversation), end, start, "COUNT", count)) as XEntries);
+  }
+
+  async findMessage(conversation: string, id: string, window: { fromMs: number; toMs: number; maxEntries: number }): Promise<ReceivedEntry | null> {
+    const run = (this.redis as unknown as { chatFindMessage: Run<string[]> }).chatFindMessage;
+    const stream = this.streamOf(conversation);
+    let start = String(Math.max(0, Math.floor(window.fromMs)));
+    const end = String(Math.max(0, Math.floor(window.toMs)));
+    for (let looked = 0; looked < window.maxEntries; looked += FIND_PAGE) {
+      const [kind, a, b] = await run.call(this.redis, stream, start, end, Math.min(FIND_PAGE, window.maxEntries - looked), entryPrefixOf(id));
+      if (kind === "found") return receivedEntry(a!, b!);
+      if (kind !== "more") return null;
+      start = `(${a!}`;
+    }
+    return null;
+  }
+
+  partition(partition: number): RedisLogPartition {
+    const client = this.options.openPartitionClient?.() ?? null;
+    return new RedisLogPartition(client ?? this.redis, client !== null, this.names, partition);
+  }
+}
+
+/** One partition's stream and consumer group, on its own connection when the log was given a way to open one. */
+export class RedisLogPartition implements LogPartition {
+  readonly stream: string;
+  readonly group: string;
+  private readonly deadLetterStream: string;
+
+  constructor(
+    private readonly redis: Client,
+    /** Whether the connection is this partition's own (closed with it). */
+    private readonly ownsClient: boolean,
+    names: RedisNames,
+    readonly index: number,
+  ) {
+    this.stream = names.stream(index);
+    this.group = names.group;
+    this.deadLetterStream = names.deadLetterStream(index);
+  }
+
+  /** Creates the consumer group at the start of the stream, so no entry accepted earlier is skipped. */
+  async ensureGroup(): Promise<void> {
+    try {
+      await this.redis.xgroup("CREATE", this.stream, this.group, "0", "MKSTREAM");
+    } catch (err) {
+      if (!(err instanceof Error && err.message.includes("BUSYGROUP"))) throw err;
+    }
+  }
+
+  async read(consumer: string, count: number, blockMs: number | null): Promise<ReceivedEntry[]> {
+    const reply = (
+      blockMs === null
+        ? await this.redis.xreadgroup("GROUP", this.group, consumer, "COUNT", count, "STREAMS", this.stream, ">")
+        : await this.redis.xreadgroup("GROUP", this.group, consumer, "COUNT", count, "BLOCK", blockMs, "STREAMS", this.stream, ">")
+    ) as [string, XEntries][] | null;
+    return reply?.[0] ? toReceived(reply[0][1]) : [];
+  }
+
+  async claim(consumer: string, minIdleMs: number, count: number): Promise<ReceivedEntry[]> {
+    const reply = (await this.redis.xautoclaim(this.stream, this.group, consumer, minIdleMs, "0-0", "COUNT", count)) as [
+      string,
+      XEntries,
+      string[]?,
+    ];
+    return toReceived(reply[1] ?? []);
+  }
+
+  async ack(streamIds: readonly string[]): Promise<void> {
+    if (streamIds.length > 0) await this.redis.xack(this.stream, this.group, ...streamIds);
+  }
+
+  async backlog(): Promise<{ lag: number; pending: number }> {
+    for (const g of await this.groups()) {
+      if (g["name"] === this.group) return { lag: Number(g["lag"] ?? 0), pending: Number(g["pending"] ?? 0) };
+    }
+    return { lag: 0, pending: 0 };
+  }
+
+  async deadLetter(fields: Readonly<Record<string, string>>): Promise<void> {
+    await this.redis.xadd(this.deadLetterStream, "*", ...Object.entries(fields).flat());
+  }
+
+  /** Closes the partition's own connection, if it has one. */
+  async close(): Promise<void> {
+    if (!this.ownsClient) return;
+    let timer: NodeJS.Timeout | undefined;
+    await Promise.race([this.redis.quit().catch(() => {}), new Promise((resolve) => (timer = setTimeout(resolve, 1000)))]);
+    clearTimeout(timer);
+    this.redis.disconnect();
+  }
+
+  private async groups(): Promise<Record<string, unknown>[]> {
+    let groups: unknown[][];
+    try {
+      groups = (await this.redis.xinfo("GROUPS", this.stream)) as unknown[][];
+    } catch (err) {
+      // A partition nothing was ever accepted into has no stream yet.
+      if (err instanceof Error && err.message.includes("no such key")) return [];
+      throw err;
+    }
+    return groups.map((g) => {
+      const o: Record<string, unknown> = {};
+      for (let i = 0; i + 1 < g.length; i += 2) o[String(g[i])] = g[i + 1];
+      return o;
+    });
+  }
+
+  /**
+   * Deletes entries every consumer is done with: everything before the oldest pending entry, or
+   * before the group's last delivered id when nothing is pending. Never drops an unacknowledged entry.
+   */
+  async trimAcknowledged(): Promise<number> {
+    const info = await this.groups();
+    let minId: string | undefined;
+    for (const g of info) {
+      const pending = (await this.redis.xpending(this.stream, String(g["name"]))) as [number, string | null, ...unknown[]];
+      // Entries before the oldest pending one are acknowledged; with nothing pending, everything up to
+      // and including last-delivered-id is, and MINID keeps the id given, so step past it.
+      const bound = pending[0] > 0 && pending[1] ? pending[1] : nextId(String(g["last-delivered-id"]));
+      if (minId === undefined || compareIds(bound, minId) < 0) minId = bound;
+    }
+    if (minId === undefined) return 0;
+    return (await this.redis.xtrim(this.stream, "MINID", minId)) as number;
+  }
+}
+
+function nextId(id: string): string {
+  const [ms, seq] = id.split("-");
+  return `${ms}-${BigInt(seq ?? "0") + 1n}`;
+}
+
+function compareIds(a: string, b: string): number {
+  const pa = a.split("-").map(BigInt);
+  const pb = b.split("-").map(BigInt);
+  const d = (pa[0] ?? 0n) - (pb[0] ?? 0n) || (pa[1] ?? 0n) - (pb[1] ?? 0n);
+  return d < 0n ? -1 : d > 0n ? 1 : 0;
+}
+
+/** A gateway or worker started with another partition count than the deployment's. */
+export class PartitionCountMismatchError extends Error {
+  override readonly name = "PartitionCountMismatchError";
+  readonly code = "partitions_mismatch";
+}
+
+/**
+ * Records the deployment's partition count on first start, and refuses another one afterwards:
+ * with another count, a conversation would map to another stream than its earlier messages, and
+ * gateways and workers would disagree on where it lives.
+ */
+export async function checkPartitionCount(redis: Redis | Cluster, names: RedisNames): Promise<void> {
+  await redis.set(names.partitionsKey, String(names.partitions), "NX");
+  const recorded = await redis.get(names.partitionsKey);
+  if (recorded !== null && Number(recorded) !== names.partitions) {
+    throw new PartitionCountMismatchError(
+      `CHAT_PARTITIONS is ${names.partitions}, but this deployment (CHAT_REDIS_PREFIX ${JSON.stringify(names.prefix)}) was started with ${recorded}: ` +
+        `set CHAT_PARTITIONS=${recorded} (it cannot change once messages flowed; see docs/scaling.md)`,
+    );
+  }
+}
