@@ -1,7 +1,7 @@
 import { spawn, type ChildProcess } from "node:child_process";
 import { createInterface } from "node:readline";
 import { fileURLToPath } from "node:url";
-import { Redis } from "ioredis";
+import { RedisTargetError, describeRedisTarget, openRedis, parseRedisTarget, type RedisTarget } from "@chat/bus";
 import { redactUrl, runMigrations } from "@chat/db";
 
 // A newcomer's cluster: the same processes as production (two gateways, one worker), in
@@ -19,8 +19,15 @@ function fail(message: string): never {
   process.exit(1);
 }
 
+let target: RedisTarget;
+try {
+  target = parseRedisTarget(redisUrl);
+} catch (err) {
+  fail(err instanceof RedisTargetError ? err.message : String(err));
+}
 let redisError: string | undefined;
-const probe = new Redis(redisUrl, { lazyConnect: true, maxRetriesPerRequest: 0, retryStrategy: () => null });
+// A single Redis or a Redis Cluster (redis+cluster://): the processes it starts read REDIS_URL the same way.
+const probe = openRedis(target, { connectionName: "local-cluster-probe", lazyConnect: true, maxRetriesPerRequest: 0, retryStrategy: () => null });
 probe.on("error", (err: Error) => (redisError = err.message));
 try {
   await probe.connect();
@@ -28,7 +35,7 @@ try {
   probe.disconnect();
 } catch (err) {
   probe.disconnect();
-  fail(`Redis does not answer at ${redactUrl(redisUrl)} (${redisError ?? (err as Error).message}): start Redis (redis-server --daemonize yes --save "" --appendonly no) or set REDIS_URL`);
+  fail(`Redis does not answer at ${describeRedisTarget(target)} (${redisError ?? (err as Error).message}): start Redis (redis-server --daemonize yes --save "" --appendonly no) or set REDIS_URL`);
 }
 // Migrating first: the gateways and the worker refuse a schema behind this version.
 try {

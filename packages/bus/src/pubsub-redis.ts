@@ -16,7 +16,8 @@ type PublishMany = (...args: string[]) => Promise<number>;
 /**
  * Publishes with SPUBLISH (sharded pub/sub): on a Redis Cluster a message goes to the one shard
  * that owns the channel's slot, where classic PUBLISH is broadcast to every node of the cluster.
- * On a single Redis both cost the same (docs/benchmarks.md), so one form serves both.
+ * On a single Redis SPUBLISH does what PUBLISH does (no cluster to route in), so one form serves both;
+ * its cost there against PUBLISH is still to be measured in the benchmark.
  *
  * Several at once (the worker's notifications of a batch): on a single Redis, one script call per
  * PUBLISHES_PER_CALL, in order (ioredis spends about 10 µs of CPU on each command of a pipeline and
