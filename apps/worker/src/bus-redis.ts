@@ -15,9 +15,9 @@ import { PartitionLeases } from "./leases.js";
 import type { WorkerParts } from "./worker.js";
 
 /**
- * A worker's Redis: one connection for notifications, leases and checks, and one per partition it
- * consumes (opened when the partition is acquired), which blocks on that partition's stream and
- * carries its acknowledgements. On a cluster each of these is a cluster client.
+ * A worker's Redis: one connection for notifications, leases, acknowledgements and checks, and one
+ * per partition it consumes (opened when the partition is acquired) that blocks on that partition's
+ * stream. On a cluster each of these is a cluster client.
  */
 export interface RedisWorkerBus extends Omit<WorkerParts, "openDb"> {
   close(): Promise<void>;

@@ -55,8 +55,7 @@ export async function startWorker(config: Readonly<WorkerConfig>, parts: WorkerP
   const metrics = new WorkerMetrics(async () => {
     let lag = 0;
     let pending = 0;
-    for (const { partition } of running.values()) {
-      const b = await partition.backlog();
+    for (const b of await Promise.all([...running.values()].map(({ partition }) => partition.backlog()))) {
       lag += b.lag;
       pending += b.pending;
     }

@@ -49,9 +49,8 @@ export interface RedisMessageLogOptions {
   /** How long a client_id is remembered for retries (CHAT_IDEMPOTENCY_TTL_SECONDS). */
   idempotencyTtlSeconds: number;
   /**
-   * Opens the connection a partition's consumer uses for its blocking reads and everything else of
-   * that partition (a blocked connection serves nothing else). Without it, partitions share `redis`,
-   * which suits a tool that never blocks.
+   * Opens the connection a partition's consumer blocks on in its reads (a blocked connection serves
+   * nothing else). Without it, partitions block on `redis`, which suits a tool that never blocks.
    */
   openPartitionClient?: () => Client;
 }
@@ -129,12 +128,15 @@ export class RedisMessageLog implements MessageLog {
   }
 
   partition(partition: number): RedisLogPartition {
-    const client = this.options.openPartitionClient?.() ?? null;
-    return new RedisLogPartition(client ?? this.redis, client !== null, this.names, partition);
+    return new RedisLogPartition(this.redis, this.options.openPartitionClient?.() ?? null, this.names, partition);
   }
 }
 
-/** One partition's stream and consumer group, on its own connection when the log was given a way to open one. */
+/**
+ * One partition's stream and consumer group. Its blocking reads go on a connection of its own when
+ * the log was given a way to open one (a blocked connection serves nothing else); every other
+ * command goes on the shared one, so a metrics scrape or an acknowledgement never waits out a read.
+ */
 export class RedisLogPartition implements LogPartition {
   readonly stream: string;
   readonly group: string;
@@ -142,8 +144,8 @@ export class RedisLogPartition implements LogPartition {
 
   constructor(
     private readonly redis: Client,
-    /** Whether the connection is this partition's own (closed with it). */
-    private readonly ownsClient: boolean,
+    /** This partition's own connection for blocking reads (closed with it), or null. */
+    private readonly reader: Client | null,
     names: RedisNames,
     readonly index: number,
   ) {
@@ -165,7 +167,7 @@ export class RedisLogPartition implements LogPartition {
     const reply = (
       blockMs === null
         ? await this.redis.xreadgroup("GROUP", this.group, consumer, "COUNT", count, "STREAMS", this.stream, ">")
-        : await this.redis.xreadgroup("GROUP", this.group, consumer, "COUNT", count, "BLOCK", blockMs, "STREAMS", this.stream, ">")
+        : await (this.reader ?? this.redis).xreadgroup("GROUP", this.group, consumer, "COUNT", count, "BLOCK", blockMs, "STREAMS", this.stream, ">")
     ) as [string, XEntries][] | null;
     return reply?.[0] ? toReceived(reply[0][1]) : [];
   }
@@ -196,11 +198,12 @@ export class RedisLogPartition implements LogPartition {
 
   /** Closes the partition's own connection, if it has one. */
   async close(): Promise<void> {
-    if (!this.ownsClient) return;
+    const reader = this.reader;
+    if (!reader) return;
     let timer: NodeJS.Timeout | undefined;
-    await Promise.race([this.redis.quit().catch(() => {}), new Promise((resolve) => (timer = setTimeout(resolve, 1000)))]);
+    await Promise.race([reader.quit().catch(() => {}), new Promise((resolve) => (timer = setTimeout(resolve, 1000)))]);
     clearTimeout(timer);
-    this.redis.disconnect();
+    reader.disconnect();
   }
 
   private async groups(): Promise<Record<string, unknown>[]> {
