@@ -6,6 +6,7 @@ import { describe, expect, it, onTestFinished } from "vitest";
 import {
   connect,
   connectReady,
+  conversationStream,
   freePort,
   freshPrefix,
   messagesBetween,
@@ -142,7 +143,8 @@ describe("catch-up after a reconnect (?since=)", () => {
       await waitFor(async () => {
         const [row] = await testSql()<{ stream_position: string }[]>`SELECT stream_position::text FROM messages WHERE id = ${since}`;
         expect(row).toBeDefined();
-        const left = await testRedis().xrange(names.stream, streamIdOf(BigInt(row!.stream_position)), streamIdOf(BigInt(row!.stream_position)));
+        const stream = conversationStream(names, alice, bob);
+        const left = await testRedis().xrange(stream, streamIdOf(BigInt(row!.stream_position)), streamIdOf(BigInt(row!.stream_position)));
         expect(left).toEqual([]);
       }, 15000);
     } else {
@@ -265,16 +267,18 @@ describe("catch-up after a reconnect (?since=)", () => {
     const m: Frame[] = [];
     for (let i = 0; i < 3; i++) m.push(await say(a, `m${i}`));
 
-    // No worker: 2,000 messages of 16 KB of other conversations pile up in the stream, as gateways write them.
+    // No worker: 2,000 messages of 16 KB of other conversations pile up in the stream of this
+    // conversation's partition, as gateways write them.
     const names = redisNames(prefix);
+    const stream = conversationStream(names, alice, bob);
     const text = "\u{1F600}".repeat(4096);
     const fill = redis.pipeline();
     for (let i = 0; i < 2000; i++) {
       const entry = { kind: "message", id: uuidv7(), from: `u${i}`, to: `v${i}`, message: text, multimedia_url: null, date_added: new Date().toISOString() };
-      fill.xadd(names.stream, "*", "e", JSON.stringify(entry));
+      fill.xadd(stream, "*", "e", JSON.stringify(entry));
     }
     await fill.exec();
-    expect(await redis.xlen(names.stream)).toBe(2003);
+    expect(await redis.xlen(stream)).toBe(2003);
     for (let i = 3; i < 5; i++) m.push(await say(a, `m${i}`));
 
     const outputBytes = async () => Number(/total_net_output_bytes:(\d+)/.exec(await redis.info("stats"))![1]);

@@ -2,7 +2,9 @@ import { describe, expect, it } from "vitest";
 import { redisNames } from "@chat/bus";
 import {
   connectReady,
+  conversationStream,
   freshPrefix,
+  groupOf,
   refusedUpgrade,
   startGateway,
   startWorker,
@@ -29,16 +31,12 @@ async function persistedIds(ids: readonly string[]): Promise<Set<string>> {
   return new Set(rows.map((r) => r.id));
 }
 
-/** The consumer group's counters, as XINFO GROUPS reports them. */
-async function groupInfo(prefix: string): Promise<{ pending: number; lag: number; entriesRead: number }> {
+/** The consumer group's counters on the partition of the conversation of `a` and `b`, as XINFO GROUPS reports them. */
+async function groupInfo(prefix: string, a: string, b: string): Promise<{ pending: number; lag: number; entriesRead: number }> {
   const names = redisNames(prefix);
-  const groups = (await testRedis().xinfo("GROUPS", names.stream)) as unknown[][];
-  for (const g of groups) {
-    const o: Record<string, unknown> = {};
-    for (let i = 0; i + 1 < g.length; i += 2) o[String(g[i])] = g[i + 1];
-    if (o["name"] === names.group) return { pending: Number(o["pending"]), lag: Number(o["lag"]), entriesRead: Number(o["entries-read"]) };
-  }
-  throw new Error("no consumer group");
+  const o = await groupOf(testRedis(), conversationStream(names, a, b), names.group);
+  if (!o) throw new Error("no consumer group");
+  return { pending: Number(o["pending"]), lag: Number(o["lag"]), entriesRead: Number(o["entries-read"]) };
 }
 
 async function inChunks<T>(items: readonly (() => Promise<T>)[], size: number): Promise<T[]> {
@@ -165,12 +163,14 @@ describe("graceful shutdown", () => {
     const alice = uniqueUser("alice");
     const bob = uniqueUser("bob");
     const a = await connectReady(g.url, `/ws/${bob}/`, await tokenFor(alice));
+    // The one conversation of this test lives in one partition of the log.
+    const stream = conversationStream(names, alice, bob);
 
     // A first message creates the conversation's member rows.
     a.send({ type: "chat_message", message: "first" });
     const first = await a.next("chat_message");
     await waitFor(async () => expect((await persistedIds([String(first["id"])])).size).toBe(1));
-    await waitFor(async () => expect((await groupInfo(prefix)).pending).toBe(0));
+    await waitFor(async () => expect((await groupInfo(prefix, alice, bob)).pending).toBe(0));
 
     // Hold bob's member row so that the worker's next batch is in flight (blocked in its transaction).
     const lock = await holdMemberRow(bob, alice);
@@ -185,11 +185,11 @@ describe("graceful shutdown", () => {
       try {
         // The worker has read a batch it cannot commit yet.
         const inFlight = await waitFor(async () => {
-          const pending = (await testRedis().xpending(names.stream, names.group, "-", "+", 1000)) as [string, string, number, number][];
+          const pending = (await testRedis().xpending(stream, names.group, "-", "+", 1000)) as [string, string, number, number][];
           expect(pending.length).toBeGreaterThan(0);
           return pending.map(([id]) => id);
         }, 5000, 20);
-        const inFlightIds = (await Promise.all(inFlight.map((id) => testRedis().xrange(names.stream, id, id)))).map((entries) => {
+        const inFlightIds = (await Promise.all(inFlight.map((id) => testRedis().xrange(stream, id, id)))).map((entries) => {
           const fields = entries[0]![1];
           return (JSON.parse(fields[fields.indexOf("e") + 1]!) as { id: string }).id;
         });
@@ -206,7 +206,7 @@ describe("graceful shutdown", () => {
         expect(w1.logs.some((l) => l["msg"] === "stopped")).toBe(true);
 
         // Its batch was written and acknowledged before it left: nothing pending, nothing read but unwritten.
-        const info = await groupInfo(prefix);
+        const info = await groupInfo(prefix, alice, bob);
         expect(info.pending).toBe(0);
         expect((await persistedIds(inFlightIds)).size).toBe(inFlightIds.length);
         const rows = await testSql()<{ n: string }[]>`SELECT count(*)::text AS n FROM messages WHERE from_user = ${alice} AND to_user = ${bob}`;
@@ -226,7 +226,7 @@ describe("graceful shutdown", () => {
         const stored = await persistedIds(accepted);
         expect(accepted.filter((id) => !stored.has(id))).toEqual([]);
       }, 15000);
-      await waitFor(async () => expect(await groupInfo(prefix)).toMatchObject({ pending: 0, lag: 0 }), 5000);
+      await waitFor(async () => expect(await groupInfo(prefix, alice, bob)).toMatchObject({ pending: 0, lag: 0 }), 5000);
     } finally {
       await lock.release().catch(() => undefined);
     }

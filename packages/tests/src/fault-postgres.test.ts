@@ -20,7 +20,7 @@ import {
   type Gateway,
   type TestClient,
 } from "./helpers/index.js";
-import { dropPrefixAtEnd } from "./helpers/redis.js";
+import { conversationsBacklog, dropPrefixAtEnd } from "./helpers/redis.js";
 import { freePort } from "./helpers/private-redis.js";
 
 const run = promisify(execFile);
@@ -205,7 +205,7 @@ describe("Postgres outage", () => {
         await new Promise((r) => setTimeout(r, Math.max(0, OUTAGE_MS - worked)));
 
         const sentAtRestart = flows.reduce((n, f) => n + f.sent, 0);
-        const group = await groupInfo(names.stream, names.group);
+        const group = await conversationsBacklog(testRedis(), names, directed);
         const restartAt = Date.now();
         await pg.start();
         const restartedAt = Date.now();
@@ -236,7 +236,7 @@ describe("Postgres outage", () => {
               await persisted(),
               `persisted messages; the worker's last log line (${Math.round((Date.now() - Date.parse(String(last["time"]))) / 1000)} s ago): ${JSON.stringify(last).slice(0, 300)}`,
             ).toBeGreaterThanOrEqual(total);
-            const g = await groupInfo(names.stream, names.group);
+            const g = await conversationsBacklog(testRedis(), names, directed);
             expect(g).toMatchObject({ pending: 0, lag: 0 });
           },
           30000,
@@ -308,14 +308,4 @@ describe("Postgres outage", () => {
 
 function conversationsOf(g: Gateway, user: string): Promise<Response> {
   return tokenFor(user).then((token) => fetch(`http://127.0.0.1:${g.port}/api/conversations`, { headers: { authorization: `Bearer ${token}` } }));
-}
-
-async function groupInfo(stream: string, group: string): Promise<{ pending: number; lag: number }> {
-  const groups = (await testRedis().xinfo("GROUPS", stream)) as unknown[][];
-  for (const g of groups) {
-    const o: Record<string, unknown> = {};
-    for (let i = 0; i + 1 < g.length; i += 2) o[String(g[i])] = g[i + 1];
-    if (o["name"] === group) return { pending: Number(o["pending"]), lag: Number(o["lag"]) };
-  }
-  throw new Error("no consumer group");
 }

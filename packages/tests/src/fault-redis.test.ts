@@ -7,6 +7,7 @@ import { describe, expect, it, onTestFinished } from "vitest";
 import { redisNames } from "@chat/bus";
 import {
   connectReady,
+  conversationStream,
   freePort,
   freshPrefix,
   refusedUpgrade,
@@ -120,7 +121,7 @@ describe("Redis restarted while sockets are open", () => {
       const unanswered = sent.filter((id) => answers(id).length === 0);
       const names = redisNames(prefix);
       const inStream = new Set(
-        (await inspector(port).xrange(names.stream, "-", "+")).map(([, fields]) => (JSON.parse(fields[1]!) as { client_id?: string }).client_id),
+        (await inspector(port).xrange(conversationStream(names, alice, bob), "-", "+")).map(([, fields]) => (JSON.parse(fields[1]!) as { client_id?: string }).client_id),
       );
       expect(
         unanswered.map((id) => `${id}${inStream.has(id) ? " (accepted: in the stream, but its echo never came)" : ""}`),
@@ -196,7 +197,7 @@ describe("Redis restarted while sockets are open", () => {
     }
     await a.until(() => sent.every((id) => answers(id).length > 0), 5000, "an answer to every send").catch(() => undefined);
     const names = redisNames(prefix);
-    const inStream = new Set((await redis.xrange(names.stream, "-", "+")).map(([, fields]) => (JSON.parse(fields[1]!) as { client_id?: string }).client_id));
+    const inStream = new Set((await redis.xrange(conversationStream(names, alice, bob), "-", "+")).map(([, fields]) => (JSON.parse(fields[1]!) as { client_id?: string }).client_id));
     const unanswered = sent.filter((id) => answers(id).length === 0);
     console.log(`[reliability] pub/sub connections killed (${killed}): ${sent.length} sends, ${unanswered.length} got neither echo nor error (${unanswered.filter((id) => inStream.has(id)).length} of them accepted)`);
     expect(
@@ -279,7 +280,7 @@ describe("Redis restarted while sockets are open", () => {
     const restartAt = Date.now();
     await waitFor(async () => expect(await readyz(g.port)).toBe(200), 15000);
     const names = redisNames(prefix);
-    const streamLenAfter = await inspector(port).exists(names.stream);
+    const streamLenAfter = await inspector(port).exists(conversationStream(names, alice, bob));
 
     a.send({ type: "chat_message", message: "after", client_id: "after" });
     const after = String((await a.next("chat_message", 10000))["id"]);
@@ -325,7 +326,7 @@ describe("Redis restarted while sockets are open", () => {
     await waitFor(async () => expect(await readyz(g1.port)).toBe(503), 10000);
     const restartAt = Date.now();
     redis = await startPrivateRedis(port, aof);
-    const inStream = (await inspector(port).xrange(names.stream, "-", "+")).map(([, f]) => (JSON.parse(f[1]!) as { id: string }).id);
+    const inStream = (await inspector(port).xrange(conversationStream(names, alice, bob), "-", "+")).map(([, f]) => (JSON.parse(f[1]!) as { id: string }).id);
     expect(inStream).toEqual(expect.arrayContaining(late));
     await waitFor(async () => {
       for (const g of [g1, g2]) expect(await readyz(g.port)).toBe(200);

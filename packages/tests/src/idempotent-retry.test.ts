@@ -13,7 +13,7 @@ import {
   type Frame,
   type TestClient,
 } from "./helpers/index.js";
-import { dropPrefixAtEnd } from "./helpers/redis.js";
+import { allLogEntries, conversationStream, dropPrefixAtEnd } from "./helpers/redis.js";
 
 // Register the pool's and the Redis connection's teardown at file level (first used inside a test).
 testSql();
@@ -146,12 +146,13 @@ describe("idempotent sends (client_id)", () => {
       idOf.set(`dup-${k}`, [...seen][0]!);
     }
 
-    // The stream got one entry per client_id, and once the worker is through it, Postgres one row each.
+    // The log (every partition) got one entry per client_id, and once the worker is through the
+    // conversation's partition, Postgres one row each.
     const names = redisNames(prefix);
-    const inStream = (await testRedis().xrange(names.stream, "-", "+")).map(([, f]) => (JSON.parse(f[1]!) as { client_id?: string }).client_id);
+    const inStream = (await allLogEntries(testRedis(), names)).map(([, f]) => (JSON.parse(f[1]!) as { client_id?: string }).client_id);
     expect(inStream.filter((id) => id?.startsWith("dup-")).sort()).toEqual([...idOf.keys()].sort());
     await waitFor(async () => {
-      const pending = (await testRedis().xpending(names.stream, names.group)) as [number];
+      const pending = (await testRedis().xpending(conversationStream(names, alice, bob), names.group)) as [number];
       expect(pending[0]).toBe(0);
       expect(await rowsFrom(alice, bob)).toHaveLength(n);
     }, 10000);

@@ -1,7 +1,9 @@
 import WebSocket from "ws";
 import { describe, expect, it, onTestFinished } from "vitest";
 import { ErrorCode } from "@chat/protocol";
+import { redisNames } from "@chat/bus";
 import {
+  allStreams,
   connectReady,
   freshPrefix,
   messagesBetween,
@@ -167,7 +169,7 @@ describe("sockets per user, cluster-wide", () => {
     expect(fifth.frames[0]).toMatchObject({ type: "online_user_list" });
     expect((await refusedUpgrade(`${g1.url}/ws/notifications/?token=${token}`)).status).toBe(429);
     // Through all of it the user never had more than 3.
-    expect(await testRedis().zcard(`${prefix}connections:${alice}`)).toBe(3);
+    expect(await testRedis().zcard(redisNames(prefix).userConnections(alice))).toBe(3);
   }, 60_000);
 });
 
@@ -214,7 +216,7 @@ describe("default limits fit the benchmarks", () => {
   it("never limits 200 users sending 5 messages per second each, nor a burst of 150 from one user", async () => {
     const prefix = freshPrefix("rate-defaults");
     const [g1, g2] = await Promise.all([startGateway(prefix), startGateway(prefix)]);
-    onTestFinished(async () => void (await testRedis().del(`${prefix}messages`)));
+    onTestFinished(async () => void (await testRedis().del(...allStreams(redisNames(prefix)))));
     const users = Array.from({ length: 200 }, (_, i) => uniqueUser(`bench${i}`));
     const tokens = await Promise.all(users.map((u) => tokenFor(u)));
     // 100 conversations, each between a user on node 1 and a user on node 2.

@@ -4,7 +4,7 @@ import { join } from "node:path";
 import { redisNames } from "@chat/bus";
 import { v7 as uuidv7 } from "uuid";
 import { describe, expect, it, onTestFinished } from "vitest";
-import { dropPrefixAtEnd, freshPrefix, startGateway, startWorker, testRedis, testSql, tokenFor, uniqueUser, waitFor } from "./helpers/index.js";
+import { conversationStream, dropPrefixAtEnd, freshPrefix, startGateway, startWorker, testRedis, testSql, tokenFor, uniqueUser, waitFor } from "./helpers/index.js";
 
 /** A real 1x1 PNG: the upload endpoint may look at the bytes, not only the declared type. */
 const PNG = Buffer.from("iVBORw0KGgoAAAANSUhEUgAAAAEAAAABCAYAAAAfFcSJAAAADUlEQVR42mNk+M9QDwADhgGAWjR9awAAAABJRU5ErkJggg==", "base64");
@@ -36,14 +36,14 @@ describe("refresh-url and stored media references", () => {
     const carols = await uploadPng(base, tc);
     const mine = await uploadPng(base, ta);
 
-    // Messages as a gateway before this check accepted them (straight into the stream; the worker persists them).
+    // Messages as a gateway before this check accepted them (straight into the conversation's partition of the log; the worker persists them).
     const entry = (multimedia_url: string, file_identifier: string) => ({
       kind: "message", id: uuidv7(), from: alice, to: bob, message: "", multimedia_url, file_identifier, date_added: new Date().toISOString(),
     });
     const foreign = entry("https://cdn.example/cat.png", carols.file_identifier);
     const own = entry("https://cdn.example/stale.png", mine.file_identifier);
     const names = redisNames(prefix);
-    for (const e of [foreign, own]) await testRedis().xadd(names.stream, "*", "e", JSON.stringify(e));
+    for (const e of [foreign, own]) await testRedis().xadd(conversationStream(names, alice, bob), "*", "e", JSON.stringify(e));
     const urlOf = async (id: string) =>
       (await testSql()<{ multimedia_url: string | null }[]>`SELECT multimedia_url FROM messages WHERE id = ${id}`)[0]?.multimedia_url;
     await waitFor(async () => {

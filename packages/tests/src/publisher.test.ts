@@ -10,8 +10,9 @@ describe("RedisPublisher", () => {
     const subscriber = new Redis(REDIS_URL);
     onTestFinished(() => void subscriber.disconnect());
     const received: [string, string][] = [];
-    subscriber.on("message", (channel: string, payload: string) => received.push([channel, payload]));
-    await subscriber.subscribe(...channels);
+    // The publisher SPUBLISHes: shard channels.
+    subscriber.on("smessage", (channel: string, payload: string) => received.push([channel, payload]));
+    await subscriber.ssubscribe(...channels);
 
     // 450 spans three script calls (200 each); payloads with newlines, tabs, quotes and non-ASCII.
     const sent: [string, string][] = Array.from({ length: 450 }, (_, i) => [

@@ -29,7 +29,13 @@ export default class ServicesReporter implements Reporter {
     out += skipped.length === 0 ? "Skipped: none.\n" : `Skipped: ${skipped.length}, each with why:\n${skipped.map((s) => `  - ${s}`).join("\n")}\n`;
     const problems = process.env["CHAT_TEST_SERVICES_PROBLEMS"];
     if (process.env["CHAT_TEST_SERVICES"] === "up") {
-      process.stdout.write(`${out}Engines tested: embedded, and Redis + Postgres (both answered).\n`);
+      const cluster = process.env["CHAT_TEST_REDIS_CLUSTER"];
+      process.stdout.write(
+        cluster === "up"
+          ? `${out}Engines tested: embedded, Redis + Postgres (both answered), and a local Redis Cluster (3 masters + 3 replicas) + Postgres.\n`
+          : `${out}Engines tested: embedded, and Redis + Postgres (both answered).\n` +
+              `NOT RUN: the Redis Cluster engine of the engine suites, because the local cluster ${cluster ?? "was not started"}.\n`,
+      );
       return;
     }
     process.stdout.write(

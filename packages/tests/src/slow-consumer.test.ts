@@ -3,7 +3,7 @@ import type { Socket } from "node:net";
 import { describe, expect, it, onTestFinished } from "vitest";
 import { redisNames } from "@chat/bus";
 import { connect, connectReady, freshPrefix, scrape, startGateway, testRedis, tokenFor, uniqueUser, waitFor, type Gateway, type TestClient } from "./helpers/index.js";
-import { dropPrefixAtEnd } from "./helpers/redis.js";
+import { allStreams, dropPrefixAtEnd } from "./helpers/redis.js";
 
 // Register the Redis connection's teardown at file level (it is first used inside the test).
 testRedis();
@@ -43,9 +43,10 @@ describe("slow consumer", () => {
     const prefix = freshPrefix("slow");
     const names = redisNames(prefix);
     dropPrefixAtEnd(prefix);
-    // No worker here: keep this prefix's stream short in the shared Redis (the flood is ~160 MB).
+    // No worker here: keep this prefix's streams (every partition) short in the shared Redis (the flood is ~160 MB).
     const redis = testRedis();
-    const trimmer = setInterval(() => void redis.xtrim(names.stream, "MAXLEN", 0).catch(() => undefined), 200);
+    const streams = allStreams(names);
+    const trimmer = setInterval(() => void Promise.all(streams.map((s) => redis.xtrim(s, "MAXLEN", 0))).catch(() => undefined), 200);
     onTestFinished(() => clearInterval(trimmer));
     const g = await startGateway(prefix, { CHAT_MAX_BACKPRESSURE_BYTES: String(LIMIT), CHAT_RATE_MESSAGES_PER_SECOND: "0" });
     const pid = g.child.pid!;

@@ -15,7 +15,7 @@ import {
   type TestClient,
 } from "./helpers/index.js";
 import { countFrom, holdMemberRow } from "./helpers/db.js";
-import { dropPrefixAtEnd } from "./helpers/redis.js";
+import { conversationStream, dropPrefixAtEnd, logLength } from "./helpers/redis.js";
 
 // Register the pool's and the Redis connection's teardown at file level (first used inside a test).
 testSql();
@@ -73,7 +73,7 @@ describe("stream growth", () => {
     let maxLen = 0;
     const lengths: number[] = [];
     const sampler = setInterval(() => {
-      void redis.xlen(names.stream).then((n) => {
+      void logLength(redis, names).then((n) => {
         lengths.push(n);
         maxLen = Math.max(maxLen, n);
       });
@@ -90,7 +90,7 @@ describe("stream growth", () => {
       expect(ids).toHaveLength(2000);
       await waitFor(async () => expect((await persistedIds(ids)).size).toBe(2000), 15000);
       // Once everything is persisted, the next trims leave nothing behind.
-      await waitFor(async () => expect(await redis.xlen(names.stream)).toBe(0), 5 * TRIM_MS + 3000);
+      await waitFor(async () => expect(await logLength(redis, names)).toBe(0), 5 * TRIM_MS + 3000);
     } finally {
       clearInterval(sampler);
     }
@@ -121,7 +121,12 @@ describe("stream growth", () => {
     const workerEnv = { CHAT_WORKER_TRIM_INTERVAL_MS: String(TRIM_MS), CHAT_WORKER_CLAIM_IDLE_MS: "60000" };
     // The first worker never trims, so the entries it persisted are still there for the later trims.
     const w1 = await startWorker(prefix, { ...workerEnv, CHAT_WORKER_TRIM_INTERVAL_MS: "600000" });
-    const [a, b, c, d] = [uniqueUser("a"), uniqueUser("b"), uniqueUser("c"), uniqueUser("d")];
+    const [a, b] = [uniqueUser("a"), uniqueUser("b")];
+    // The two conversations in two partitions of the log: each partition has its own consumer, and
+    // a batch blocked on one of them must not keep the other from flowing.
+    let [c, d] = [uniqueUser("c"), uniqueUser("d")];
+    while (names.partitionOf(names.roomId(c, d)) === names.partitionOf(names.roomId(a, b))) [c, d] = [uniqueUser("c"), uniqueUser("d")];
+    const [streamAB, streamCD] = [conversationStream(names, a, b), conversationStream(names, c, d)];
     const ab = await openFlow(g, a, b);
     const cd = await openFlow(g, c, d);
     send(ab);
@@ -129,18 +134,19 @@ describe("stream growth", () => {
     const early = [...(await echoed(ab)), ...(await echoed(cd))];
     await waitFor(async () => expect((await persistedIds(early)).size).toBe(2));
 
-    // The worker stops: 50 messages are accepted with no worker running. All stay in the stream.
+    // The worker stops: 50 messages are accepted with no worker running. All stay in the log.
     await w1.stop("SIGTERM");
     for (let i = 0; i < 50; i++) send(ab);
     const held = (await echoed(ab)).slice(1);
     expect(held).toHaveLength(50);
-    expect(await streamIds(names.stream)).toEqual([...early, ...held]);
+    expect(await streamIds(streamAB)).toEqual([early[0], ...held]);
+    expect(await streamIds(streamCD)).toEqual([early[1]]);
 
     // bob's member row is locked, so the next worker reads those 50 and cannot commit them.
     const lock = await holdMemberRow(b, a);
     try {
       await startWorker(prefix, workerEnv);
-      await waitFor(async () => expect(((await testRedis().xpending(names.stream, names.group)) as [number])[0]).toBe(50), 10000);
+      await waitFor(async () => expect(((await testRedis().xpending(streamAB, names.group)) as [number])[0]).toBe(50), 10000);
 
       // Another worker persists a further 1,000 messages of another conversation and trims every 500 ms.
       const w3 = await startWorker(prefix, workerEnv);
@@ -152,10 +158,12 @@ describe("stream growth", () => {
       const flowed = (await echoed(cd)).slice(1);
       expect(flowed).toHaveLength(1000);
       await waitFor(async () => expect((await persistedIds(flowed)).size).toBe(1000), 15000);
-      // The trims ran: what was persisted before the oldest pending entry is gone...
-      await waitFor(async () => expect((await streamIds(names.stream))[0]).toBe(held[0]), 5 * TRIM_MS + 3000);
-      // ...and from that entry on, everything stays: the 50 pending, and what came after them.
-      expect(await streamIds(names.stream)).toEqual([...held, ...flowed]);
+      // The trims ran: in the other conversation's partition, everything (all persisted) is gone...
+      await waitFor(async () => expect(await streamIds(streamCD)).toEqual([]), 5 * TRIM_MS + 3000);
+      // ...in the blocked one, what was persisted before the oldest pending entry is gone...
+      await waitFor(async () => expect((await streamIds(streamAB))[0]).toBe(held[0]), 5 * TRIM_MS + 3000);
+      // ...and from that entry on, everything stays: the 50 pending.
+      expect(await streamIds(streamAB)).toEqual(held);
       expect((await persistedIds(held)).size).toBe(0);
       expect(w3.child.exitCode).toBeNull();
     } finally {
@@ -167,7 +175,7 @@ describe("stream growth", () => {
       expect(await countFrom(a, b)).toBe(51);
       expect(await countFrom(c, d)).toBe(1001);
     }, 15000);
-    await waitFor(async () => expect(await testRedis().xlen(names.stream)).toBe(0), 5 * TRIM_MS + 3000);
+    await waitFor(async () => expect(await logLength(testRedis(), names)).toBe(0), 5 * TRIM_MS + 3000);
     expect(await unreadOf(b, a)).toBe(51);
     expect(await unreadOf(d, c)).toBe(1001);
     console.log(

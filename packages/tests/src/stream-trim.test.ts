@@ -1,32 +1,45 @@
+import { v7 as uuidv7 } from "uuid";
 import { describe, expect, it } from "vitest";
-import { MessageStream, redisNames } from "@chat/bus";
+import { RedisMessageLog, redisNames, type StreamEntry } from "@chat/bus";
 import { freshPrefix, testRedis } from "./helpers/index.js";
 
 describe("stream trimming", () => {
   it("deletes acknowledged entries only, never a pending or undelivered one", async () => {
     const redis = testRedis();
     const names = redisNames(freshPrefix("trim"));
-    const stream = new MessageStream(redis, names);
+    const log = new RedisMessageLog(redis, names, { idempotencyTtlSeconds: 60 });
+    // One conversation: all its entries go to one partition, which is trimmed on its own.
+    const conversation = names.roomId("o", "r");
+    const stream = log.partition(log.partitionOf(conversation));
     await stream.ensureGroup();
-    for (let i = 0; i < 10; i++) await stream.append({ kind: "read", reader: `r${i}`, other: "o" });
+    const entries: StreamEntry[] = Array.from({ length: 10 }, (_, i) => ({
+      kind: "message",
+      id: uuidv7(),
+      from: "r",
+      to: "o",
+      message: `m${i}`,
+      multimedia_url: null,
+      date_added: new Date().toISOString(),
+    }));
+    for (const entry of entries) await log.append(conversation, entry);
     const batch = await stream.read("c1", 6, 100);
     expect(batch).toHaveLength(6);
     // Acknowledge all but the third: entries from the third on must stay.
     await stream.ack(batch.filter((_, i) => i !== 2).map((e) => e.streamId));
     await stream.trimAcknowledged();
-    const left = (await redis.xrange(names.stream, "-", "+")).map(([id]) => id);
+    const left = (await redis.xrange(stream.stream, "-", "+")).map(([id]) => id);
     expect(left[0]).toBe(batch[2]!.streamId);
     expect(left).toHaveLength(8);
 
     await stream.ack([batch[2]!.streamId]);
     await stream.trimAcknowledged();
     // The four never-delivered entries remain.
-    expect(await redis.xlen(names.stream)).toBe(4);
+    expect(await redis.xlen(stream.stream)).toBe(4);
     const rest = await stream.read("c1", 10, 100);
-    expect(rest.map((e) => e.entry)).toEqual([6, 7, 8, 9].map((i) => ({ kind: "read", reader: `r${i}`, other: "o" })));
+    expect(rest.map((e) => e.entry)).toEqual(entries.slice(6));
     await stream.ack(rest.map((e) => e.streamId));
     await stream.trimAcknowledged();
-    expect(await redis.xlen(names.stream)).toBe(0);
-    await redis.del(names.stream);
+    expect(await redis.xlen(stream.stream)).toBe(0);
+    await redis.del(stream.stream);
   });
 });

@@ -1,5 +1,6 @@
 import { randomBytes } from "node:crypto";
 import { describe, expect, it } from "vitest";
+import { redisNames } from "@chat/bus";
 import {
   connect,
   connectReady,
@@ -13,28 +14,36 @@ import {
   type Gateway,
 } from "./helpers/index.js";
 
-/** Channel names as packages/bus/src/names.ts builds them. */
-const roomChannel = (prefix: string, a: string, b: string): string => `${prefix}room:${a < b ? `${a}:${b}` : `${b}:${a}`}`;
-const userChannel = (prefix: string, user: string): string => `${prefix}user:${user}`;
+/** Channel names as packages/bus/src/names.ts builds them (shard channels: the gateways SSUBSCRIBE). */
+const roomChannel = (prefix: string, a: string, b: string): string => {
+  const names = redisNames(prefix);
+  return names.roomChannel(names.roomId(a, b));
+};
+const userChannel = (prefix: string, user: string): string => redisNames(prefix).userChannel(user);
 
-/** Every channel of this prefix with at least one subscriber anywhere, sorted. */
+/** Every shard channel of this prefix with at least one subscriber anywhere, sorted. */
 async function channelsOf(prefix: string): Promise<string[]> {
-  const list = (await testRedis().pubsub("CHANNELS", `${prefix}*`)) as string[];
+  const list = (await testRedis().pubsub("SHARDCHANNELS", `${prefix}*`)) as string[];
   return [...list].sort();
 }
 
-/** How many connections (i.e. nodes: each has one subscriber connection) are subscribed to `channel`. */
+/** How many connections (i.e. nodes: each has one subscriber connection) are subscribed to shard channel `channel`. */
 async function numsub(channel: string): Promise<number> {
-  const reply = (await testRedis().pubsub("NUMSUB", channel)) as [string, number | string];
+  const reply = (await testRedis().pubsub("SHARDNUMSUB", channel)) as [string, number | string];
   return Number(reply[1]);
 }
 
-/** How many channels one node's subscriber connection (named `<node id>:subscriber`) is subscribed to. */
+/**
+ * How many channels one node's subscriber connection (named `<node id>:subscriber`) is subscribed
+ * to: shard channels (ssub), and none the plain way (sub, psub), which nothing publishes to any more.
+ */
 async function nodeSubscriptions(nodeId: string): Promise<number> {
   const list = (await testRedis().client("LIST")) as string;
   const line = list.split("\n").find((l) => l.includes(` name=${nodeId}:subscriber `));
   if (!line) throw new Error(`no subscriber connection of node ${nodeId}`);
-  return Number(/ sub=(\d+) /.exec(line)![1]);
+  expect(Number(/ sub=(\d+) /.exec(line)![1]), `plain channels of ${nodeId}:subscriber`).toBe(0);
+  expect(Number(/ psub=(\d+) /.exec(line)![1]), `patterns of ${nodeId}:subscriber`).toBe(0);
+  return Number(/ ssub=(\d+) /.exec(line)![1]);
 }
 
 interface Node {
@@ -100,7 +109,8 @@ describe("subscriptions", () => {
     // Upper case sorts before lower case in JS string order (not in a locale-aware one).
     const zoe = uniqueUser("Zoe");
     const amy = uniqueUser("amy");
-    const expected = `${prefix}room:${zoe}:${amy}`;
+    const expected = roomChannel(prefix, zoe, amy);
+    expect(expected.endsWith(`:room:${zoe}:${amy}`)).toBe(true);
 
     const z = await connectReady(n1.g.url, `/ws/${amy}/`, await tokenFor(zoe));
     expect(await channelsOf(prefix)).toEqual([expected]);

@@ -2,7 +2,10 @@ import { describe, expect, it } from "vitest";
 import { redisNames } from "@chat/bus";
 import {
   connectReady,
+  conversationStream,
+  conversationsBacklog,
   freshPrefix,
+  logLength,
   messagesBetween,
   sharedPair,
   startGateway,
@@ -216,7 +219,7 @@ describe("unread counts", () => {
     for (let i = 0; i < 4; i++) await say(vChat, `before-read-${i}`);
     await uChat.until((f) => f.filter((x) => x.type === "chat_message").length === 4, 5000, "U sees the messages");
     uChat.send({ type: "read_messages" });
-    await waitFor(async () => (await redis.xlen(names.stream)) === 5);
+    await waitFor(async () => (await redis.xlen(conversationStream(names, u, v))) === 5);
     expect(await messagesBetween(u, v)).toHaveLength(0);
 
     await startWorker(prefix);
@@ -243,9 +246,10 @@ describe("unread counts", () => {
     const uAll = await connectReady(g.url, "/ws/notifications/", tu);
     const vChat = await connectReady(g.url, `/ws/${u}/`, tv);
     const early = await say(vChat, "accepted before any worker");
-    await waitFor(async () => (await redis.xlen(names.stream)) === 1);
-    // No worker ever ran on this prefix: the stream has no consumer group yet.
-    expect(await redis.xinfo("GROUPS", names.stream)).toEqual([]);
+    const stream = conversationStream(names, u, v);
+    await waitFor(async () => (await redis.xlen(stream)) === 1);
+    // No worker ever ran on this prefix: the conversation's partition stream has no consumer group yet.
+    expect(await redis.xinfo("GROUPS", stream)).toEqual([]);
 
     await startWorker(prefix);
     const rows = await waitFor(async () => {
@@ -273,14 +277,15 @@ describe("unread counts", () => {
     for (let i = 0; i < 5; i++) await say(vChat, `early-${i}`);
     await uChat.until((f) => f.filter((x) => x.type === "chat_message").length === 5, 5000, "U sees the messages");
     uChat.send({ type: "read_messages" });
-    await waitFor(async () => (await redis.xlen(names.stream)) === 6);
+    const stream = conversationStream(names, u, v);
+    await waitFor(async () => (await redis.xlen(stream)) === 6);
     await say(vChat, "late-0");
     await say(vChat, "late-1");
 
     // A consumer of the group that is alive but slow takes the five early messages and keeps them;
     // the first worker never claims them (claim idle 60 s), so it applies the read first.
-    await redis.xgroup("CREATE", names.stream, names.group, "0");
-    const held = (await redis.xreadgroup("GROUP", names.group, "slow", "COUNT", 5, "STREAMS", names.stream, ">")) as [string, [string, string[]][]][];
+    await redis.xgroup("CREATE", stream, names.group, "0");
+    const held = (await redis.xreadgroup("GROUP", names.group, "slow", "COUNT", 5, "STREAMS", stream, ">")) as [string, [string, string[]][]][];
     const heldIds = held[0]![1].map(([id]) => id);
     expect(heldIds).toHaveLength(5);
     const first = await startWorker(prefix, { CHAT_WORKER_CLAIM_IDLE_MS: "60000" });
@@ -326,7 +331,7 @@ describe("unread counts", () => {
         p.uChat.send({ type: "read_messages" });
       }
       entries += which.length;
-      await waitFor(async () => (await redis.xlen(names.stream)) === entries);
+      await waitFor(async () => (await logLength(redis, names)) === entries);
     };
     // Both workers wait on the group before the first entry: Redis hands new entries to blocked
     // readers in turn, so both take part however fast each one writes. No trimming during the test:
@@ -342,7 +347,7 @@ describe("unread counts", () => {
 
     await waitFor(async () => {
       for (const p of pairs) expect(await messagesBetween(p.u, p.v)).toHaveLength(13);
-      expect(((await redis.xpending(names.stream, names.group)) as [number])[0]).toBe(0);
+      expect((await conversationsBacklog(redis, names, pairs.map((p) => [p.u, p.v] as const))).pending).toBe(0);
       return true;
     }, 15000);
     expect(await Promise.all(pairs.map((p) => unreadOf(p.u, p.v)))).toEqual(expected);

@@ -2,6 +2,7 @@ import { describe, expect, it } from "vitest";
 import { redisNames } from "@chat/bus";
 import {
   connectReady,
+  conversationsBacklog,
   freshPrefix,
   startGateway,
   startWorker,
@@ -107,7 +108,8 @@ async function expectExactlyOnce(prefix: string, users: string[], flows: Flow[])
   }
   const redis = testRedis();
   const names = redisNames(prefix);
-  await waitFor(async () => ((await redis.xpending(names.stream, names.group)) as [number])[0] === 0, 10000);
+  const conversations = flows.map((f) => [f.from, f.to] as const);
+  await waitFor(async () => (await conversationsBacklog(redis, names, conversations)).pending === 0, 10000);
 }
 
 const claims = (workers: RunningProcess[]) =>

@@ -1,8 +1,8 @@
 import { Redis } from "ioredis";
 import { v7 as uuidv7 } from "uuid";
 import { describe, expect, it } from "vitest";
-import { ALL, MessageStream, decodeEnvelope, redisNames, type StreamEntry } from "@chat/bus";
-import { REDIS_URL, dropPrefixAtEnd, freshPrefix, startWorker, testRedis, testSql, uniqueUser, unreadOf, waitFor } from "./helpers/index.js";
+import { ALL, RedisMessageLog, decodeEnvelope, redisNames, type StreamEntry } from "@chat/bus";
+import { REDIS_URL, dropPrefixAtEnd, freshPrefix, logBacklog, startWorker, testRedis, testSql, uniqueUser, unreadOf, waitFor } from "./helpers/index.js";
 
 const PAIRS = 30;
 const ROUNDS = 40;
@@ -14,8 +14,10 @@ describe("worker writing a backlog in parallel parts", () => {
   it("persists every entry once with exact counts, and announces each user's counts in stream order", async () => {
     const prefix = freshPrefix("par");
     dropPrefixAtEnd(prefix);
-    const names = redisNames(prefix);
-    const stream = new MessageStream(testRedis(), names);
+    // One partition: the backlog is one stream whose batches are full and mix every pair and the
+    // bridges between them (with 16, each conversation's few entries would be batches of their own).
+    const names = redisNames(prefix, 1);
+    const log = new RedisMessageLog(testRedis(), names, { idempotencyTtlSeconds: 60 });
     const a = Array.from({ length: PAIRS }, (_, i) => uniqueUser(`pa${i}`));
     const b = Array.from({ length: PAIRS }, (_, i) => uniqueUser(`pb${i}`));
 
@@ -38,13 +40,15 @@ describe("worker writing a backlog in parallel parts", () => {
       }
     }
     // The group exists before the backlog, so that an empty backlog below means consumed.
-    await stream.ensureGroup();
-    for (const entry of entries) await stream.append(entry);
+    await log.partition(0).ensureGroup();
+    for (const entry of entries) {
+      await log.append(entry.kind === "message" ? names.roomId(entry.from, entry.to) : names.roomId(entry.reader, entry.other), entry);
+    }
 
     // b[0]'s notifications, straight from its user channel.
     const subscriber = new Redis(REDIS_URL);
     const totals: number[] = [];
-    subscriber.on("messageBuffer", (_channel: Buffer, payload: Buffer) => {
+    subscriber.on("smessageBuffer", (_channel: Buffer, payload: Buffer) => {
       const envelope = decodeEnvelope(payload);
       if (envelope.target !== ALL) return;
       for (const frame of envelope.frames) {
@@ -52,11 +56,11 @@ describe("worker writing a backlog in parallel parts", () => {
         if (event.type === "new_message_notification") totals.push(event.unread_count);
       }
     });
-    await subscriber.subscribe(names.userChannel(b[0]!));
+    await subscriber.ssubscribe(names.userChannel(b[0]!));
     try {
-      const worker = await startWorker(prefix, { CHAT_WORKER_PARALLEL_BATCHES: "2", LOG_LEVEL: "debug" });
+      const worker = await startWorker(prefix, { CHAT_PARTITIONS: "1", CHAT_WORKER_PARALLEL_BATCHES: "2", LOG_LEVEL: "debug" });
       await waitFor(async () => {
-        const { lag, pending } = await stream.backlog();
+        const { lag, pending } = await logBacklog(testRedis(), names);
         if (lag !== 0 || pending !== 0) throw new Error(`backlog lag=${lag} pending=${pending}`);
       }, 30000);
 

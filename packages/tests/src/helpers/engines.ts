@@ -6,14 +6,23 @@ import { freshPrefix } from "./env.js";
 import { spawnNode, startGateway, startWorker, type RunningProcess, type SpawnOptions } from "./processes.js";
 import { atEnd, atFileEnd } from "./scope.js";
 
-/** The two engines the same code runs on. */
-export type EngineKind = "embedded" | "redis";
+/** The engines the same code runs on: embedded, Redis + Postgres, and a Redis Cluster + Postgres. */
+export type EngineKind = "embedded" | "redis" | "redis-cluster";
 
 /** Set by vitest.config.ts after probing: "up" when Redis and Postgres answer, else why not. */
 export const servicesUp = process.env["CHAT_TEST_SERVICES"] === "up";
 
-/** The engines this run can test: embedded always, Redis and Postgres when they answer. */
-export const engines: EngineKind[] = servicesUp ? ["embedded", "redis"] : ["embedded"];
+/** The local Redis Cluster of this run (global-setup.ts), when it started. */
+export const REDIS_CLUSTER_URL = process.env["CHAT_TEST_REDIS_CLUSTER_URL"] || null;
+
+/** The engines this run can test: embedded always, Redis and Postgres when they answer, the cluster when it started. */
+export const engines: EngineKind[] = servicesUp ? ["embedded", "redis", ...(REDIS_CLUSTER_URL ? (["redis-cluster"] as const) : [])] : ["embedded"];
+
+/** The engines on Redis, for suites about Redis behaviour: the single instance, and the cluster when it started. */
+export const redisEngines: ("redis" | "redis-cluster")[] = servicesUp ? ["redis", ...(REDIS_CLUSTER_URL ? (["redis-cluster"] as const) : [])] : [];
+
+/** The environment that points a gateway or worker at an engine's Redis. */
+export const redisEnv = (kind: "redis" | "redis-cluster"): Record<string, string> => (kind === "redis-cluster" ? { REDIS_URL: REDIS_CLUSTER_URL! } : {});
 
 /** A running deployment of one engine, seen from outside: WebSocket and HTTP entry points. */
 export interface EngineDeployment {
@@ -50,7 +59,7 @@ export function sharedEngine(kind: EngineKind, env: Record<string, string | unde
 
 /** Starts a deployment; every process is killed and its data removed when the test ends. */
 export async function startEngine(kind: EngineKind, env: Record<string, string | undefined> = {}, lifetime: Lifetime = "test"): Promise<EngineDeployment> {
-  return kind === "embedded" ? startEmbedded(env, lifetime) : startRedis(env, lifetime);
+  return kind === "embedded" ? startEmbedded(env, lifetime) : startRedis(kind, { ...redisEnv(kind), ...env }, lifetime);
 }
 
 /** Whose end stops a deployment's processes, its restarts' included: the test's, or the file's. */
@@ -99,7 +108,7 @@ async function startEmbedded(env: Record<string, string | undefined>, lifetime: 
   };
 }
 
-async function startRedis(env: Record<string, string | undefined>, lifetime: Lifetime): Promise<EngineDeployment> {
+async function startRedis(kind: "redis" | "redis-cluster", env: Record<string, string | undefined>, lifetime: Lifetime): Promise<EngineDeployment> {
   const prefix = freshPrefix("engine");
   let processes: RunningProcess[] = [];
   const ports: [number, number] = [0, 0];
@@ -112,7 +121,7 @@ async function startRedis(env: Record<string, string | undefined>, lifetime: Lif
   };
   await start();
   return {
-    kind: "redis",
+    kind,
     get nodes() {
       return [wsOf(ports[0]), wsOf(ports[1])] as const;
     },

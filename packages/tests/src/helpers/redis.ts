@@ -1,3 +1,4 @@
+import type { RedisNames } from "@chat/bus";
 import { Redis } from "ioredis";
 import { afterAll } from "vitest";
 import { REDIS_URL } from "./env.js";
@@ -32,4 +33,80 @@ export function dropPrefixAtEnd(prefix: string): void {
       if (keys.length > 0) await redis.unlink(...keys);
     } while (cursor !== "0");
   });
+}
+
+/** The stream key of the message-log partition holding the conversation of `a` and `b`. */
+export function conversationStream(names: RedisNames, a: string, b: string): string {
+  return names.stream(names.partitionOf(names.roomId(a, b)));
+}
+
+/** Every partition's stream key, in partition order. */
+export function allStreams(names: RedisNames): string[] {
+  return Array.from({ length: names.partitions }, (_, p) => names.stream(p));
+}
+
+/** A stream entry as ioredis returns it: its id and its field/value list. */
+export type RawStreamEntry = [id: string, fields: string[]];
+
+/**
+ * Every entry of every partition of the message log, partition after partition (each in stream
+ * order), for tests that look for client_ids or ids across several conversations.
+ */
+export async function allLogEntries(redis: Redis, names: RedisNames): Promise<RawStreamEntry[]> {
+  const perPartition = await Promise.all(allStreams(names).map((s) => redis.xrange(s, "-", "+")));
+  return perPartition.flat();
+}
+
+/** Entries in every partition's stream together (XLEN summed; a missing stream counts 0). */
+export async function logLength(redis: Redis, names: RedisNames): Promise<number> {
+  const lengths = await Promise.all(allStreams(names).map((s) => redis.xlen(s)));
+  return lengths.reduce((a, b) => a + b, 0);
+}
+
+/**
+ * The persisters' group backlog summed over every partition: `pending` delivered but unacknowledged,
+ * `lag` not yet delivered (XINFO GROUPS). A partition without a stream or group counts 0.
+ */
+export async function logBacklog(redis: Redis, names: RedisNames): Promise<{ pending: number; lag: number }> {
+  const total = { pending: 0, lag: 0 };
+  for (const stream of allStreams(names)) {
+    const g = await groupOf(redis, stream, names.group);
+    if (!g) continue;
+    total.pending += Number(g["pending"]);
+    total.lag += Number(g["lag"]);
+  }
+  return total;
+}
+
+/** One consumer group of a stream as XINFO GROUPS describes it, or null without the stream or group. */
+export async function groupOf(redis: Redis, stream: string, group: string): Promise<Record<string, unknown> | null> {
+  let groups: unknown[][];
+  try {
+    groups = (await redis.xinfo("GROUPS", stream)) as unknown[][];
+  } catch (err) {
+    if (err instanceof Error && err.message.includes("no such key")) return null;
+    throw err;
+  }
+  for (const g of groups) {
+    const o: Record<string, unknown> = {};
+    for (let i = 0; i + 1 < g.length; i += 2) o[String(g[i])] = g[i + 1];
+    if (o["name"] === group) return o;
+  }
+  return null;
+}
+
+/**
+ * The persisters' group backlog summed over the partitions of these conversations (each partition
+ * once); throws when one of them has no stream or no group yet, as a single-stream check would.
+ */
+export async function conversationsBacklog(redis: Redis, names: RedisNames, conversations: readonly (readonly [string, string])[]): Promise<{ pending: number; lag: number }> {
+  const streams = new Set(conversations.map(([a, b]) => conversationStream(names, a, b)));
+  const total = { pending: 0, lag: 0 };
+  for (const stream of streams) {
+    const g = await groupOf(redis, stream, names.group);
+    if (!g) throw new Error(`no consumer group ${names.group} on ${stream}`);
+    total.pending += Number(g["pending"]);
+    total.lag += Number(g["lag"]);
+  }
+  return total;
 }
