@@ -110,7 +110,7 @@ export async function startWorker(config: Readonly<WorkerConfig>, parts: WorkerP
       ]);
       clearTimeout(timer);
       if (!stopped) {
-        log.warn({ timeoutMs: config.stopTimeoutMs }, "batches in hand not finished in time; leaving them pending for another worker");
+        log.warn({ timeoutMs: config.stopTimeoutMs }, "batch in hand not finished in time; leaving it pending for another worker");
         return false;
       }
       await new Promise((resolve) => http.close(resolve));
