@@ -361,7 +361,14 @@ export class GatewayServer {
       endpoint.kind === "chat"
         ? new ChatSession(this.core, socket, data.username, endpoint.other, data.since)
         : new NotificationSession(this.core, socket, data.username, endpoint.kind === "notifications" ? undefined : endpoint.other);
-    void data.session.start();
+    // Not inside this handler: uWebSockets.js calls it from within res.upgrade, and a session set-up
+    // run there (a channel registered with the router, which subscribes on Redis) made the build we
+    // use (20.30 unofficial) end the fresh socket at once without a close frame (1006), for some
+    // lengths of the names involved and not others: reproducible with a fixed prefix and pair of
+    // users, and gone when the set-up runs after the handler returned. A microtask runs before any
+    // frame of the socket can arrive (uWebSockets.js callbacks are macrotasks).
+    const session = data.session;
+    queueMicrotask(() => void session.start());
   }
 
   /**
