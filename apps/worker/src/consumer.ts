@@ -74,11 +74,31 @@ export class StreamConsumer {
 
   start(): void {
     this.stopped = this.run();
+    // On its own timer, not in the loop: a batch held up (a lock, Postgres down) must not keep the
+    // partition's acknowledged entries in Redis, and no other worker trims a partition it does not own.
+    let trimming = false;
+    this.trimTimer = setInterval(() => {
+      if (trimming) return;
+      trimming = true;
+      this.stream
+        .trimAcknowledged()
+        .then(
+          (trimmed) => {
+            if (trimmed > 0) this.log.debug({ trimmed }, "stream trimmed");
+          },
+          (err: unknown) => this.log.warn({ err }, "stream trim failed"),
+        )
+        .finally(() => (trimming = false));
+    }, this.options.trimIntervalMs);
+    this.trimTimer.unref();
   }
+
+  private trimTimer: NodeJS.Timeout | null = null;
 
   /** Finishes the batch in hand (written, published, acknowledged) and stops reading. */
   async stop(): Promise<void> {
     this.stopping = true;
+    if (this.trimTimer) clearInterval(this.trimTimer);
     await this.stopped;
   }
 
@@ -93,9 +113,8 @@ export class StreamConsumer {
   }
 
   private async run(): Promise<void> {
-    const { consumerName, batchSize, blockMs, claimIdleMs, claimIntervalMs, trimIntervalMs } = this.options;
+    const { consumerName, batchSize, blockMs, claimIdleMs, claimIntervalMs } = this.options;
     let nextClaim = 0;
-    let nextTrim = Date.now() + trimIntervalMs;
     let backoff = 0;
     // The group is (re)created at start and whenever Redis says it is gone (a Redis restarted
     // without persistence comes back empty).
@@ -129,11 +148,6 @@ export class StreamConsumer {
           lastRead = entries.length;
         }
         if (entries.length > 0) await this.handle(entries);
-        if (Date.now() >= nextTrim) {
-          nextTrim = Date.now() + trimIntervalMs;
-          const trimmed = await this.stream.trimAcknowledged();
-          if (trimmed > 0) this.log.debug({ trimmed }, "stream trimmed");
-        }
         backoff = 0;
       } catch (err) {
         if (err instanceof Error && err.message.includes("NOGROUP")) needGroup = true;

@@ -14,6 +14,8 @@ import {
   testSql,
   tokenFor,
   uniqueUser,
+  userWhose,
+  waitForLeaseShares,
   unreadOf,
   waitFor,
   type Frame,
@@ -308,9 +310,17 @@ describe("unread counts", () => {
     const [g1, g2] = await Promise.all([startGateway(prefix), startGateway(prefix)]);
     const names = redisNames(prefix);
     const redis = testRedis();
+    // The workers share the partitions (short leases: the second takes its share within a second or
+    // two); the pairs' conversations alternate between the two workers' partitions, so both write.
+    // No trimming during the test: readAll counts the log's entries.
+    const workerEnv = { CHAT_WORKER_BATCH_SIZE: "2", CHAT_WORKER_TRIM_INTERVAL_MS: "600000", CHAT_WORKER_LEASE_TTL_MS: "1500", LOG_LEVEL: "debug" };
+    const workers = await Promise.all([startWorker(prefix, workerEnv), startWorker(prefix, workerEnv)]);
+    const owners = await waitForLeaseShares(redis, names, 2);
+    const holders = [...new Set(owners)];
     const pairs = await Promise.all(
       [0, 1, 2, 3].map(async (i) => {
-        const [u, v] = [uniqueUser(`u${i}`), uniqueUser(`v${i}`)];
+        const u = uniqueUser(`u${i}`);
+        const v = userWhose(names, `v${i}`, u, (p) => owners[p] === holders[i % 2]);
         const [tu, tv] = await Promise.all([tokenFor(u), tokenFor(v)]);
         const gv = i % 2 === 0 ? g1 : g2;
         const gu = i % 2 === 0 ? g2 : g1;
@@ -333,11 +343,6 @@ describe("unread counts", () => {
       entries += which.length;
       await waitFor(async () => (await logLength(redis, names)) === entries);
     };
-    // Both workers wait on the group before the first entry: Redis hands new entries to blocked
-    // readers in turn, so both take part however fast each one writes. No trimming during the test:
-    // readAll counts the stream's entries.
-    const workerEnv = { CHAT_WORKER_BATCH_SIZE: "2", CHAT_WORKER_TRIM_INTERVAL_MS: "600000", LOG_LEVEL: "debug" };
-    const workers = await Promise.all([startWorker(prefix, workerEnv), startWorker(prefix, workerEnv)]);
     await burst(6, "a");
     await readAll(pairs);
     await burst(4, "b");

@@ -4,6 +4,8 @@ import {
   connectReady,
   conversationsBacklog,
   freshPrefix,
+  userWhose,
+  waitForLeaseShares,
   startGateway,
   startWorker,
   testRedis,
@@ -27,10 +29,20 @@ interface Flow {
 
 /**
  * Three conversations, messages flowing both ways in each, senders spread over both gateways:
- * A<->B, C->B, B->C, D<->A. B and A receive from two partners, so their counters race.
+ * A<->B, C->B, B->C, D<->A. B and A receive from two partners, so their counters race. Given the
+ * partitions' owners, the three conversations go to partitions of as many different workers as
+ * there are (so that with several workers, each writes some of them, and A's and B's counters are
+ * written by two workers at once).
  */
-async function openFlows(gateways: Gateway[]): Promise<{ users: string[]; flows: Flow[] }> {
-  const [a, b, c, d] = [uniqueUser("a"), uniqueUser("b"), uniqueUser("c"), uniqueUser("d")];
+async function openFlows(gateways: Gateway[], prefix: string, owners?: string[]): Promise<{ users: string[]; flows: Flow[] }> {
+  const names = redisNames(prefix);
+  const [a, b] = [uniqueUser("a"), uniqueUser("b")];
+  const workers = owners ? [...new Set(owners)] : [];
+  const ownedBy = (k: number) => (p: number) => workers.length === 0 || owners![p] === workers[k % workers.length];
+  const first = names.partitionOf(names.roomId(a, b));
+  const start = owners ? workers.indexOf(owners[first]!) : 0;
+  const c = userWhose(names, "c", b, ownedBy(start + 1));
+  const d = userWhose(names, "d", a, ownedBy(start + 2));
   const directed: [string, string][] = [
     [a, b],
     [b, a],
@@ -122,8 +134,10 @@ describe("worker crash and concurrent workers", () => {
   it("loses nothing and writes nothing twice when the worker is SIGKILLed repeatedly while messages flow", async () => {
     const prefix = freshPrefix("crash");
     const gateways = await Promise.all([startGateway(prefix, NO_RATE_LIMIT), startGateway(prefix, NO_RATE_LIMIT)]);
-    const { users, flows } = await openFlows(gateways);
-    const env = { CHAT_WORKER_BATCH_SIZE: "4" };
+    const { users, flows } = await openFlows(gateways, prefix);
+    // A killed worker's partitions pass to the next one once its leases expire (about 1.3 x the TTL,
+    // 10 s by default): 2 s here, so each replacement writes within the wait below.
+    const env = { CHAT_WORKER_BATCH_SIZE: "4", CHAT_WORKER_LEASE_TTL_MS: "2000" };
     const rounds = 110; // x 6 flows = 660 messages
 
     let sending = true;
@@ -158,16 +172,18 @@ describe("worker crash and concurrent workers", () => {
     expect(claims(workers)).toBeGreaterThan(0);
   });
 
-  it.each([2, 3])("keeps every message exactly once and every counter exact with %i workers on the same stream", async (n) => {
+  it.each([2, 3])("keeps every message exactly once and every counter exact with %i workers sharing the partitions", async (n) => {
     const prefix = freshPrefix(`workers${n}`);
     const gateways = await Promise.all([startGateway(prefix, NO_RATE_LIMIT), startGateway(prefix, NO_RATE_LIMIT)]);
+    // Short leases: the workers that join take their share within a second or two.
     const workers = await Promise.all(
-      Array.from({ length: n }, () => startWorker(prefix, { CHAT_WORKER_BATCH_SIZE: "3", LOG_LEVEL: "debug" })),
+      Array.from({ length: n }, () => startWorker(prefix, { CHAT_WORKER_BATCH_SIZE: "3", CHAT_WORKER_LEASE_TTL_MS: "1500", LOG_LEVEL: "debug" })),
     );
-    const { users, flows } = await openFlows(gateways);
+    const owners = await waitForLeaseShares(testRedis(), redisNames(prefix), n);
+    const { users, flows } = await openFlows(gateways, prefix, owners);
     for (let r = 0; r < 110; r++) sendRound(flows);
     await expectExactlyOnce(prefix, users, flows);
-    // Every worker took a share of the stream.
+    // Every worker wrote its share: the conversations lie in partitions of each of them.
     for (const w of workers) expect(w.logs.filter((l) => l["msg"] === "batch persisted").length).toBeGreaterThan(0);
   });
 });

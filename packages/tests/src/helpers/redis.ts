@@ -1,8 +1,9 @@
 import type { RedisNames } from "@chat/bus";
 import { Redis } from "ioredis";
-import { afterAll } from "vitest";
-import { REDIS_URL } from "./env.js";
+import { afterAll, expect } from "vitest";
+import { REDIS_URL, uniqueUser } from "./env.js";
 import { atEnd } from "./scope.js";
+import { waitFor } from "./wait.js";
 
 let client: Redis | null = null;
 
@@ -109,4 +110,34 @@ export async function conversationsBacklog(redis: Redis, names: RedisNames, conv
     total.lag += Number(g["lag"]);
   }
   return total;
+}
+
+/** Who holds each partition's lease now (null: nobody). */
+export async function leaseOwners(redis: Redis, names: RedisNames): Promise<(string | null)[]> {
+  return Promise.all(Array.from({ length: names.partitions }, (_, p) => redis.get(names.partitionLease(p))));
+}
+
+/**
+ * Waits until every partition is leased and `workers` distinct workers share them (a worker that
+ * joins takes its share at the next heartbeats); returns each partition's owner.
+ */
+export async function waitForLeaseShares(redis: Redis, names: RedisNames, workers: number, timeoutMs = 15000): Promise<string[]> {
+  return waitFor(
+    async () => {
+      const owners = await leaseOwners(redis, names);
+      expect(owners.every((o) => o !== null), `every partition leased: ${JSON.stringify(owners)}`).toBe(true);
+      expect(new Set(owners).size, `distinct lease holders: ${JSON.stringify(owners)}`).toBe(workers);
+      return owners as string[];
+    },
+    timeoutMs,
+  );
+}
+
+/** A fresh username whose conversation with `other` lies in a partition `wanted` accepts. */
+export function userWhose(names: RedisNames, label: string, other: string, wanted: (partition: number) => boolean): string {
+  for (let i = 0; i < 10_000; i++) {
+    const user = uniqueUser(label);
+    if (wanted(names.partitionOf(names.roomId(user, other)))) return user;
+  }
+  throw new Error(`no username for ${label} puts its conversation with ${other} where wanted`);
 }
