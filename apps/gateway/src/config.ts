@@ -25,6 +25,13 @@ export const GATEWAY_SETTINGS = {
   },
   maxBackpressureBytes: { env: "CHAT_MAX_BACKPRESSURE_BYTES", default: "4194304", description: "Bytes queued to a socket that does not read before it is closed", parse: integer(65536, 1 << 30) },
   idleTimeoutSeconds: { env: "CHAT_IDLE_TIMEOUT_SECONDS", default: "120", description: "A silent socket is closed after this; the server pings before", parse: integer(8, 960) },
+  echoDeadlineMs: {
+    env: "CHAT_ECHO_DEADLINE_MS",
+    default: "3000",
+    description:
+      "A sender's echo that its conversation's channel has not delivered this long after the accept is sent directly, and the node subscribes every channel again (a shard's subscription was lost, e.g. in a failover; ms)",
+    parse: integer(200, 60000),
+  },
   unsubscribeDelayMs: {
     env: "CHAT_UNSUBSCRIBE_DELAY_MS",
     default: "2000",
@@ -97,6 +104,7 @@ export interface GatewayConfig {
   maxBackpressureBytes: number;
   idleTimeoutSeconds: number;
   unsubscribeDelayMs: number;
+  echoDeadlineMs: number;
   presenceTtlMs: number;
   drainWindowMs: number;
   idleGcGrowthMb: number;

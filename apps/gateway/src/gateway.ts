@@ -105,6 +105,9 @@ export async function startGateway(config: Readonly<GatewayConfig>, parts: Gatew
   const connections = parts.connections;
   if (connections) core.refreshConnections = (entries) => connections.refresh(entries);
   core.startPresenceUpkeep();
+  core.startEchoWatch(config.echoDeadlineMs, () => {
+    router.resubscribeAll().catch((err: unknown) => busLog.warn({ err }, "subscribing every channel again failed"));
+  });
 
   const verifier = new TokenVerifier(config.jwtSecret, { audience: config.jwtAudience, issuer: config.jwtIssuer, allowNoExp: config.jwtAllowNoExp });
   const signer = new MediaUrlSigner(config.jwtSecret, config.mediaUrlTtlSeconds);

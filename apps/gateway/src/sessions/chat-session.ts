@@ -30,6 +30,9 @@ const SINCE_WINDOW_MS = 5_000;
 /** Log entries of that window looked at, at most, to find a `since` id (the bound of an unknown id's cost). */
 const SINCE_SCAN = 1_000;
 
+/** How long an echo sent directly is remembered, so a late copy from the channel is dropped. */
+const SENT_DIRECTLY_KEPT_MS = 60_000;
+
 /** A message to replay, at its position in the conversation's order. */
 interface ReplayMessage {
   position: bigint;
@@ -46,8 +49,13 @@ export class ChatSession extends SubscribedSession {
    * only acknowledgement; if the node's subscriber drops between the accept and the delivery, the
    * node sends these itself once it is resubscribed (see GatewayCore.flushEchoes).
    */
-  /** Accepted sends whose echo has not come over the channel yet; created on first use (most sockets of a large node are idle). */
-  private pendingEchoes: Map<string, string> | null = null;
+  /** Accepted sends whose echo has not come over the channel yet, with when they were accepted; created on first use (most sockets of a large node are idle). */
+  private pendingEchoes: Map<string, { frame: string; at: number }> | null = null;
+  /**
+   * Echoes this node sent itself (the channel was late or lost them), with when: if the channel
+   * delivers one after all, it is not sent a second time. Created on first use.
+   */
+  private sentDirectly: Map<string, number> | null = null;
   /** Sends whose accept script has not answered yet. */
   private sending = 0;
 
@@ -187,9 +195,42 @@ export class ChatSession extends SubscribedSession {
 
   /** Sends the echoes the channel did not deliver; called once the node is resubscribed. */
   flushEchoes(): void {
-    if (this.pendingEchoes) this.socket.sendAll([...this.pendingEchoes.values()]);
-    this.pendingEchoes = null;
+    this.flushOverdue(Number.POSITIVE_INFINITY);
     this.echoed = null;
+  }
+
+  /**
+   * Sends the echoes of sends accepted before `acceptedBefore` that the channel has not delivered
+   * (the node's subscription on that shard was lost, e.g. a master failed over): the message is
+   * accepted, and the echo is the sender's only answer. Returns how many went out.
+   */
+  flushOverdue(acceptedBefore: number): number {
+    const pending = this.pendingEchoes;
+    if (!pending) return 0;
+    const now = Date.now();
+    const frames: string[] = [];
+    for (const [id, { frame, at }] of pending) {
+      if (at >= acceptedBefore) continue;
+      frames.push(frame);
+      pending.delete(id);
+      (this.sentDirectly ??= new Map()).set(id, now);
+    }
+    if (this.sentDirectly) for (const [id, at] of this.sentDirectly) if (now - at > SENT_DIRECTLY_KEPT_MS) this.sentDirectly.delete(id);
+    if (pending.size === 0) {
+      this.pendingEchoes = null;
+      this.core.awaitingEcho.delete(this);
+    }
+    if (frames.length > 0 && !this.closed) this.socket.sendAll(frames);
+    return frames.length;
+  }
+
+  protected override skips(): boolean {
+    return this.sentDirectly !== null && this.sentDirectly.size > 0;
+  }
+
+  protected override skip(frame: Buffer): boolean {
+    const id = chatMessageIdOf(frame);
+    return id !== undefined && this.sentDirectly!.delete(id);
   }
 
   protected release(): void {
@@ -280,7 +321,7 @@ export class ChatSession extends SubscribedSession {
         if (result.kind === "accepted") {
           this.core.metrics.messagesReceived.inc();
           if (!this.closed && !echoedAlready) {
-            (this.pendingEchoes ??= new Map()).set(entry.id, json);
+            (this.pendingEchoes ??= new Map()).set(entry.id, { frame: json, at: Date.now() });
             this.core.awaitingEcho.add(this);
           }
           this.core.log.debug({ id: entry.id, streamId: result.streamId, user: this.username, client_id: frame.client_id }, "message accepted");

@@ -86,7 +86,7 @@ export class GatewayCore {
   /** Refreshes the counted sockets' entries; set when the per-user limit is on. */
   refreshConnections: ((entries: Iterable<CountedConnection>) => Promise<void>) | null = null;
   /** Chat sessions with accepted sends whose echo has not arrived over the channel yet. */
-  readonly awaitingEcho = new Set<{ flushEchoes(): void }>();
+  readonly awaitingEcho = new Set<{ flushEchoes(): void; flushOverdue(acceptedBefore: number): number }>();
   /** Presence removals in flight, awaited before a draining node disconnects from Redis. */
   readonly pendingReleases = new Set<Promise<unknown>>();
   private socketSeq = 0;
@@ -134,6 +134,31 @@ export class GatewayCore {
     this.awaitingEcho.clear();
     for (const s of sessions) s.flushEchoes();
     if (sessions.length > 0) this.log.info({ sessions: sessions.length }, "echoes sent after resubscribing");
+  }
+
+  /**
+   * Every quarter of `deadlineMs`, sends directly the echoes the channel has not delivered within
+   * `deadlineMs` of their accept, and then calls `deliveryLost` (at most once per deadline). A lost
+   * echo means this node's subscription on some shard is gone while its commands work (a master
+   * failed over, and the sharded subscriber has not followed yet), so every sender gets its answer.
+   */
+  startEchoWatch(deadlineMs: number, deliveryLost: () => void): void {
+    let lastLost = 0;
+    const watch = setInterval(() => {
+      if (this.awaitingEcho.size === 0) return;
+      const now = Date.now();
+      let overdue = 0;
+      for (const s of [...this.awaitingEcho]) overdue += s.flushOverdue(now - deadlineMs);
+      if (overdue === 0) return;
+      this.metrics.echoesOverdue.inc(overdue);
+      this.log.warn({ echoes: overdue, deadlineMs }, "echoes overdue on their channel: sent directly; subscribing every channel again");
+      if (now - lastLost >= deadlineMs) {
+        lastLost = now;
+        deliveryLost();
+      }
+    }, Math.max(50, Math.floor(deadlineMs / 4)));
+    watch.unref();
+    this.timers.push(watch);
   }
 
   /**

@@ -20,4 +20,6 @@ export interface Session {
   receive(text: string): void;
   /** The socket is gone; release everything. */
   stop(): void;
+  /** Whether its first event has gone out (its set-up finished). */
+  readonly greeted: boolean;
 }

@@ -70,6 +70,10 @@ export abstract class SubscribedSession implements Session, ChannelListener {
     this.socket.sendAll(held);
   }
 
+  get greeted(): boolean {
+    return this.held === null;
+  }
+
   stop(): void {
     const first = !this.closed;
     this.closed = true;
@@ -82,14 +86,25 @@ export abstract class SubscribedSession implements Session, ChannelListener {
 
   deliver(envelope: Envelope): void {
     if (envelope.target !== this.target || this.closed) return;
-    if (this.held) for (const frame of envelope.frames) this.held.push(frame);
-    else this.socket.sendAll(envelope.frames);
-    for (const frame of envelope.frames) this.delivered(frame);
-    this.core.metrics.framesFannedOut.inc(envelope.frames.length);
+    const frames = this.skips() ? envelope.frames.filter((f) => !this.skip(f)) : envelope.frames;
+    if (this.held) for (const frame of frames) this.held.push(frame);
+    else this.socket.sendAll(frames);
+    for (const frame of frames) this.delivered(frame);
+    this.core.metrics.framesFannedOut.inc(frames.length);
   }
 
   /** Sees every frame handed to this socket from its channel. */
   protected delivered(_frame: Buffer): void {}
+
+  /** Whether some frames from the channel may have to be left out (see skip); false on the fast path. */
+  protected skips(): boolean {
+    return false;
+  }
+
+  /** A frame from the channel this socket already got another way. */
+  protected skip(_frame: Buffer): boolean {
+    return false;
+  }
 
   /** Removes held-back frames (e.g. live messages a replay already sent). */
   protected dropHeld(drop: (frame: Buffer) => boolean): void {

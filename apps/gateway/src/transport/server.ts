@@ -168,7 +168,7 @@ export class GatewayServer {
       upgrade: (res, req, context) => this.upgrade(res, req, context),
       open: (ws) => this.open(ws),
       message: (ws, message, isBinary) => this.message(ws, message, isBinary),
-      close: (ws) => this.closed(ws),
+      close: (ws, code) => this.closed(ws, code),
     });
     // Every HTTP route refuses a request with untrustworthy framing first (request-guard.ts).
     const routes = guardedRoutes(this.app);
@@ -402,9 +402,14 @@ export class GatewayServer {
     data.session?.receive(Buffer.from(message).toString("utf8"));
   }
 
-  private closed(ws: WebSocket<SocketData>): void {
+  private closed(ws: WebSocket<SocketData>, code: number): void {
     const data = ws.getUserData();
     data.closed = true;
+    // A socket dropped (no close frame) before its first event: rare, and worth a line with what
+    // it was (the drops found so far were the server's, not the client's; see socket-setup.test.ts).
+    if (code === 1006 && data.session && !data.session.greeted) {
+      this.log.info({ user: data.username, endpoint: data.endpoint.kind }, "socket dropped before its first event");
+    }
     if (data.counted) {
       this.core.countedConnections.delete(data.counted);
       this.core.track(this.connections!.release(data.counted).catch((err: unknown) => this.log.warn({ err }, "connection release failed")));
