@@ -201,7 +201,7 @@ describe("development mode stays on this machine", () => {
     expect(await accepts("127.0.0.1", port)).toBe(true);
     const external = externalAddress();
     if (external) expect(await accepts(external, port), `reachable on ${external}`).toBe(false);
-  });
+  }, 75_000); // a single node from an empty data directory migrates first: its spawn waits up to 60 s
 
   it("npm run start:cluster keeps the operator's NODE_ENV: production without CHAT_JWT_SECRET refuses to start", async () => {
     const r = await runScript("apps/local-cluster/dist/main.js", [], { NODE_ENV: "production", PORT: String(await freePort()), CHAT_WORKER_HTTP_PORT: "0" }, 20_000);

@@ -209,5 +209,5 @@ describe("start-up failures: one plain line on stderr naming the setting, exit n
     const again = await runScript(SINGLE, [], { ...embedded, PORT: "0" }, 30_000);
     expectOneLine(again, "single-node", "CHAT_DATA_DIR", 1);
     expect(again.stderr).toContain("in use");
-  });
+  }, 60_000); // four single-node starts, one after another: 14 s alone, more in a loaded full run
 });

@@ -97,11 +97,11 @@ export async function startGateway(prefix: string, env: Record<string, string | 
   return Object.assign(p, { port, url: `ws://127.0.0.1:${port}` });
 }
 
-/** Starts a worker process; it is killed when the test ends. */
+/** Starts a worker process; it is killed when the test ends. Its leases last 3 s: a restarted deployment writes again within about 4 s, not the 13 s of the default. */
 export async function startWorker(prefix: string, env: Record<string, string | undefined> = {}, lifetime: SpawnOptions["lifetime"] = "test"): Promise<RunningProcess> {
   return spawnNode("apps/worker/dist/main.js", {
     lifetime,
-    env: { CHAT_REDIS_PREFIX: prefix, CHAT_WORKER_HTTP_PORT: "0", CHAT_WORKER_HTTP_HOST: "127.0.0.1", CHAT_WORKER_CLAIM_IDLE_MS: "1000", CHAT_WORKER_CLAIM_INTERVAL_MS: "500", ...env },
+    env: { CHAT_REDIS_PREFIX: prefix, CHAT_WORKER_HTTP_PORT: "0", CHAT_WORKER_HTTP_HOST: "127.0.0.1", CHAT_WORKER_CLAIM_IDLE_MS: "1000", CHAT_WORKER_CLAIM_INTERVAL_MS: "500", CHAT_WORKER_LEASE_TTL_MS: "3000", ...env },
     readyMessage: "consuming",
   });
 }
