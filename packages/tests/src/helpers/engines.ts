@@ -114,7 +114,10 @@ async function startRedis(kind: "redis" | "redis-cluster", env: Record<string, s
   const ports: [number, number] = [0, 0];
   const start = async () => {
     const [g1, g2] = await Promise.all([startGateway(prefix, env, lifetime), startGateway(prefix, env, lifetime)]);
-    const w = await startWorker(prefix, env, lifetime);
+    // The same worker name across crashAndRestart, as a Kubernetes pod keeps its name when its
+    // container restarts: the restarted worker takes its own leases back at once instead of waiting
+    // for them to expire (a new name waits out the lease TTL: worker-takeover.test.ts).
+    const w = await startWorker(prefix, { CHAT_WORKER_NAME: `${prefix}worker`, ...env }, lifetime);
     ports[0] = g1.port;
     ports[1] = g2.port;
     processes = [g1, g2, w];
