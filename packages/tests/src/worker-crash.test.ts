@@ -3,7 +3,11 @@ import { redisNames } from "@chat/bus";
 import {
   connectReady,
   conversationsBacklog,
+  acceptedIds,
+  expectStoredExactlyOnce,
   freshPrefix,
+  persistedFrom,
+  sendRound,
   userWhose,
   waitForLeaseShares,
   startGateway,
@@ -12,20 +16,11 @@ import {
   testSql,
   tokenFor,
   uniqueUser,
-  unreadOf,
   waitFor,
+  type Flow,
   type Gateway,
   type RunningProcess,
-  type TestClient,
 } from "./helpers/index.js";
-
-/** One direction of a conversation, with the sender's chat socket. */
-interface Flow {
-  from: string;
-  to: string;
-  chat: TestClient;
-  sent: number;
-}
 
 /**
  * Three conversations, messages flowing both ways in each, senders spread over both gateways:
@@ -62,36 +57,10 @@ async function openFlows(gateways: Gateway[], prefix: string, owners?: string[])
   return { users: [a, b, c, d], flows };
 }
 
-const tag = (f: Flow, k: number) => `${f.from}>${f.to}#${k}`;
-
-/** Sends one message on every flow. */
-function sendRound(flows: Flow[]): void {
-  for (const f of flows) f.chat.send({ type: "chat_message", message: tag(f, f.sent), client_id: tag(f, f.sent++) });
-}
-
-/** Waits for every sent message's echo (or refusal) and returns the ids of the accepted ones, per flow. */
-async function acceptedIds(flows: Flow[]): Promise<Map<Flow, string[]>> {
-  const out = new Map<Flow, string[]>();
-  for (const f of flows) {
-    const mine = (x: Record<string, unknown>) => String(x["client_id"] ?? "").startsWith(`${f.from}>${f.to}#`);
-    await f.chat.until((frames) => frames.filter((x) => (x.type === "chat_message" || x.type === "error") && mine(x)).length === f.sent, 10000, `echoes of ${f.from}>${f.to}`);
-    expect(f.chat.ofType("error"), "no message refused").toEqual([]);
-    expect(f.chat.schemaViolations).toEqual([]);
-    out.set(f, f.chat.ofType("chat_message").filter(mine).map((x) => String(x["id"])));
-  }
-  return out;
-}
-
 async function storedMessages(users: string[]) {
   const sql = testSql();
   return sql<{ id: string; from_user: string; to_user: string; content: string }[]>`
     SELECT id, from_user, to_user, content FROM messages WHERE from_user IN ${sql(users)} AND to_user IN ${sql(users)}`;
-}
-
-async function persistedCount(users: string[]): Promise<number> {
-  const sql = testSql();
-  const [row] = await sql<{ n: number }[]>`SELECT count(*)::int AS n FROM messages WHERE from_user IN ${sql(users)}`;
-  return row!.n;
 }
 
 /**
@@ -99,25 +68,7 @@ async function persistedCount(users: string[]): Promise<number> {
  * the messages its partner sent (nothing was read), and no stream entry is left unacknowledged.
  */
 async function expectExactlyOnce(prefix: string, users: string[], flows: Flow[]): Promise<void> {
-  const accepted = await acceptedIds(flows);
-  const all = [...accepted.values()].flat();
-  expect(new Set(all).size).toBe(all.length);
-  const rows = await waitFor(async () => {
-    const r = await storedMessages(users);
-    expect(r.length).toBeGreaterThanOrEqual(all.length);
-    return r;
-  }, 20000);
-  expect(rows).toHaveLength(all.length);
-  expect(new Set(rows.map((r) => r.id))).toEqual(new Set(all));
-  // Written once in any form: no content stored twice (each message's text is unique).
-  expect(new Set(rows.map((r) => r.content)).size).toBe(rows.length);
-  for (const f of flows) {
-    const ids = new Set(accepted.get(f));
-    const stored = rows.filter((r) => r.from_user === f.from && r.to_user === f.to);
-    expect(stored.length, `${f.from}>${f.to}`).toBe(ids.size);
-    expect(stored.every((r) => ids.has(r.id) && r.content.startsWith(`${f.from}>${f.to}#`))).toBe(true);
-    expect(await unreadOf(f.to, f.from), `unread of ${f.to} from ${f.from}`).toBe(ids.size);
-  }
+  await expectStoredExactlyOnce(flows, await acceptedIds(flows), () => storedMessages(users));
   const redis = testRedis();
   const names = redisNames(prefix);
   const conversations = flows.map((f) => [f.from, f.to] as const);
@@ -154,11 +105,11 @@ describe("worker crash and concurrent workers", () => {
     let kills = 0;
     try {
       while (kills < 5 && (sending || kills < 3)) {
-        const before = await persistedCount(users);
+        const before = await persistedFrom(users);
         const worker = await startWorker(prefix, env);
         workers.push(worker);
         // Kill it as soon as it has written something: it is in the middle of the stream.
-        await waitFor(async () => (await persistedCount(users)) > before, 10000, 10);
+        await waitFor(async () => (await persistedFrom(users)) > before, 10000, 10);
         expect(await worker.stop("SIGKILL")).toBeNull();
         kills++;
       }

@@ -1,10 +1,12 @@
 import { randomBytes } from "node:crypto";
 import type { Redis } from "ioredis";
 import { describe, expect, it } from "vitest";
-import { openRedis, parseRedisTarget, redisNames, type RedisClient, type RedisNames } from "@chat/bus";
+import { openRedis, parseRedisTarget, redisNames } from "@chat/bus";
 import {
   REDIS_CLUSTER_URL,
   REDIS_URL,
+  acceptedIds,
+  expectStoredExactlyOnce,
   atEnd,
   connectReady,
   conversationStream,
@@ -13,20 +15,22 @@ import {
   dropPrefixAtEnd,
   freshPrefix,
   holdMemberRow,
+  leaseOwners,
   logBacklog,
   redisEngines,
   redisEnv,
+  persistedFrom,
   scrape,
+  sendRound,
   startGateway,
   startWorker,
   testSql,
   tokenFor,
   uniqueUser,
-  unreadOf,
   waitFor,
+  type Flow,
   type Gateway,
   type RunningProcess,
-  type TestClient,
 } from "./helpers/index.js";
 
 // Two workers share the message log's partitions by leases; one is SIGKILLed while messages flow in
@@ -61,45 +65,10 @@ const ROUND_PACING_MS = 140; // about 4 s of traffic, over the kill and the take
 /** Rounds sent before the kill (at the earliest): the rest flows while the victim's partitions are orphaned and taken over. */
 const ROUNDS_BEFORE_KILL = 8;
 
-/** One direction of a conversation, with the sender's chat socket. */
-interface Flow {
-  from: string;
-  to: string;
-  chat: TestClient;
-  sent: number;
-}
-
-const tag = (f: Flow, k: number) => `${f.from}>${f.to}#${k}`;
-
-/** Sends one message on every flow. */
-function sendRound(flows: Flow[]): void {
-  for (const f of flows) f.chat.send({ type: "chat_message", message: tag(f, f.sent), client_id: tag(f, f.sent++) });
-}
-
-/** Waits for every sent message's echo (or refusal) and returns the ids of the accepted ones, per flow. */
-async function acceptedIds(flows: Flow[]): Promise<Map<Flow, string[]>> {
-  const out = new Map<Flow, string[]>();
-  for (const f of flows) {
-    const mine = (x: Record<string, unknown>) => String(x["client_id"] ?? "").startsWith(`${f.from}>${f.to}#`);
-    await f.chat.until((frames) => frames.filter((x) => (x.type === "chat_message" || x.type === "error") && mine(x)).length === f.sent, 10000, `echoes of ${f.from}>${f.to}`);
-    expect(f.chat.ofType("error"), "no message refused").toEqual([]);
-    expect(f.chat.schemaViolations).toEqual([]);
-    out.set(f, f.chat.ofType("chat_message").filter(mine).map((x) => String(x["id"])));
-  }
-  return out;
-}
-
 /** The Postgres sessions of a worker (its pool's application_name) waiting on a lock. */
 async function lockWaitsOf(workerName: string): Promise<number> {
   const [row] = await testSql()<{ n: number }[]>`
     SELECT count(*)::int AS n FROM pg_stat_activity WHERE application_name = ${`worker ${workerName}`} AND wait_event_type = 'Lock'`;
-  return row!.n;
-}
-
-/** Messages stored so far that these users sent. */
-async function persistedFrom(users: string[]): Promise<number> {
-  const sql = testSql();
-  const [row] = await sql<{ n: number }[]>`SELECT count(*)::int AS n FROM messages WHERE from_user IN ${sql(users)}`;
   return row!.n;
 }
 
@@ -122,16 +91,9 @@ async function namedWorker(prefix: string, name: string, env: Record<string, str
   return { name, proc, port: httpPortOf(proc) };
 }
 
-/** Who holds each partition's lease, read from Redis (null: nobody). */
-async function leaseOwners(redis: RedisClient, names: RedisNames): Promise<(string | null)[]> {
-  return Promise.all(Array.from({ length: names.partitions }, (_, p) => redis.get(names.partitionLease(p))));
-}
-
 /**
  * A worker's partitions, pending entries and lag over every partition it consumes, as its /metrics
- * reports them. Slow: the worker reads each partition's backlog in turn on that partition's own
- * connection, behind its blocking read (up to CHAT_WORKER_CLAIM_INTERVAL_MS here), so one scrape
- * took 0.8 to 3.5 s with 8 partitions; it is read once, after Redis says the backlog is empty.
+ * reports them; read once, after Redis says the backlog is empty.
  */
 async function workerBacklog(port: number): Promise<{ owned: number; pending: number; lag: number }> {
   const s = await scrape(port);
@@ -272,31 +234,9 @@ describe.each(redisEngines)("worker takeover (%s)", (kind) => {
 
     // Every message whose echo came back is in Postgres exactly once; nothing else is.
     const accepted = await acceptedIds(flows);
-    const all = [...accepted.values()].flat();
-    expect(all).toHaveLength(sentTotal);
-    expect(new Set(all).size).toBe(all.length);
-    const rows = await waitFor(
-      async () => {
-        const r = await storedMessages(users);
-        expect(r.length).toBeGreaterThanOrEqual(all.length);
-        return r;
-      },
-      20_000,
-      100,
-    );
-    expect(rows).toHaveLength(all.length);
-    expect(new Set(rows.map((r) => r.id))).toEqual(new Set(all));
-    // Written once in any form: no content stored twice (each message's text is unique).
-    expect(new Set(rows.map((r) => r.content)).size).toBe(rows.length);
-
+    expect([...accepted.values()].flat()).toHaveLength(sentTotal);
     // Unread counters (nothing was read) equal a recount of what each user received in each conversation.
-    for (const f of flows) {
-      const ids = new Set(accepted.get(f));
-      const received = rows.filter((r) => r.from_user === f.from && r.to_user === f.to);
-      expect(received.length, `${f.from}>${f.to}`).toBe(ids.size);
-      expect(received.every((r) => ids.has(r.id) && r.content.startsWith(`${f.from}>${f.to}#`))).toBe(true);
-      expect(await unreadOf(f.to, f.from), `unread of ${f.to} from ${f.from}`).toBe(received.length);
-    }
+    await expectStoredExactlyOnce(flows, accepted, () => storedMessages(users));
 
     // The survivor's pending entries end at 0 and nothing is left undelivered: by Redis (every
     // partition's group), then by the survivor's own metrics.

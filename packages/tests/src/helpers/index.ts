@@ -7,5 +7,6 @@ export * from "./tokens.js";
 export * from "./wait.js";
 export * from "./private-redis.js";
 export * from "./engines.js";
+export * from "./flows.js";
 export * from "./metrics.js";
 export * from "./scope.js";

@@ -1,5 +1,5 @@
 import type { RedisNames } from "@chat/bus";
-import { Redis } from "ioredis";
+import { Redis, type Cluster } from "ioredis";
 import { afterAll, expect } from "vitest";
 import { REDIS_URL, uniqueUser } from "./env.js";
 import { atEnd } from "./scope.js";
@@ -113,7 +113,7 @@ export async function conversationsBacklog(redis: Redis, names: RedisNames, conv
 }
 
 /** Who holds each partition's lease now (null: nobody). */
-export async function leaseOwners(redis: Redis, names: RedisNames): Promise<(string | null)[]> {
+export async function leaseOwners(redis: Redis | Cluster, names: RedisNames): Promise<(string | null)[]> {
   return Promise.all(Array.from({ length: names.partitions }, (_, p) => redis.get(names.partitionLease(p))));
 }
 
