@@ -62,6 +62,7 @@ export class PoolHolder {
 export class StreamConsumer {
   private stopping = false;
   private stopped: Promise<void> | null = null;
+  private trimTimer: NodeJS.Timeout | null = null;
   constructor(
     private readonly stream: LogPartition,
     private readonly publisher: Publisher,
@@ -93,23 +94,11 @@ export class StreamConsumer {
     this.trimTimer.unref();
   }
 
-  private trimTimer: NodeJS.Timeout | null = null;
-
   /** Finishes the batch in hand (written, published, acknowledged) and stops reading. */
   async stop(): Promise<void> {
     this.stopping = true;
     if (this.trimTimer) clearInterval(this.trimTimer);
     await this.stopped;
-  }
-
-  /** The log's backlog for the metrics: not yet delivered (lag) and delivered but unacknowledged. */
-  streamState(): Promise<{ lag: number; pending: number }> {
-    return this.stream.backlog();
-  }
-
-  /** True while the loop runs (not stopping). */
-  get running(): boolean {
-    return this.stopped !== null && !this.stopping;
   }
 
   private async run(): Promise<void> {
