@@ -310,10 +310,10 @@ describe("unread counts", () => {
     const [g1, g2] = await Promise.all([startGateway(prefix), startGateway(prefix)]);
     const names = redisNames(prefix);
     const redis = testRedis();
-    // The workers share the partitions (short leases: the second takes its share within a second or
-    // two); the pairs' conversations alternate between the two workers' partitions, so both write.
+    // The workers share the partitions (the helper's 3 s leases: the second takes its share within a
+    // heartbeat or two, and keeps it on a loaded machine); the pairs' conversations alternate between the two workers' partitions, so both write.
     // No trimming during the test: readAll counts the log's entries.
-    const workerEnv = { CHAT_WORKER_BATCH_SIZE: "2", CHAT_WORKER_TRIM_INTERVAL_MS: "600000", CHAT_WORKER_LEASE_TTL_MS: "1500", LOG_LEVEL: "debug" };
+    const workerEnv = { CHAT_WORKER_BATCH_SIZE: "2", CHAT_WORKER_TRIM_INTERVAL_MS: "600000", LOG_LEVEL: "debug" };
     const workers = await Promise.all([startWorker(prefix, workerEnv), startWorker(prefix, workerEnv)]);
     const owners = await waitForLeaseShares(redis, names, 2);
     const holders = [...new Set(owners)];
