@@ -83,15 +83,15 @@ export class ChatSession extends SubscribedSession {
     const { first, users } = await this.core.presence.join(entry);
     this.presence = entry;
     this.core.presenceEntries.add(entry);
-    if (this.closed) {
-      // Others may already list this user (their online_user_list saw the entry): announce the join
-      // so that the user_leave release() sends next has a matching user_join.
-      if (first) await this.core.publish(this.roomChannel, [JSON.stringify({ type: "user_join", user: this.username })]);
-      return this.release();
-    }
+    // Announced before the first event, even when the socket already closed: others may list this
+    // user (their online_user_list saw the entry), and the user_leave release() sends needs a
+    // matching user_join. Before the first event so that a client that got online_user_list holds a
+    // socket whose set-up cannot fail any more (short of catch-up): a publish that stalls in a Redis
+    // outage used to close an already-greeted socket with 1013 five seconds later.
+    if (first) await this.core.publish(this.roomChannel, [JSON.stringify({ type: "user_join", user: this.username })]);
+    if (this.closed) return this.release();
     this.socket.send(JSON.stringify({ type: "online_user_list", users }));
     if (this.since !== undefined) await this.replay(this.since);
-    if (first) await this.core.publish(this.roomChannel, [JSON.stringify({ type: "user_join", user: this.username })]);
   }
 
   /**
