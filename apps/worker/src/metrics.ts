@@ -19,7 +19,7 @@ export class WorkerMetrics {
   });
   readonly batchDuration = new Histogram({
     name: "chat_worker_batch_duration_seconds",
-    help: "From read to acknowledgement of a batch (write, publish, ack)",
+    help: "From the start of a batch's write to its commit and notifications, retries included",
     buckets: [0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5],
     registers: [this.registry],
   });

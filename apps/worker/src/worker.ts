@@ -3,7 +3,8 @@ import { redisNames, type LogPartition, type MessageLog, type Publisher } from "
 import { redactUrl, type DbClient } from "@chat/db";
 import type { Logger } from "@chat/log";
 import type { WorkerConfig } from "./config.js";
-import { PoolHolder, StreamConsumer } from "./consumer.js";
+import { BatchWriter, PoolHolder } from "./batch-writer.js";
+import { StreamConsumer } from "./consumer.js";
 import type { LeaseEvents } from "./leases.js";
 import { WorkerMetrics } from "./metrics.js";
 
@@ -62,13 +63,14 @@ export async function startWorker(config: Readonly<WorkerConfig>, parts: WorkerP
     return { lag, pending };
   });
   const pool = new PoolHolder(parts.openDb(), parts.openDb, log.child({ component: "worker:pool" }), metrics);
+  const writer = new BatchWriter(parts.publisher, pool, names, config, log.child({ component: "worker:writer" }), metrics);
   const consumerLog = log.child({ component: "worker:consumer" });
 
   const events: LeaseEvents = {
     acquired(p) {
       if (running.has(p)) return;
       const partition = parts.stream.partition(p);
-      const consumer = new StreamConsumer(partition, parts.publisher, pool, names, config, consumerLog.child({ partition: p }), metrics);
+      const consumer = new StreamConsumer(partition, writer, config, consumerLog.child({ partition: p }));
       running.set(p, { consumer, partition });
       consumer.start();
       metrics.partitionsOwned.set(running.size);

@@ -282,7 +282,7 @@ describe("Postgres outage", () => {
         // The worker backed off and retried (growing delays) and never died. Each partition's consumer
         // retries its own batch, so the delays grow per batch (its first entry), interleaved in the log;
         // a retry that waited out the stall timeout (3 s here) grows more slowly than one refused at once.
-        const retries = worker.logs.filter((l) => l["msg"] === "batch failed, will retry" || l["msg"] === "stream read failed");
+        const retries = worker.logs.filter((l) => l["msg"] === "batch failed, will retry" || l["msg"] === "stream read or acknowledgement failed");
         const delays = retries.map((l) => Number(l["retryInMs"]));
         expect(retries.length).toBeGreaterThanOrEqual(3);
         const perBatch = new Map<string, number[]>();
