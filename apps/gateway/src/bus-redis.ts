@@ -102,6 +102,10 @@ export async function openRedisBus(config: Readonly<GatewayConfig>, log: Logger)
   }
 
   const names = redisNames(config.redisPrefix, config.partitions);
+  const rate = config.rateMessagesPerSecond > 0 ? { perSecond: config.rateMessagesPerSecond, burst: config.rateMessagesBurst } : undefined;
+  // On a single Redis the log's accept takes from the sender's bucket in the same script; a cluster
+  // keeps the bucket in the user's slot, so the limiter runs first, on its own.
+  const inAccept = target.mode === "single";
   try {
     await checkPartitionCount(redis, names);
   } catch (err) {
@@ -112,8 +116,8 @@ export async function openRedisBus(config: Readonly<GatewayConfig>, log: Logger)
   return {
     publisher: new RedisPublisher(redis),
     transport: new RedisChannelTransport(subscriber),
-    stream: new RedisMessageLog(redis, names, { idempotencyTtlSeconds: config.idempotencyTtlSeconds }),
-    rateLimiter: config.rateMessagesPerSecond > 0 ? new RedisRateLimiter(redis, names, config.rateMessagesPerSecond, config.rateMessagesBurst) : null,
+    stream: new RedisMessageLog(redis, names, { idempotencyTtlSeconds: config.idempotencyTtlSeconds, rate: inAccept ? rate : undefined }),
+    rateLimiter: rate && !inAccept ? new RedisRateLimiter(redis, names, rate.perSecond, rate.burst) : null,
     presence: new RedisPresence(redis, names, config.presenceTtlMs),
     connections: config.maxConnectionsPerUser > 0 ? new RedisConnectionLimit(redis, names, config.maxConnectionsPerUser, config.presenceTtlMs) : null,
     busReady: () => redis.status === "ready" && subscriber.status === "ready" && subscriberSynced,

@@ -135,7 +135,9 @@ export interface AcceptRequest {
 export type AcceptResult =
   | { kind: "accepted"; streamId: string }
   /** The sender's client_id was accepted before: nothing new was stored; `frame` is the original chat_message. */
-  | { kind: "duplicate"; frame: string };
+  | { kind: "duplicate"; frame: string }
+  /** Only from a log that enforces the sender's rate limit itself (see RedisMessageLogOptions.rate): nothing was stored. */
+  | { kind: "rate_limited"; retryAfterMs: number };
 
 /**
  * The log of accepted client entries, in partitions: a conversation's entries all go to one partition
@@ -148,7 +150,8 @@ export interface MessageLog {
   /**
    * Accepts one client entry atomically: its client_id (a retry gets the original frame back and
    * stores nothing), then append and publish the live event. A message is accepted exactly when it is
-   * in the log. The sender's rate limit is not the log's: see RateLimiter.
+   * in the log. The sender's rate limit is a RateLimiter's, taken before, unless the log was built to
+   * enforce it itself in the same step (RedisMessageLogOptions.rate).
    */
   accept(request: AcceptRequest): Promise<AcceptResult>;
   /** Appends one entry without the checks of `accept` (tools that fill a log: benchmarks, tests). */

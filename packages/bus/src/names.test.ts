@@ -1,6 +1,6 @@
 import { createHash } from "node:crypto";
 import { readFileSync } from "node:fs";
-import { Redis, type Command } from "ioredis";
+import { Cluster, Redis, type Command } from "ioredis";
 import { afterAll, describe, expect, it } from "vitest";
 import { encodeEnvelope } from "./envelope.js";
 import { checkPartitionCount, PartitionCountMismatchError, RedisMessageLog } from "./message-log-redis.js";
@@ -8,7 +8,7 @@ import { redisNames } from "./names.js";
 import { CLUSTER_SLOTS, partitionOf, partitionTags, slotOf } from "./partitions.js";
 import { RedisPresence } from "./presence-redis.js";
 import { RedisConnectionLimit } from "./connection-limit-redis.js";
-import { RedisRateLimiter } from "./rate-limit-redis.js";
+import { RedisRateLimiter, withTokenBucket } from "./rate-limit-redis.js";
 
 describe("partitions", () => {
   it("puts partition i's tag in the i-th of N equal slot ranges, for every N", () => {
@@ -80,7 +80,7 @@ describe("one slot per script and multi-key command", () => {
     return (original as (c: Command, ...r: unknown[]) => unknown)(command, ...rest);
   };
 
-  const acceptSha = createHash("sha1").update(readFileSync(new URL("./lua/accept.lua", import.meta.url), "utf8")).digest("hex");
+  const acceptSha = createHash("sha1").update(withTokenBucket(readFileSync(new URL("./lua/accept.lua", import.meta.url), "utf8"))).digest("hex");
 
   /** The keys of a command as Redis Cluster reads them, and the channels our scripts publish to (accept.lua's ARGV[2]). */
   function slotsOf({ name, args }: { name: string; args: string[] }): Set<number> {
@@ -152,6 +152,50 @@ describe("one slot per script and multi-key command", () => {
       const keys = await redis.keys(`${prefix}*`);
       if (keys.length > 0) await redis.del(...keys);
     }
+  });
+
+  it("on a single Redis only, takes the sender's token inside accept: the partition's slot and the sender's", async () => {
+    const prefix = `t-rate-accept-${process.pid}-${Date.now()}:`;
+    const names = redisNames(prefix, 16);
+    const log = new RedisMessageLog(redis, names, { idempotencyTtlSeconds: 60, rate: { perSecond: 1, burst: 2 } });
+    const [from, to] = ["rate-a", "rate-b"];
+    const room = names.roomId(from, to);
+    const message = (i: number) => {
+      const frame = JSON.stringify({ type: "chat_message", id: `r${i}` });
+      return {
+        conversation: room,
+        clientId: `c${i}`,
+        entry: { kind: "message" as const, id: `00000000-0000-7000-8000-${String(i).padStart(12, "0")}`, from, to, message: "hi", multimedia_url: null, date_added: new Date().toISOString(), client_id: `c${i}` },
+        live: { frame, envelope: encodeEnvelope("n", "*", [frame]) },
+      };
+    };
+    try {
+      const before = sent.length;
+      const results = [];
+      for (let i = 0; i < 3; i++) results.push(await log.accept(message(i)));
+      // The other user's read takes from the other user's bucket.
+      results.push(await log.accept({ conversation: room, entry: { kind: "read", reader: to, other: from } }));
+      expect(results.map((r) => r.kind)).toEqual(["accepted", "accepted", "rate_limited", "accepted"]);
+      const refused = results[2] as { retryAfterMs: number };
+      expect(refused.retryAfterMs).toBeGreaterThan(0);
+      expect(refused.retryAfterMs).toBeLessThanOrEqual(1000);
+      // A refused send stored nothing, and its client_id is free for the retry.
+      expect(await redis.xlen(names.stream(names.partitionOf(room)))).toBe(3);
+      expect(await redis.exists(names.clientMessage(from, to, "c2"))).toBe(0);
+
+      const accepts = sent.slice(before).filter((c) => c.name === "evalsha" && c.args[0] === acceptSha);
+      expect(accepts).toHaveLength(4);
+      const partition = slotOf(names.stream(names.partitionOf(room)));
+      expect([...slotsOf(accepts[0]!)].sort()).toEqual([partition, slotOf(names.rateBucket(from))].sort());
+      expect([...slotsOf(accepts[3]!)].sort()).toEqual([partition, slotOf(names.rateBucket(to))].sort());
+    } finally {
+      const keys = await redis.keys(`${prefix}*`);
+      if (keys.length > 0) await redis.del(...keys);
+    }
+    // Two slots in one script is a CROSSSLOT error on a cluster: the option is refused there.
+    const cluster = new Cluster([{ host: "127.0.0.1", port: 1 }], { lazyConnect: true });
+    expect(() => new RedisMessageLog(cluster, names, { idempotencyTtlSeconds: 60, rate: { perSecond: 1, burst: 2 } })).toThrow(/single Redis/);
+    cluster.disconnect();
   });
 
   it("records the partition count on first start and refuses another", async () => {

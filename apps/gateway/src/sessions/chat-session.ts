@@ -342,10 +342,11 @@ export class ChatSession extends SubscribedSession {
   }
 
   /**
-   * The sender's rate limit, then the log's accept. Both go out on the node's one command connection
-   * (per shard, on a cluster) in the order this socket's sends came, so its accepts keep that order.
+   * The sender's rate limit, then the log's accept (or both in the log's one step, when it enforces
+   * the limit itself: a single Redis). Everything goes out on the node's one command connection (per
+   * shard, on a cluster) in the order this socket's sends came, so its accepts keep that order.
    */
-  private async accept(entry: MessageEntry | ReadEntry, clientId?: string, frame?: string): Promise<AcceptResult | { kind: "rate_limited"; retryAfterMs: number }> {
+  private async accept(entry: MessageEntry | ReadEntry, clientId?: string, frame?: string): Promise<AcceptResult> {
     const limiter = this.core.rateLimiter;
     if (limiter) {
       const retryAfterMs = await limiter.take(this.username);
