@@ -95,6 +95,18 @@ describe("overlays", () => {
     expect(metrics[1]!.pods!.metric.name).toBe("chat_gateway_open_sockets");
     expect(readFileSync(join(REPO_ROOT, "apps/gateway/dist/metrics.js"), "utf8")).toContain('"chat_gateway_open_sockets"');
   });
+
+  it("the redis-cluster component pins CHAT_PARTITIONS for gateway and worker alike, and runs no more workers than partitions", () => {
+    const objects = renders["production + every component"]!();
+    const data = (name: string) => objects.find((o) => o.kind === "ConfigMap" && o.metadata.name === name)!["data"] as Record<string, string>;
+    const partitions = data("chat-gateway-config")["CHAT_PARTITIONS"];
+    expect(partitions).toBe("16");
+    expect(data("chat-worker-config")["CHAT_PARTITIONS"]).toBe(partitions);
+    const worker = objects.find((o) => o.kind === "Deployment" && o.metadata.name === "chat-worker")!;
+    const replicas = (worker["spec"] as { replicas: number }).replicas;
+    expect(replicas).toBeGreaterThan(2);
+    expect(replicas).toBeLessThanOrEqual(Number(partitions));
+  });
 });
 
 describe("the checks reject broken manifests", () => {
@@ -146,6 +158,24 @@ describe("the checks reject broken manifests", () => {
     (workerConfig["data"] as Record<string, string>)["CHAT_REDIS_PREFIX"] = "other:";
     const violations = checkManifests(objects, { processes, externalSecrets: EXTERNAL_SECRETS });
     expect(violations).toContainEqual({ object: "Deployment/chat-worker", rule: "shared", message: 'CHAT_REDIS_PREFIX must be the same for every chat process, here value "other:"' });
+  });
+
+  it("a gateway and a worker on different CHAT_PARTITIONS are rejected, and so is a count set on one side only", () => {
+    const objects = renders["production + every component"]!();
+    const workerConfig = objects.find((o) => o.kind === "ConfigMap" && o.metadata.name === "chat-worker-config")!;
+    const data = workerConfig["data"] as Record<string, string>;
+    data["CHAT_PARTITIONS"] = "32";
+    expect(checkManifests(objects, { processes, externalSecrets: EXTERNAL_SECRETS })).toContainEqual({
+      object: "Deployment/chat-worker",
+      rule: "shared",
+      message: 'CHAT_PARTITIONS must be the same for every chat process, here value "32"',
+    });
+    delete data["CHAT_PARTITIONS"];
+    expect(checkManifests(objects, { processes, externalSecrets: EXTERNAL_SECRETS })).toContainEqual({
+      object: "Deployment/chat-worker",
+      rule: "shared",
+      message: 'CHAT_PARTITIONS must be the same for every chat process, here value "16" (default)',
+    });
   });
 
   it("a Secret reference that is neither rendered nor documented as external is rejected", () => {

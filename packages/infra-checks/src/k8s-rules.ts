@@ -25,8 +25,11 @@ export interface RuleOptions {
 /** Seconds a gateway needs after SIGTERM besides the drain window: presence release, Redis and Postgres close. */
 export const DEFAULT_DRAIN_MARGIN_SECONDS = 5;
 
-/** Settings on which the gateway, the worker and the migration must agree. */
-const SHARED_SETTINGS = ["REDIS_URL", "DATABASE_URL", "CHAT_REDIS_PREFIX"];
+/**
+ * Settings on which the gateway, the worker and the migration must agree. CHAT_PARTITIONS: a process
+ * with another count than the one recorded in Redis refuses to start (docs/scaling.md).
+ */
+const SHARED_SETTINGS = ["REDIS_URL", "DATABASE_URL", "CHAT_REDIS_PREFIX", "CHAT_PARTITIONS"];
 
 const WORKLOADS = new Set(["Deployment", "StatefulSet", "DaemonSet", "Job", "CronJob", "Pod"]);
 const LONG_RUNNING = new Set(["Deployment", "StatefulSet", "DaemonSet"]);
@@ -116,7 +119,8 @@ export function checkManifests(objects: K8sObject[], options: RuleOptions): Viol
     for (const o of objects.filter((x) => chatImages.has(label(x)))) add(o, "image", `the chat processes must share one image, got ${[...new Set(chatImages.values())].join(", ")}`);
   }
 
-  // A different prefix or backend on one side means messages that are never persisted or delivered.
+  // A different prefix or backend on one side means messages that are never persisted or delivered;
+  // a different partition count, a process that refuses to start.
   for (const variable of SHARED_SETTINGS) {
     const seen = shared.filter((x) => x.proc.reads.has(variable) && (x.proc.name !== "migrate" || variable === "DATABASE_URL"));
     const origin = (x: (typeof seen)[number]) => x.origins.get(variable) ?? `value ${JSON.stringify(x.proc.defaultOf(variable))} (default)`;
