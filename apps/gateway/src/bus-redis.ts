@@ -82,6 +82,8 @@ export async function openRedisBus(config: Readonly<GatewayConfig>, log: Logger)
   const redis = connect("commands", false, () => recovery?.commandsBack());
   // Until a reconnected subscriber has every channel back, this node takes no sends and no sockets.
   let subscriberSynced = true;
+  // WAIT blocks the connection it runs on: accepts that wait for replicas get one of their own.
+  const replicated = config.redisMinReplicasAck > 0 ? connect("replicated", false, () => {}) : null;
   const subscriber = connect("subscriber", true, () => {
     recovery?.resubscribe().then(
       () => {
@@ -94,10 +96,11 @@ export async function openRedisBus(config: Readonly<GatewayConfig>, log: Logger)
     subscriberSynced = false;
   });
   try {
-    await Promise.all([redis.connect(), subscriber.connect()]);
+    await Promise.all([redis.connect(), subscriber.connect(), replicated?.connect()]);
   } catch (cause) {
     redis.disconnect();
     subscriber.disconnect();
+    replicated?.disconnect();
     throw new RedisUnreachableError(shown, { cause: lastError ?? cause });
   }
 
@@ -111,21 +114,27 @@ export async function openRedisBus(config: Readonly<GatewayConfig>, log: Logger)
   } catch (err) {
     redis.disconnect();
     subscriber.disconnect();
+    replicated?.disconnect();
     throw err;
   }
   return {
     publisher: new RedisPublisher(redis),
     transport: new RedisChannelTransport(subscriber),
-    stream: new RedisMessageLog(redis, names, { idempotencyTtlSeconds: config.idempotencyTtlSeconds, rate: inAccept ? rate : undefined }),
+    stream: new RedisMessageLog(redis, names, {
+      idempotencyTtlSeconds: config.idempotencyTtlSeconds,
+      rate: inAccept ? rate : undefined,
+      replicas: replicated ? { count: config.redisMinReplicasAck, timeoutMs: config.redisReplicasAckTimeoutMs, client: replicated } : undefined,
+    }),
+    echoOnAccept: replicated !== null,
     rateLimiter: rate && !inAccept ? new RedisRateLimiter(redis, names, rate.perSecond, rate.burst) : null,
     presence: new RedisPresence(redis, names, config.presenceTtlMs),
     connections: config.maxConnectionsPerUser > 0 ? new RedisConnectionLimit(redis, names, config.maxConnectionsPerUser, config.presenceTtlMs) : null,
-    busReady: () => redis.status === "ready" && subscriber.status === "ready" && subscriberSynced,
+    busReady: () => redis.status === "ready" && subscriber.status === "ready" && subscriberSynced && (replicated === null || replicated.status === "ready"),
     setRecovery: (r) => {
       recovery = r;
     },
     close: async () => {
-      await Promise.allSettled([redis.quit(), subscriber.quit()]);
+      await Promise.allSettled([redis.quit(), subscriber.quit(), replicated?.quit()]);
     },
   };
 }

@@ -37,6 +37,12 @@ export interface GatewayParts {
   db: DbClient;
   /** Whether the bus serves: commands go through and every channel is subscribed. */
   busReady: () => boolean;
+  /**
+   * The log answers an accept only once the entry reached the replicas it must
+   * (CHAT_REDIS_MIN_REPLICAS_ACK): the sender's echo is then sent when the accept answers, not
+   * taken from the channel, which delivers as soon as the master has it.
+   */
+  echoOnAccept?: boolean;
 }
 
 /** Set by the engine's connection handling, once the gateway exists, to recover after an outage. */
@@ -99,6 +105,7 @@ export async function startGateway(config: Readonly<GatewayConfig>, parts: Gatew
     maxReplay: config.maxReplay,
     redisReady: parts.busReady,
     rateLimiter: parts.rateLimiter,
+    echoOnAccept: parts.echoOnAccept ?? false,
     maxMessageLength: config.maxMessageLength,
     log: log.child({ component: "gateway:sessions" }),
   });

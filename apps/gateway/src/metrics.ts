@@ -30,6 +30,11 @@ export class GatewayMetrics {
     buckets: [0.0005, 0.001, 0.002, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5],
     registers: [this.registry],
   });
+  readonly sendsUnreplicated = new Counter({
+    name: "chat_gateway_sends_unreplicated_total",
+    help: "Sends answered `unavailable` because their entry reached fewer than CHAT_REDIS_MIN_REPLICAS_ACK replicas within CHAT_REDIS_REPLICAS_ACK_TIMEOUT_MS",
+    registers: [this.registry],
+  });
   readonly echoesOverdue = new Counter({
     name: "chat_gateway_echoes_overdue_total",
     help: "Echoes the sender's channel did not deliver within CHAT_ECHO_DEADLINE_MS, sent directly (a subscription on a shard was lost)",

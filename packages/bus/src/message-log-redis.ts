@@ -22,6 +22,12 @@ const FIELD = "e";
 
 type XEntries = [id: string, fields: string[]][];
 
+function acceptResult([kind, value]: [string, string]): AcceptResult {
+  if (kind === "accepted") return { kind, streamId: value };
+  if (kind === "rate_limited") return { kind, retryAfterMs: Number(value) };
+  return { kind: "duplicate", frame: value };
+}
+
 function toReceived(entries: XEntries): ReceivedEntry[] {
   const out: ReceivedEntry[] = [];
   for (const [streamId, fields] of entries) {
@@ -61,6 +67,19 @@ export interface RedisMessageLogOptions {
    * user's slot, not the partition's, and the gateway takes from it with RedisRateLimiter first.
    */
   rate?: { perSecond: number; burst: number } | undefined;
+  /**
+   * CHAT_REDIS_MIN_REPLICAS_ACK: `accept` answers "accepted" only once the entry reached `count`
+   * replicas (WAIT, at most `timeoutMs`), else "unreplicated". These accepts go on `client`, a
+   * connection of their own: WAIT blocks the connection it runs on until the replicas answer.
+   */
+  replicas?: { count: number; timeoutMs: number; client: Client } | undefined;
+}
+
+/** One accept waiting for its partition's next WAIT round. */
+interface ReplicatedAccept {
+  args: (string | number)[];
+  resolve: (result: AcceptResult) => void;
+  reject: (err: unknown) => void;
 }
 
 /**
@@ -81,6 +100,7 @@ export class RedisMessageLog implements MessageLog {
       throw new TypeError("RedisMessageLog: the rate option needs a single Redis; on a cluster, use RedisRateLimiter");
     }
     defineScripts(redis);
+    if (options.replicas) defineScripts(options.replicas.client);
   }
 
   partitionOf(conversation: string): number {
@@ -104,9 +124,7 @@ export class RedisMessageLog implements MessageLog {
       keys.push(this.names.rateBucket(entry.kind === "message" ? entry.from : entry.reader));
       rateArgs.push(rate.perSecond, rate.burst);
     }
-    const run = (this.redis as unknown as { chatAccept: Run<[string, string]> }).chatAccept;
-    const [kind, value] = await run.call(
-      this.redis,
+    const args = [
       keys.length,
       ...keys,
       encodeStreamEntry(entry),
@@ -115,10 +133,63 @@ export class RedisMessageLog implements MessageLog {
       live?.frame ?? "",
       this.options.idempotencyTtlSeconds,
       ...rateArgs,
-    );
-    if (kind === "accepted") return { kind, streamId: value };
-    if (kind === "rate_limited") return { kind, retryAfterMs: Number(value) };
-    return { kind: "duplicate", frame: value };
+    ];
+    if (this.options.replicas) return this.acceptReplicated(this.partitionOf(request.conversation), args);
+    const run = (this.redis as unknown as { chatAccept: Run<[string, string]> }).chatAccept;
+    return acceptResult(await run.call(this.redis, ...args));
+  }
+
+  /** Per partition: accepts queued while that partition's WAIT round is in flight. */
+  private readonly replicatedQueues = new Map<number, ReplicatedAccept[]>();
+  private readonly replicatedInFlight = new Set<number>();
+
+  /**
+   * Accepts that must reach replicas before they count: each partition's accepts go out in rounds,
+   * a pipeline of every accept queued since the last round followed by one WAIT, which covers them
+   * all (WAIT counts the replicas that have every write of this connection so far). A partition is
+   * one slot, hence one master: on a cluster, each round goes to one node. One round in flight per
+   * partition: what comes meanwhile waits for the next, so a slow replica costs latency, not a WAIT
+   * per message.
+   */
+  private acceptReplicated(partition: number, args: (string | number)[]): Promise<AcceptResult> {
+    return new Promise((resolve, reject) => {
+      const queue = this.replicatedQueues.get(partition);
+      if (queue) queue.push({ args, resolve, reject });
+      else this.replicatedQueues.set(partition, [{ args, resolve, reject }]);
+      if (!this.replicatedInFlight.has(partition)) void this.replicatedRound(partition);
+    });
+  }
+
+  private async replicatedRound(partition: number): Promise<void> {
+    const { count, timeoutMs, client } = this.options.replicas!;
+    this.replicatedInFlight.add(partition);
+    try {
+      for (let round = this.replicatedQueues.get(partition); round && round.length > 0; round = this.replicatedQueues.get(partition)) {
+        this.replicatedQueues.delete(partition);
+        const pipeline = client.pipeline() as unknown as { chatAccept(...a: (string | number)[]): unknown; wait(n: number, ms: number): unknown; exec(): Promise<[Error | null, unknown][] | null> };
+        for (const a of round) pipeline.chatAccept(...a.args);
+        pipeline.wait(count, timeoutMs);
+        let replies: [Error | null, unknown][];
+        try {
+          replies = (await pipeline.exec()) ?? [];
+        } catch (err) {
+          for (const a of round) a.reject(err);
+          continue;
+        }
+        const [waitErr, reached] = replies[round.length] ?? [new Error("no reply to WAIT"), 0];
+        round.forEach((a, i) => {
+          const [err, reply] = replies[i] ?? [new Error("no reply to the accept script"), null];
+          if (err) return a.reject(err);
+          const result = acceptResult(reply as [string, string]);
+          if (result.kind !== "accepted") return a.resolve(result);
+          if (waitErr) return a.reject(waitErr);
+          const replicas = Number(reached);
+          a.resolve(replicas >= count ? result : { kind: "unreplicated", streamId: result.streamId, replicas, wanted: count });
+        });
+      }
+    } finally {
+      this.replicatedInFlight.delete(partition);
+    }
   }
 
   async append(conversation: string, entry: StreamEntry): Promise<string> {

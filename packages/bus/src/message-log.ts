@@ -137,7 +137,12 @@ export type AcceptResult =
   /** The sender's client_id was accepted before: nothing new was stored; `frame` is the original chat_message. */
   | { kind: "duplicate"; frame: string }
   /** Only from a log that enforces the sender's rate limit itself (see RedisMessageLogOptions.rate): nothing was stored. */
-  | { kind: "rate_limited"; retryAfterMs: number };
+  | { kind: "rate_limited"; retryAfterMs: number }
+  /**
+   * In the log, but it reached fewer replicas than required within the bound (RedisMessageLogOptions.replicas):
+   * a failover now could lose it. The sender is told to retry with the same client_id.
+   */
+  | { kind: "unreplicated"; streamId: string; replicas: number; wanted: number };
 
 /**
  * The log of accepted client entries, in partitions: a conversation's entries all go to one partition

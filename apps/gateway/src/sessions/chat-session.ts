@@ -58,6 +58,12 @@ export class ChatSession extends SubscribedSession {
   private sentDirectly: Map<string, number> | null = null;
   /** Sends whose accept script has not answered yet. */
   private sending = 0;
+  /**
+   * With echoOnAccept: this socket's sends whose accept has not answered, and whether the channel
+   * already brought their copy (left out: the echo goes out once the accept says the message is on
+   * enough replicas). Created on first use.
+   */
+  private awaitingAccept: Map<string, boolean> | null = null;
 
   constructor(
     core: GatewayCore,
@@ -225,12 +231,27 @@ export class ChatSession extends SubscribedSession {
   }
 
   protected override skips(): boolean {
-    return this.sentDirectly !== null && this.sentDirectly.size > 0;
+    return (this.sentDirectly !== null && this.sentDirectly.size > 0) || (this.awaitingAccept !== null && this.awaitingAccept.size > 0);
   }
 
   protected override skip(frame: Buffer): boolean {
     const id = chatMessageIdOf(frame);
-    return id !== undefined && this.sentDirectly!.delete(id);
+    if (id === undefined) return false;
+    if (this.awaitingAccept?.has(id)) {
+      this.awaitingAccept.set(id, true);
+      return true;
+    }
+    return this.sentDirectly?.delete(id) ?? false;
+  }
+
+  /**
+   * The accept of a send of this socket answered (echoOnAccept): its channel copy is left out, now
+   * if it came already, else when it comes.
+   */
+  private acceptAnswered(id: string): void {
+    const arrived = this.awaitingAccept?.get(id);
+    this.awaitingAccept?.delete(id);
+    if (arrived === false) (this.sentDirectly ??= new Map()).set(id, Date.now());
   }
 
   protected release(): void {
@@ -314,11 +335,18 @@ export class ChatSession extends SubscribedSession {
     if (frame.client_id !== undefined) entry.client_id = frame.client_id;
     const json = JSON.stringify(chatMessageEvent(entry));
     this.sending++;
+    const echoOnAccept = this.core.echoOnAccept;
+    if (echoOnAccept) (this.awaitingAccept ??= new Map()).set(entry.id, false);
     this.accept(entry, frame.client_id, json).then(
       (result) => {
         const echoedAlready = this.echoed?.delete(entry.id) ?? false;
         this.sendSettled();
-        if (result.kind === "accepted") {
+        if (echoOnAccept) this.acceptAnswered(entry.id);
+        if (result.kind === "accepted" && echoOnAccept) {
+          this.core.metrics.messagesReceived.inc();
+          if (!this.closed) this.socket.send(json);
+          this.core.log.debug({ id: entry.id, streamId: result.streamId, user: this.username, client_id: frame.client_id }, "message accepted and replicated");
+        } else if (result.kind === "accepted") {
           this.core.metrics.messagesReceived.inc();
           if (!this.closed && !echoedAlready) {
             (this.pendingEchoes ??= new Map()).set(entry.id, { frame: json, at: Date.now() });
@@ -329,12 +357,21 @@ export class ChatSession extends SubscribedSession {
           // A retry of a message already accepted: the original echo, to this socket only.
           this.core.log.info({ user: this.username, client_id: frame.client_id }, "duplicate client_id; original message echoed");
           if (!this.closed) this.socket.send(result.frame);
+        } else if (result.kind === "unreplicated") {
+          // In the log, and delivered to the conversation's other sockets, but a failover now could
+          // lose it: no echo. A retry with the same client_id gets the original back if it survived.
+          this.core.metrics.sendsUnreplicated.inc();
+          this.core.log.warn({ id: entry.id, user: this.username, client_id: frame.client_id, replicas: result.replicas, wanted: result.wanted }, "message not on enough replicas in time");
+          if (!this.closed) {
+            this.sendError(ErrorCode.unavailable, `message not confirmed by ${result.wanted} Redis replica(s) in time; retry with the same client_id`, frame.client_id);
+          }
         } else {
           this.rateLimited(result.retryAfterMs, frame.client_id);
         }
       },
       (err: unknown) => {
         this.sendSettled();
+        if (echoOnAccept) this.acceptAnswered(entry.id);
         this.core.log.warn({ err, user: this.username, client_id: frame.client_id }, "message refused by the bus");
         if (!this.closed) this.sendError(ErrorCode.unavailable, "message not accepted: the message bus refused it", frame.client_id);
       },
@@ -371,6 +408,9 @@ export class ChatSession extends SubscribedSession {
       (result) => {
         if (result.kind === "accepted") this.core.metrics.readsReceived.inc();
         else if (result.kind === "rate_limited") this.rateLimited(result.retryAfterMs);
+        else if (result.kind === "unreplicated" && !this.closed) {
+          this.sendError(ErrorCode.unavailable, `read not confirmed by ${result.wanted} Redis replica(s) in time; send it again`);
+        }
       },
       (err: unknown) => {
         this.core.log.warn({ err, user: this.username }, "read receipt refused by the bus");

@@ -53,6 +53,8 @@ export interface CoreOptions {
   maxMessageLength: number;
   /** Each user's send budget, cluster-wide; null when unlimited. */
   rateLimiter: RateLimiter | null;
+  /** The sender's echo goes out when its accept answers, not from the channel (see GatewayParts.echoOnAccept). */
+  echoOnAccept: boolean;
   /** Whether the bus serves: commands, and a subscriber with every channel in place. */
   redisReady: () => boolean;
   log: Logger;
@@ -75,6 +77,7 @@ export class GatewayCore {
   readonly media: MediaReferences;
   readonly maxReplay: number;
   readonly rateLimiter: RateLimiter | null;
+  readonly echoOnAccept: boolean;
   private readonly isRedisReady: () => boolean;
   readonly parseFrame: (text: string) => ParseResult;
   readonly log: Logger;
@@ -104,6 +107,7 @@ export class GatewayCore {
     this.media = options.media;
     this.maxReplay = options.maxReplay;
     this.rateLimiter = options.rateLimiter;
+    this.echoOnAccept = options.echoOnAccept;
     this.isRedisReady = options.redisReady;
     this.parseFrame = createFrameParser({ maxMessageLength: options.maxMessageLength });
     this.log = options.log;
