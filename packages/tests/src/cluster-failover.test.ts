@@ -14,7 +14,7 @@ import {
   type RunningProcess,
   type TestClient,
 } from "./helpers/index.js";
-import { missingClusterBinaries, startRedisCluster, type LocalRedisCluster } from "./helpers/redis-cluster.js";
+import { missingClusterBinaries, startRedisCluster, type LocalRedisCluster } from "@chat/redis-cluster-harness";
 
 // A master of a Redis Cluster SIGKILLed (its replica promoted) while messages with client_ids flow
 // through two gateways in conversations on every master. Its own cluster: the run's shared one is

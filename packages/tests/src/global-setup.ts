@@ -6,7 +6,7 @@ import { join } from "node:path";
 import { createInterface } from "node:readline";
 import { runMigrations } from "@chat/db";
 import { DATABASE_URL, REPO_ROOT } from "./helpers/env.js";
-import { missingClusterBinaries, startRedisCluster, type LocalRedisCluster } from "./helpers/redis-cluster.js";
+import { missingClusterBinaries, startRedisCluster, type LocalRedisCluster } from "@chat/redis-cluster-harness";
 
 /**
  * The suite runs against the built apps and, when Postgres answers (see vitest.config.ts), a migrated

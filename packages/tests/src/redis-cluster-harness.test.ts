@@ -1,8 +1,8 @@
 import { Cluster, Redis } from "ioredis";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
-import { missingClusterBinaries, startRedisCluster, type LocalRedisCluster } from "./helpers/redis-cluster.js";
+import { missingClusterBinaries, startRedisCluster, type LocalRedisCluster } from "@chat/redis-cluster-harness";
 
-// The local Redis Cluster harness (helpers/redis-cluster.ts) against the real thing: 3 masters and
+// The local Redis Cluster harness (@chat/redis-cluster-harness) against the real thing: 3 masters and
 // 3 replicas, driven through ioredis' Cluster with sharded subscribers, then a master crashed.
 
 const MISSING = missingClusterBinaries();

@@ -6,9 +6,10 @@ import { delimiter, join } from "node:path";
 import { Redis } from "ioredis";
 import { freePort } from "./ports.js";
 
-// A local Redis Cluster (masters + replicas, one redis-server each on loopback) for tests. No vitest
-// here: vitest's globalSetup may start one. The servers run in the foreground (no --daemonize) so that
-// we hold their pids: a crash is a SIGKILL by pid, and nothing outlives stop() or this Node process.
+// A local Redis Cluster (masters + replicas, one redis-server each on loopback) for the test suites
+// (packages/tests: vitest's globalSetup starts one, so no vitest here) and the bench (apps/bench, which
+// reads each server's CPU by its pid). The servers run in the foreground (no --daemonize) so that we
+// hold their pids: a crash is a SIGKILL by pid, and nothing outlives stop() or this Node process.
 
 export interface ClusterNode {
   port: number;
