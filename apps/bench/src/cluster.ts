@@ -1,7 +1,7 @@
-import { Redis } from "ioredis";
-import type { RedisNames } from "@chat/bus";
+import { openRedis, parseRedisTarget, type RedisClient, type RedisNames } from "@chat/bus";
+import { startRedisCluster, type LocalRedisCluster } from "@chat/redis-cluster-harness";
 import postgres from "postgres";
-import { parentPid } from "./proc.js";
+import { parentPid, type ProcessGroups } from "./proc.js";
 import { spawnNode, type ManagedProcess } from "./processes.js";
 
 /** Where the bench's servers live and how they authenticate. */
@@ -27,7 +27,24 @@ export interface Cluster {
   urls: string[];
   nodes: ManagedProcess[];
   worker?: ManagedProcess;
+  /** The local Redis Cluster the bench started for this cluster (absent: the shared Redis at REDIS_URL). */
+  redisCluster?: BenchRedisCluster;
   stop(): Promise<void>;
+}
+
+/** A redis-server the bench started, whose CPU a load counts on its own. */
+export interface RedisServer {
+  /** Its process group in the CPU figures: `redis-1`, `redis-2`... */
+  name: string;
+  port: number;
+  pid: number;
+}
+
+/** A local Redis Cluster of masters only, started for one bench cluster and stopped with it. */
+export interface BenchRedisCluster {
+  /** REDIS_URL of the gateways and the worker: redis+cluster://... */
+  url: string;
+  masters: RedisServer[];
 }
 
 export interface ChatClusterOptions {
@@ -38,6 +55,8 @@ export interface ChatClusterOptions {
   worker?: boolean;
   /** Extra node flags, e.g. --cpu-prof. */
   nodeArgs?: string[];
+  /** REDIS_URL of the gateways and the worker (default: the bench's, env.redisUrl). */
+  redisUrl?: string;
 }
 
 export function gatewayEnv(env: BenchEnv, prefix: string, nodeId: string): Record<string, string> {
@@ -80,7 +99,8 @@ async function stopAll(processes: (ManagedProcess | undefined)[]): Promise<void>
 }
 
 /** Our cluster: gateways on free ports and a worker, against the bench's Redis prefix and database. */
-export async function startChatCluster(env: BenchEnv, o: ChatClusterOptions): Promise<Cluster> {
+export async function startChatCluster(benchEnv: BenchEnv, o: ChatClusterOptions): Promise<Cluster> {
+  const env = o.redisUrl ? { ...benchEnv, redisUrl: o.redisUrl } : benchEnv;
   const started = await Promise.allSettled([
     ...Array.from({ length: o.gateways ?? 2 }, (_, i) =>
       spawnNode({
@@ -111,6 +131,35 @@ export async function startChatCluster(env: BenchEnv, o: ChatClusterOptions): Pr
   };
 }
 
+/**
+ * Our cluster (two gateways and a worker) on a Redis Cluster of `masters` masters that it starts
+ * itself on free loopback ports (@chat/redis-cluster-harness), instead of the shared Redis. No
+ * replicas: they serve no load, and the figures are the masters' cost (a replica would add its own
+ * process and the replication stream on its master). stop() stops the nodes, then kills every
+ * redis-server by pid and removes their directory; the harness also kills them if the bench exits.
+ */
+export async function startChatOnRedisCluster(env: BenchEnv, o: ChatClusterOptions & { masters: number }): Promise<Cluster> {
+  const redis: LocalRedisCluster = await startRedisCluster({ masters: o.masters, replicasPerMaster: 0 });
+  try {
+    const masters = (await redis.masters()).sort((a, b) => a.port - b.port).map((m, i) => ({ name: `redis-${i + 1}`, port: m.port, pid: m.pid }));
+    const chat = await startChatCluster(env, { ...o, redisUrl: redis.url });
+    return {
+      ...chat,
+      redisCluster: { url: redis.url, masters },
+      stop: async () => {
+        try {
+          await chat.stop();
+        } finally {
+          await redis.stop();
+        }
+      },
+    };
+  } catch (err) {
+    await redis.stop();
+    throw err;
+  }
+}
+
 /** The Socket.IO 4 + Redis adapter baseline: two nodes sharing the bench's Redis under their own key. */
 export async function startBaselineCluster(env: BenchEnv, key: string, nodeArgs: string[] = []): Promise<Cluster> {
   const started = await Promise.allSettled(
@@ -138,22 +187,42 @@ export async function startBaselineCluster(env: BenchEnv, key: string, nodeArgs:
   };
 }
 
-/** The shared services' processes whose CPU the bench counts: redis-server, and Postgres serving the bench database. */
+/**
+ * The services' processes whose CPU the bench counts: redis-server, and Postgres serving the bench
+ * database; and the message log's backlog. On the shared Redis by default; on a local Redis Cluster
+ * the bench started when given its servers (then env.redisUrl is that cluster's URL).
+ */
 export class ServicePids {
   private sql: postgres.Sql;
-  private redis: Redis;
+  private redis: RedisClient;
+  private readonly redisServers: RedisServer[] | undefined;
 
-  constructor(env: BenchEnv) {
+  constructor(env: BenchEnv, redisServers?: RedisServer[]) {
     this.sql = postgres(env.databaseUrl, { max: 1, onnotice: () => undefined });
-    this.redis = new Redis(env.redisUrl, { lazyConnect: true, maxRetriesPerRequest: 1 });
+    this.redis = openRedis(parseRedisTarget(env.redisUrl), { connectionName: "bench", lazyConnect: true, maxRetriesPerRequest: 1 });
+    // Errors reach the caller through the commands; a Cluster would throw an "error" nobody listens to.
+    this.redis.on("error", () => undefined);
+    this.redisServers = redisServers;
   }
 
-  /** The redis-server pid (INFO server process_id), if that process is on this machine. */
-  async redisPids(): Promise<number[]> {
+  private async connected(): Promise<RedisClient> {
     if (this.redis.status === "wait") await this.redis.connect();
+    return this.redis;
+  }
+
+  /** The redis-server pids: the servers given, or the shared one's (INFO server process_id) if that process is on this machine. */
+  async redisPids(): Promise<number[]> {
+    if (this.redisServers) return this.redisServers.map((s) => s.pid);
+    await this.connected();
     const info = await this.redis.info("server");
     const pid = Number(/process_id:(\d+)/.exec(info)?.[1]);
     return Number.isInteger(pid) && parentPid(pid) !== undefined ? [pid] : [];
+  }
+
+  /** The redis-server process groups of a load's CPU figures: `redis` (the shared one), or one group per server given. */
+  async redisGroups(): Promise<ProcessGroups> {
+    if (this.redisServers) return Object.fromEntries(this.redisServers.map((s) => [s.name, [s.pid]]));
+    return { redis: await this.redisPids() };
   }
 
   /**
@@ -176,7 +245,7 @@ export class ServicePids {
    * the stream does not exist yet.
    */
   async groupState(stream: string, group: string): Promise<{ pending: number; lag: number; lastDelivered: string } | null> {
-    if (this.redis.status === "wait") await this.redis.connect();
+    await this.connected();
     let info: unknown[];
     let groups: unknown[][];
     try {

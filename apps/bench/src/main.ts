@@ -1,7 +1,8 @@
 // `npm run bench`: prepares the database, then per system (ours, the Socket.IO baseline) a cluster for
-// the loads (warm-up, fixed, find-max) and a fresh one for the connection scenarios, then the worker
-// drain and the profile run, and writes the reports. Every cluster is stopped by pid in a finally,
-// and on SIGINT/SIGTERM; a scenario that throws is recorded and the next one runs.
+// the loads (warm-up, fixed, find-max), for ours the same loads again on a local Redis Cluster the
+// bench starts, and a fresh cluster for the connection scenarios, then the worker drain and the
+// profile run, and writes the reports. Every cluster (and redis-server the bench started) is stopped
+// by pid in a finally, and on SIGINT/SIGTERM; a scenario that throws is recorded and the next one runs.
 import { randomBytes } from "node:crypto";
 import { copyFileSync, mkdirSync, mkdtempSync, readdirSync, readFileSync, rmSync, writeFileSync } from "node:fs";
 import { availableParallelism, tmpdir } from "node:os";
@@ -10,15 +11,16 @@ import { parseArgs } from "node:util";
 import { Redis } from "ioredis";
 import postgres from "postgres";
 import { runLoad } from "@chat/loadgen";
-import { ServicePids, startBaselineCluster, startChatCluster, type BenchEnv, type Cluster, type SystemName } from "./cluster.js";
+import { missingClusterBinaries } from "@chat/redis-cluster-harness";
+import { ServicePids, startBaselineCluster, startChatCluster, startChatOnRedisCluster, type BenchEnv, type Cluster, type SystemName } from "./cluster.js";
 import type { BenchContext } from "./context.js";
 import { describeEnvironment } from "./environment.js";
-import { FULL, QUICK, SCENARIOS, type Plan, type ScenarioName } from "./plan.js";
+import { FULL, QUICK, REDIS_CLUSTER_MASTERS, SCENARIOS, type Plan, type ScenarioName } from "./plan.js";
 import { killAll, REPO_ROOT, runNode } from "./processes.js";
 import { Inspector } from "./inspector.js";
 import { perfAvailable, perfRecord, removePerfMaps, summarizePerf, type PerfRecording } from "./perf.js";
 import { summarizeProfile, summarizeProfiles, type CpuProfile } from "./profile.js";
-import { resultStamp, writeReports, type BenchResults, type SystemResults } from "./report.js";
+import { redisCpuUs, resultStamp, writeReports, type BenchResults, type LoadResults } from "./report.js";
 import { connectionRate, idleMemory } from "./scenarios/connections.js";
 import { workerDrain } from "./scenarios/drain.js";
 import { measuredLoad, measuredLoadWithNoise, waitForQuiet } from "./scenarios/load.js";
@@ -31,8 +33,15 @@ Starts a local cluster (two gateways, one worker; Redis and Postgres at REDIS_UR
 and a Socket.IO 4 + Redis adapter baseline, runs the scenarios against both, prints the tables and
 writes bench-results/<time>.{json,md,svg}.
 
-  --quick          small and short (under two minutes): the CI smoke run
-  --only LIST      comma-separated subset of: ${SCENARIOS.join(", ")}
+redis-cluster runs our cluster's fixed and find-max loads again on a local Redis Cluster of
+${REDIS_CLUSTER_MASTERS} masters (no replicas: they serve no load) that the bench starts on free loopback ports
+(redis-server and redis-cli on PATH) and stops by pid, and reports Redis CPU per message per master and
+summed, beside the single Redis's, and both maximum rates.
+
+  --quick          small and short (under two minutes): the CI smoke run; leaves out profile and
+                   redis-cluster unless --only names them
+  --only LIST      comma-separated subset of: ${SCENARIOS.join(", ")};
+                   redis-cluster runs the loads named with it (fixed, find-max), both when neither is
   --no-baseline    skip the Socket.IO baseline
   --docs           also rewrite docs/benchmarks.md (between its bench markers) and docs/benchmarks-p99.svg
   --out DIR        results directory (default bench-results/)
@@ -73,7 +82,9 @@ for (const s of only) {
     process.exit(2);
   }
 }
-const wants = (s: ScenarioName) => only.includes(s) && !(s === "profile" && plan.mode === "quick" && !values.only);
+/** Left out of --quick (unless --only names them), to keep it under two minutes. */
+const NOT_QUICK: ScenarioName[] = ["profile", "redis-cluster"];
+const wants = (s: ScenarioName) => only.includes(s) && !(NOT_QUICK.includes(s) && plan.mode === "quick" && !values.only);
 const systems: SystemName[] = values["no-baseline"] ? ["chat"] : ["chat", "socket.io"];
 
 const startedAt = new Date();
@@ -157,7 +168,7 @@ const results: BenchResults = {
   errors: [],
 };
 
-async function scenario(system: SystemResults | null, name: string, fn: () => Promise<void>): Promise<void> {
+async function scenario(system: { errors: BenchResults["errors"] } | null, name: string, fn: () => Promise<void>): Promise<void> {
   if (interrupted) return;
   try {
     await fn();
@@ -183,12 +194,12 @@ const ctx: BenchContext = {
 const startSystem = (system: SystemName, nodeArgs: string[] = []) => () =>
   system === "chat" ? startChatCluster(env, { prefix: redisPrefix, nodeArgs }) : startBaselineCluster(env, `bench:${runTag}:socket.io`, nodeArgs);
 
-const warm = async (cluster: Cluster) => {
+const warm = async (c: BenchContext, cluster: Cluster) => {
   await runLoad({
     protocol: cluster.system,
     urls: cluster.urls,
     secret: env.secret,
-    userPrefix: ctx.userPrefix("w"),
+    userPrefix: c.userPrefix("w"),
     ...plan.warmup,
     messageBytes: ctx.messageBytes,
     notifications: true,
@@ -197,34 +208,73 @@ const warm = async (cluster: Cluster) => {
   });
 };
 
+/** Warm-up, then the fixed load and find-max (those asked for) against `cluster`, into `out`. */
+async function runLoads(c: BenchContext, cluster: Cluster, out: LoadResults, name: string, loads: { fixed: boolean; findMax: boolean }): Promise<void> {
+  log(`${name}: warming up`);
+  await warm(c, cluster);
+  if (loads.fixed) {
+    const f = plan.fixed;
+    log(`${name}: fixed ${f.rate} msg/s, ${f.pairs} pairs, ${f.durationMs / 1000} s`);
+    out.fixed = await measuredLoadWithNoise(c, cluster, f, "fx", plan.noise, { verifyPersistence: true });
+    const l = out.fixed.load;
+    log(
+      `  p50 ${l.latencyMs.p50.toFixed(2)} ms, p99 ${l.latencyMs.p99.toFixed(2)} ms, loss ${l.delivery.lost}` +
+        (l.notifications ? `, notify p99 ${l.notifications.latencyMs.p99.toFixed(1)} ms` : "") +
+        (out.fixed.cpu ? `, ${out.fixed.cpu.perDeliveredUs.toFixed(0)} µs CPU/msg` : ""),
+    );
+    const redis = redisCpuUs(out.fixed);
+    if (redis) log(`  Redis CPU per message: ${redis.servers.map((s) => `${s.name} ${s.us.toFixed(1)} µs`).join(", ")}${redis.servers.length > 1 ? `, sum ${redis.sumUs.toFixed(1)} µs` : ""}`);
+  }
+  if (loads.findMax) {
+    log(`${name}: find-max`);
+    out.findMax = await findMax(c, cluster, { ...plan.findMax, threadsFor, noise: plan.noise });
+    if (out.findMax.error) out.errors.push({ scenario: "find-max", message: out.findMax.error });
+    log(`  ${name} max ${out.findMax.maxRate} msg/s`);
+  }
+}
+
+/**
+ * Our cluster's loads on a local Redis Cluster the bench starts (masters only), with their own
+ * users (`c` prefix) so the persistence checks count only theirs, and the backlog read on that cluster.
+ */
+async function redisClusterLoads(): Promise<void> {
+  // The loads named with redis-cluster in --only, or both when it names neither.
+  const named = wants("fixed") || wants("find-max");
+  const loads = { fixed: !named || wants("fixed"), findMax: !named || wants("find-max") };
+  const out: NonNullable<BenchResults["redisCluster"]> = { masters: [], errors: [] };
+  results.redisCluster = out;
+  await scenario(out, "redis-cluster load", async () => {
+    const missing = missingClusterBinaries();
+    if (missing.length) throw new Error(`${missing.join(" and ")} not on PATH (Debian: apt-get install redis-server redis-tools)`);
+    await withCluster(
+      () => startChatOnRedisCluster(env, { prefix: redisPrefix, masters: REDIS_CLUSTER_MASTERS }),
+      async (cluster) => {
+        const rc = cluster.redisCluster!;
+        out.masters = rc.masters.map(({ name, port }) => ({ name, port }));
+        log(`redis-cluster: ${rc.masters.length} masters (no replicas) on ports ${rc.masters.map((m) => m.port).join(", ")}`);
+        const clusterEnv = { ...env, redisUrl: rc.url };
+        const clusterServices = new ServicePids(clusterEnv, rc.masters);
+        try {
+          const c: BenchContext = { ...ctx, env: clusterEnv, services: clusterServices, userPrefix: (label) => ctx.userPrefix(`c${label}`) };
+          await runLoads(c, cluster, out, "chat on a Redis Cluster", loads);
+        } finally {
+          await clusterServices.close();
+        }
+      },
+    );
+  });
+}
+
 if (results.errors.length === 0) {
   for (const system of systems) {
     const out = results.systems[system];
     if (wants("fixed") || wants("find-max")) {
       await scenario(out, `${system} load`, () =>
-        withCluster(startSystem(system), async (cluster) => {
-          log(`${system}: warming up`);
-          await warm(cluster);
-          if (wants("fixed")) {
-            const f = plan.fixed;
-            log(`${system}: fixed ${f.rate} msg/s, ${f.pairs} pairs, ${f.durationMs / 1000} s`);
-            out.fixed = await measuredLoadWithNoise(ctx, cluster, f, "fx", plan.noise, { verifyPersistence: true });
-            const l = out.fixed.load;
-            log(
-              `  p50 ${l.latencyMs.p50.toFixed(2)} ms, p99 ${l.latencyMs.p99.toFixed(2)} ms, loss ${l.delivery.lost}` +
-                (l.notifications ? `, notify p99 ${l.notifications.latencyMs.p99.toFixed(1)} ms` : "") +
-                (out.fixed.cpu ? `, ${out.fixed.cpu.perDeliveredUs.toFixed(0)} µs CPU/msg` : ""),
-            );
-          }
-          if (wants("find-max")) {
-            log(`${system}: find-max`);
-            out.findMax = await findMax(ctx, cluster, { ...plan.findMax, threadsFor, noise: plan.noise });
-            if (out.findMax.error) out.errors.push({ scenario: "find-max", message: out.findMax.error });
-            log(`  ${system} max ${out.findMax.maxRate} msg/s`);
-          }
-        }),
+        withCluster(startSystem(system), (cluster) => runLoads(ctx, cluster, out, system, { fixed: wants("fixed"), findMax: wants("find-max") })),
       );
     }
+    // Right after the single Redis's loads, so both meet the shared machine in about the same state.
+    if (system === "chat" && wants("redis-cluster")) await redisClusterLoads();
     if (wants("idle-memory") || wants("connection-rate")) {
       await scenario(out, `${system} connections`, () =>
         // The inspector port lets idle-memory run a full GC in the nodes afterwards (SIGUSR1).
@@ -269,7 +319,7 @@ if (results.errors.length === 0) {
         async (cluster) => {
           const processes = [...cluster.nodes, ...(cluster.worker ? [cluster.worker] : [])];
           log(`profile: V8 sampling profiler${withPerf ? " and perf" : ""} on ${processes.map((p) => p.name).join(", ")} at ${plan.profile.rate} msg/s`);
-          await warm(cluster);
+          await warm(ctx, cluster);
           const inspectors = await Promise.all(
             processes.map((p) => {
               const url = p.inspectorUrl();
@@ -335,5 +385,5 @@ results.durationS = (Date.now() - startedAt.getTime()) / 1000;
 const written = writeReports(results, outDir, { docs: values.docs, repoRoot: REPO_ROOT });
 process.stdout.write(written.summary + "\n");
 log(`wrote ${written.files.join(", ")} in ${results.durationS.toFixed(0)} s`);
-const failed = results.errors.length + Object.values(results.systems).reduce((a, s) => a + s.errors.length, 0);
+const failed = results.errors.length + Object.values(results.systems).reduce((a, s) => a + s.errors.length, 0) + (results.redisCluster?.errors.length ?? 0);
 process.exit(failed > 0 || interrupted ? 1 : 0);

@@ -1,8 +1,14 @@
 import type { LoadShape, NoisePolicy } from "./scenarios/load.js";
 import type { FindMaxPlan } from "./scenarios/throughput.js";
 
-export const SCENARIOS = ["fixed", "find-max", "idle-memory", "connection-rate", "worker-drain", "profile"] as const;
+export const SCENARIOS = ["fixed", "find-max", "idle-memory", "connection-rate", "worker-drain", "profile", "redis-cluster"] as const;
 export type ScenarioName = (typeof SCENARIOS)[number];
+
+/**
+ * Masters of the local Redis Cluster the `redis-cluster` scenario starts (no replicas): the smallest
+ * cluster redis-cli creates, and the size the test suites run on.
+ */
+export const REDIS_CLUSTER_MASTERS = 3;
 
 /** Everything a bench invocation runs, and how big. */
 export interface Plan {

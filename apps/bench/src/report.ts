@@ -13,12 +13,25 @@ import { othersPct, type MeasuredLoad } from "./scenarios/load.js";
 import { LIMITS, type FindMaxResult } from "./scenarios/throughput.js";
 import { p99Chart } from "./svg.js";
 
-export interface SystemResults {
+/** The loads of one cluster: the fixed rate and find-max. */
+export interface LoadResults {
   fixed?: MeasuredLoad;
   findMax?: FindMaxResult;
+  errors: { scenario: string; message: string }[];
+}
+
+export interface SystemResults extends LoadResults {
   idleMemory?: IdleMemoryResult;
   connectionRate?: ConnectionRateResult;
-  errors: { scenario: string; message: string }[];
+}
+
+/**
+ * Our cluster's loads on a local Redis Cluster the bench started (masters only, no replicas). The
+ * CPU figures have one group per master (`redis-1`...) where the single-Redis runs have `redis`.
+ */
+export interface RedisClusterResults extends LoadResults {
+  /** The masters, in the order of their groups; ports change from run to run. */
+  masters: { name: string; port: number }[];
 }
 
 /** Everything one invocation measured: the JSON report. */
@@ -32,6 +45,8 @@ export interface BenchResults {
   environment: Environment;
   plan: Plan;
   systems: Record<SystemName, SystemResults>;
+  /** Ours again, on a local Redis Cluster (the redis-cluster scenario). */
+  redisCluster?: RedisClusterResults;
   /** Ours only: the baseline has no worker. */
   drain?: DrainResult;
   profile?: ProfileSummary[];
@@ -43,6 +58,7 @@ export interface BenchResults {
 }
 
 const NAMES: Record<SystemName, string> = { chat: "chat-cluster", "socket.io": "Socket.IO 4 + redis-adapter" };
+const ON_REDIS_CLUSTER = "chat-cluster on a Redis Cluster";
 const DASH = "–";
 
 const num = (v: number | undefined | null, digits = 0): string =>
@@ -132,6 +148,66 @@ function metCell(met: boolean | null): string {
 
 const otherPct = othersPct;
 
+/** A load's Redis CPU: per redis-server group (`redis`, or a cluster's `redis-1`...) and summed. */
+export interface RedisCpu {
+  servers: {
+    name: string;
+    /** CPU per delivered message, µs. */
+    us: number;
+    /** CPU seconds over wall seconds: 1 is one core busy all the time (Redis runs commands on one thread). */
+    coreShare: number;
+  }[];
+  sumUs: number;
+  busiestCoreShare: number;
+}
+
+const REDIS_GROUP = /^redis(?:-(\d+))?$/;
+
+/** The Redis part of a load's CPU figures, undefined when the load has none. */
+export function redisCpuUs(m: MeasuredLoad | undefined): RedisCpu | undefined {
+  const cpu = m?.cpu;
+  if (!cpu) return undefined;
+  const order = (g: string) => Number(REDIS_GROUP.exec(g)?.[1] ?? 0);
+  const servers = Object.keys(cpu.groups)
+    .filter((g) => REDIS_GROUP.test(g))
+    .sort((a, b) => order(a) - order(b))
+    .map((name) => ({ name, us: cpu.perDeliveredUsByGroup[name] ?? 0, coreShare: cpu.wallS > 0 ? (cpu.groups[name] ?? 0) / cpu.wallS : 0 }));
+  if (!servers.length) return undefined;
+  return { servers, sumUs: servers.reduce((a, s) => a + s.us, 0), busiestCoreShare: Math.max(...servers.map((s) => s.coreShare)) };
+}
+
+/** The find-max step at the highest rate that held. */
+const maxStep = (f: FindMaxResult | undefined) => f?.steps.find((s) => s.held && s.rate === f.maxRate);
+
+/**
+ * One Redis against the Redis Cluster, side by side: the fixed load's figures and the highest rate
+ * that held. Null when the redis-cluster scenario did not run or measured nothing.
+ */
+function redisComparison(r: BenchResults): { head: string[]; rows: string[][] } | null {
+  const rc = r.redisCluster;
+  // Nothing measured (the cluster could not start): the errors section says why.
+  if (!rc || !(rc.fixed || rc.findMax)) return null;
+  const one = r.systems.chat;
+  const n = rc.masters.length;
+  const a = redisCpuUs(one.fixed);
+  const b = redisCpuUs(rc.fixed);
+  const pct = (v: number | undefined) => num(v === undefined ? undefined : v * 100);
+  const both = (label: string, x: number | undefined, y: number | undefined, fmt: (v: number | undefined) => string) => [label, fmt(x), fmt(y), ratio(y, x)];
+  const rows = [
+    both(`Redis CPU per delivered message at ${num(r.plan.fixed.rate)} msg/s, µs (cluster: sum of the masters)`, a?.sumUs, b?.sumUs, (v) => num(v, 1)),
+    ...rc.masters.map((m, i) => [`… of which ${m.name} (master ${i + 1}, :${m.port}), µs`, DASH, num(b?.servers.find((s) => s.name === m.name)?.us, 1), DASH]),
+    both("Busiest redis-server, % of one core", a?.busiestCoreShare, b?.busiestCoreShare, pct),
+    both("Server CPU per delivered message, all processes, µs", one.fixed?.cpu?.perDeliveredUs, rc.fixed?.cpu?.perDeliveredUs, (v) => num(v)),
+    both("Delivery p99 ms", one.fixed?.load.latencyMs.p99, rc.fixed?.load.latencyMs.p99, ms),
+    both("Notification p99 ms", one.fixed?.load.notifications?.latencyMs.p99, rc.fixed?.load.notifications?.latencyMs.p99, ms),
+    ["Others' CPU during the fixed load, % of machine", ...[one.fixed, rc.fixed].map((m) => (m ? num(otherPct(m, r.environment.cores)) + (m.noisyAttempts ? ` (repeated; was ${m.noisyAttempts.map((x) => num(x)).join(", ")})` : "") : DASH)), DASH],
+    both("**Highest rate that held (find-max), msg/s**", one.findMax?.maxRate, rc.findMax?.maxRate, (v) => num(v)),
+    both("Redis CPU per delivered message at that rate, µs (sum)", redisCpuUs(maxStep(one.findMax)?.measured)?.sumUs, redisCpuUs(maxStep(rc.findMax)?.measured)?.sumUs, (v) => num(v, 1)),
+    both("Busiest redis-server at that rate, % of one core", redisCpuUs(maxStep(one.findMax)?.measured)?.busiestCoreShare, redisCpuUs(maxStep(rc.findMax)?.measured)?.busiestCoreShare, pct),
+  ];
+  return { head: ["Figure", "One Redis", `Redis Cluster, ${n} masters`, "Cluster / one"], rows };
+}
+
 function loadRows(label: string, pick: (m: MeasuredLoad) => number | undefined, fmt: (v: number | undefined) => string, us?: MeasuredLoad, base?: MeasuredLoad) {
   const a = us ? pick(us) : undefined;
   const b = base ? pick(base) : undefined;
@@ -162,7 +238,11 @@ export function renderMarkdown(r: BenchResults, chartPath: string): string {
         ["Machine", `${e.cpu}, ${e.cores} cores, ${num(e.memoryGiB, 1)} GiB (generator, servers, Redis and Postgres share it)`],
         ["Machine before the run", `${num(e.backgroundBusyPct)} % busy with other work, load average ${num(e.loadAverage, 2)} (the machine is shared: see "Others' CPU" in the tables)`],
         ["Software", `Linux ${e.kernel}, Node.js ${e.node}, Redis ${e.redis}, PostgreSQL ${e.postgres}`],
-        ["Clusters", "ours: 2 gateways + 1 worker, NODE_ENV=production, default settings; baseline: 2 Socket.IO nodes (websocket transport only), @socket.io/redis-adapter"],
+        [
+          "Clusters",
+          "ours: 2 gateways + 1 worker, NODE_ENV=production, default settings; baseline: 2 Socket.IO nodes (websocket transport only), @socket.io/redis-adapter" +
+            (r.redisCluster?.masters.length ? `; ours again on a local ${r.redisCluster.masters.length}-master Redis Cluster without replicas (section 7)` : ""),
+        ],
         ["Load", `${r.plan.fixed.pairs} pairs (find-max: ${r.plan.findMax.pairs}), partners on different nodes, ${64}-character messages, open-loop schedule; latency from the scheduled send time`],
       ],
     ),
@@ -359,6 +439,56 @@ export function renderMarkdown(r: BenchResults, chartPath: string): string {
     );
   } else parts.push("Not run.");
 
+  // 7. Redis Cluster
+  const comparison = redisComparison(r);
+  if (comparison && r.redisCluster) {
+    const rc = r.redisCluster;
+    parts.push(
+      "",
+      `### 7. Redis CPU per message: one Redis and a local ${rc.masters.length}-master Redis Cluster`,
+      "",
+      `Our cluster (2 gateways + 1 worker, the same settings) on the shared Redis (\`REDIS_URL\`), and on a Redis Cluster of ${rc.masters.length} masters that the bench starts on loopback ` +
+        "(`redis+cluster://`, redis-server processes it stops by pid), under the same fixed load and find-max. No replicas: they serve no load; " +
+        "a replica would add its own process' CPU and, on its master, the replication stream. Redis CPU is each redis-server's user + system time " +
+        "(`/proc/<pid>/stat`) over the load, divided by the messages delivered; \"% of one core\" is that time over the wall time, and as Redis runs " +
+        "commands on one thread, a server near 100 % is the ceiling. The sum is what a deployment pays per message; the masters' shares show how " +
+        "evenly the slots spread the load.",
+      "",
+      table(comparison.head, comparison.rows),
+    );
+    const stepRows: string[][] = [];
+    for (const [label, f] of [["one Redis", r.systems.chat.findMax], [`cluster, ${rc.masters.length} masters`, rc.findMax]] as const) {
+      for (const st of [...(f?.steps ?? [])].sort((x, y) => x.rate - y.rate)) {
+        const l = st.measured.load;
+        const redis = redisCpuUs(st.measured);
+        stepRows.push([
+          label,
+          num(st.rate),
+          ms(l.latencyMs.p99),
+          num(l.delivery.lossPct, 3),
+          l.notifications ? ms(l.notifications.latencyMs.p99) : DASH,
+          num(st.measured.cpu?.perDeliveredUs),
+          num(redis?.sumUs, 1),
+          redis && redis.servers.length > 1 ? redis.servers.map((x) => num(x.us, 1)).join(" / ") : DASH,
+          num(redis ? redis.busiestCoreShare * 100 : undefined),
+          num(otherPct(st.measured, r.environment.cores)),
+          st.held ? "held" : `failed: ${st.failures.join("; ")}`,
+        ]);
+      }
+    }
+    if (stepRows.length) {
+      parts.push(
+        "",
+        "Find-max steps of both (the one-Redis steps are those of section 1):",
+        "",
+        table(
+          ["Redis", "Offered msg/s", "p99 ms", "Loss %", "Notify p99 ms", "Server CPU µs/msg", "Redis CPU µs/msg", "Per master µs/msg", "Busiest redis-server % of one core", "Others' CPU %", "Result"],
+          stepRows,
+        ),
+      );
+    }
+  }
+
   // profile
   if (r.profile?.length) {
     const pl = r.profileLoad?.load;
@@ -420,7 +550,11 @@ export function renderMarkdown(r: BenchResults, chartPath: string): string {
     }
   }
 
-  const errors = [...r.errors, ...Object.entries(r.systems).flatMap(([s, v]) => v.errors.map((e) => ({ ...e, scenario: `${s}: ${e.scenario}` })))];
+  const errors = [
+    ...r.errors,
+    ...Object.entries(r.systems).flatMap(([s, v]) => v.errors.map((e) => ({ ...e, scenario: `${s}: ${e.scenario}` }))),
+    ...(r.redisCluster?.errors ?? []).map((e) => ({ ...e, scenario: `redis-cluster: ${e.scenario}` })),
+  ];
   if (errors.length) parts.push("", "### Errors", "", ...errors.map((e) => `- ${e.scenario}: ${e.message.split("\n")[0]}`));
   return parts.join("\n") + "\n";
 }
@@ -439,11 +573,12 @@ export function writeReports(r: BenchResults, outDir: string, o: { docs: boolean
     writeFileSync(path, text);
     files.push(path);
   };
+  const points = (f: FindMaxResult | undefined) => (f?.steps ?? []).map((st) => ({ rate: st.rate, p99: st.measured.load.latencyMs.p99, held: st.held }));
   const svg = p99Chart(
-    (["chat", "socket.io"] as const).map((s) => ({
-      name: NAMES[s],
-      points: (r.systems[s].findMax?.steps ?? []).map((st) => ({ rate: st.rate, p99: st.measured.load.latencyMs.p99, held: st.held })),
-    })),
+    [
+      ...(["chat", "socket.io"] as const).map((s) => ({ name: NAMES[s], points: points(r.systems[s].findMax) })),
+      ...(r.redisCluster?.findMax ? [{ name: ON_REDIS_CLUSTER, points: points(r.redisCluster.findMax) }] : []),
+    ],
     LIMITS.p99Ms,
   );
   write(join(outDir, `${stamp}.json`), JSON.stringify(r, null, 1) + "\n");
@@ -463,6 +598,7 @@ export function writeReports(r: BenchResults, outDir: string, o: { docs: boolean
     write(docPath, next);
     write(join(o.repoRoot, "docs", "benchmarks-p99.svg"), svg);
   }
+  const comparison = redisComparison(r);
   const summary = [
     "",
     table(
@@ -470,6 +606,7 @@ export function writeReports(r: BenchResults, outDir: string, o: { docs: boolean
       targets(r).map((t) => [t.name, t.goal, t.ours, t.baseline, t.ratio, metCell(t.met).replace(/\*/g, "")]),
     ),
     "",
+    ...(comparison ? [table(comparison.head, comparison.rows.map((row) => row.map((c) => c.replace(/\*/g, "")))), ""] : []),
   ].join("\n");
   return { files, summary };
 }

@@ -46,11 +46,14 @@ export interface MeasuredLoad {
   persistence?: PersistenceCheck;
 }
 
-/** The server processes of a cluster, by group: nodes, worker, redis-server and Postgres. */
+/**
+ * The server processes of a cluster, by group: nodes, worker, redis-server (`redis`, or on a local
+ * Redis Cluster one group per master: `redis-1`...) and Postgres.
+ */
 export async function serverGroups(ctx: BenchContext, cluster: Cluster): Promise<ProcessGroups> {
   const groups: ProcessGroups = { [cluster.system === "chat" ? "gateways" : "socket.io nodes"]: cluster.nodes.map((n) => n.pid) };
   if (cluster.worker) groups["worker"] = [cluster.worker.pid];
-  groups["redis"] = await ctx.services.redisPids();
+  Object.assign(groups, await ctx.services.redisGroups());
   if (cluster.system === "chat") groups["postgres"] = await ctx.services.postgresPids();
   return groups;
 }
