@@ -117,8 +117,10 @@ export async function openRedisBus(config: Readonly<GatewayConfig>, log: Logger)
     replicated?.disconnect();
     throw err;
   }
+  const publisher = new RedisPublisher(redis);
   return {
-    publisher: new RedisPublisher(redis),
+    publisher,
+    probe: (channel, payload) => publisher.probe(channel, payload),
     transport: new RedisChannelTransport(subscriber),
     stream: new RedisMessageLog(redis, names, {
       idempotencyTtlSeconds: config.idempotencyTtlSeconds,

@@ -32,6 +32,13 @@ export const GATEWAY_SETTINGS = {
       "A sender's echo that its conversation's channel has not delivered this long after the accept is sent directly, and the node subscribes every channel again (a shard's subscription was lost, e.g. in a failover; ms)",
     parse: integer(200, 60000),
   },
+  partitionProbeIntervalMs: {
+    env: "CHAT_PARTITION_PROBE_INTERVAL_MS",
+    default: "1000",
+    description:
+      "How often the node checks, per partition, that the Redis shard serving it has this node's subscriptions (a probe publish): while not, sends to its conversations get `unavailable`, and once back its chat sockets are closed with 4002 to catch up with ?since= (ms)",
+    parse: integer(100, 60000),
+  },
   unsubscribeDelayMs: {
     env: "CHAT_UNSUBSCRIBE_DELAY_MS",
     default: "2000",
@@ -112,6 +119,7 @@ export interface GatewayConfig {
   maxBackpressureBytes: number;
   idleTimeoutSeconds: number;
   unsubscribeDelayMs: number;
+  partitionProbeIntervalMs: number;
   echoDeadlineMs: number;
   presenceTtlMs: number;
   drainWindowMs: number;

@@ -23,6 +23,7 @@ import type { MediaStorage } from "./media/storage.js";
 import { IDLE_HEAP_DEFAULTS, IdleHeapCollector } from "./idle-heap.js";
 import { GatewayMetrics } from "./metrics.js";
 import { GatewayCore } from "./sessions/core.js";
+import { PartitionProbe, type ProbePublish } from "./partition-probe.js";
 
 /** What a gateway runs on: the bus of one engine (Redis, or memory in one process) and its database. */
 export interface GatewayParts {
@@ -43,6 +44,12 @@ export interface GatewayParts {
    * taken from the channel, which delivers as soon as the master has it.
    */
   echoOnAccept?: boolean;
+  /**
+   * Publishes on a shard channel and resolves to how many subscribers got it (SPUBLISH's reply): the
+   * PartitionProbe's way of knowing this node's subscriptions are where the shard serves. Absent when
+   * subscriptions cannot be lost on their own (the embedded engine).
+   */
+  probe?: ProbePublish;
 }
 
 /** Set by the engine's connection handling, once the gateway exists, to recover after an outage. */
@@ -112,9 +119,33 @@ export async function startGateway(config: Readonly<GatewayConfig>, parts: Gatew
   const connections = parts.connections;
   if (connections) core.refreshConnections = (entries) => connections.refresh(entries);
   core.startPresenceUpkeep();
-  core.startEchoWatch(config.echoDeadlineMs, () => {
+  let lastResubscribe = 0;
+  const resubscribe = (why: string) => {
+    // At most once per second: a failover may report many partitions and echoes at once.
+    const now = Date.now();
+    if (now - lastResubscribe < 1000) return;
+    lastResubscribe = now;
+    busLog.info({ why }, "subscribing every channel again");
     router.resubscribeAll().catch((err: unknown) => busLog.warn({ err }, "subscribing every channel again failed"));
-  });
+  };
+  core.startEchoWatch(config.echoDeadlineMs, () => resubscribe("echoes overdue"));
+  const probe = parts.probe
+    ? new PartitionProbe(
+        names,
+        config.nodeId,
+        router,
+        parts.probe,
+        parts.busReady,
+        { back: (p) => core.resyncPartition(p), missing: () => resubscribe("a partition's subscription is missing") },
+        config.partitionProbeIntervalMs,
+        metrics,
+        busLog.child({ component: "gateway:probe" }),
+      )
+    : null;
+  if (probe) {
+    await probe.start();
+    core.partitionAvailable = (p) => probe.available(p);
+  }
 
   const verifier = new TokenVerifier(config.jwtSecret, { audience: config.jwtAudience, issuer: config.jwtIssuer, allowNoExp: config.jwtAllowNoExp });
   const signer = new MediaUrlSigner(config.jwtSecret, config.mediaUrlTtlSeconds);
@@ -142,7 +173,13 @@ export async function startGateway(config: Readonly<GatewayConfig>, parts: Gatew
   const server = new GatewayServer(
     core,
     verifier,
-    { ready: () => !draining && parts.busReady() },
+    {
+      ready: () => !draining && parts.busReady(),
+      detail: () => {
+        const down = probe?.unavailablePartitions() ?? [];
+        return down.length === 0 ? null : `partitions unavailable: ${down.join(",")} (sends to their conversations get unavailable)`;
+      },
+    },
     { ...config, metricsPort: config.metricsPort ?? null },
     log.child({ component: "gateway:uws" }),
     metrics,
@@ -180,6 +217,8 @@ export async function startGateway(config: Readonly<GatewayConfig>, parts: Gatew
         await router.resubscribeAll();
         busLog.info({ channels: router.channelCount }, "subscriptions restored");
         core.flushEchoes();
+        // The whole bus was down, not a shard: what the probe saw meanwhile is not a partition's loss.
+        probe?.forget();
       },
     },
     async drain() {
@@ -189,6 +228,7 @@ export async function startGateway(config: Readonly<GatewayConfig>, parts: Gatew
       log.info({ sockets: server.socketCount, windowMs: config.drainWindowMs }, "draining");
       await server.closeGradually(CloseCode.going_away, "server shutting down, reconnect", config.drainWindowMs);
       core.stopPresenceUpkeep();
+      probe?.stop();
       idleHeap.stop();
       await sweeper.stop();
       await Promise.allSettled([...core.pendingReleases]);

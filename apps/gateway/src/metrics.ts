@@ -30,6 +30,16 @@ export class GatewayMetrics {
     buckets: [0.0005, 0.001, 0.002, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5],
     registers: [this.registry],
   });
+  readonly partitionsUnavailable = new Gauge({
+    name: "chat_gateway_partitions_unavailable",
+    help: "Message-log partitions whose shard does not serve or lacks this node's subscriptions (the probe): sends to their conversations are refused",
+    registers: [this.registry],
+  });
+  readonly resyncs = new Counter({
+    name: "chat_gateway_resyncs_total",
+    help: "Chat sockets closed with 4002 (reconnect with ?since=) because their partition's subscriptions were lost for a while",
+    registers: [this.registry],
+  });
   readonly sendsUnreplicated = new Counter({
     name: "chat_gateway_sends_unreplicated_total",
     help: "Sends answered `unavailable` because their entry reached fewer than CHAT_REDIS_MIN_REPLICAS_ACK replicas within CHAT_REDIS_REPLICAS_ACK_TIMEOUT_MS",

@@ -4,6 +4,7 @@ import type { ChannelTransport, Publisher } from "./bus.js";
 import { slotOf } from "./partitions.js";
 
 const publishManyLua = readFileSync(new URL("./lua/publish-many.lua", import.meta.url), "utf8");
+const probeLua = readFileSync(new URL("./lua/probe.lua", import.meta.url), "utf8");
 
 /**
  * Most publishes per script call: bounds how long one call holds Redis (about 0.3 ms for 200) while
@@ -30,12 +31,24 @@ export class RedisPublisher implements Publisher {
 
   constructor(private readonly redis: Redis | Cluster) {
     if (!("chatPublishMany" in redis)) redis.defineCommand("chatPublishMany", { numberOfKeys: 0, lua: publishManyLua });
+    if (!("chatProbe" in redis)) redis.defineCommand("chatProbe", { numberOfKeys: 1, lua: probeLua });
     const command = (redis as unknown as { chatPublishMany: PublishMany }).chatPublishMany;
     this.publishMany = (...args) => command.apply(redis, args);
   }
 
   async publish(channel: string, payload: string): Promise<void> {
     await this.redis.spublish(channel, payload);
+  }
+
+  /**
+   * Publishes on a shard channel and resolves to how many subscribers on the server serving its slot
+   * got it, and which server that was (its run_id: another one after a failover, a slot move or a
+   * restart).
+   */
+  async probe(channel: string, payload: string): Promise<{ receivers: number; server: string }> {
+    const run = (this.redis as unknown as { chatProbe(key: string, payload: string): Promise<[number, string]> }).chatProbe;
+    const [receivers, server] = await run.call(this.redis, channel, payload);
+    return { receivers: Number(receivers), server: String(server) };
   }
 
   async publishAll(messages: readonly (readonly [string, string])[]): Promise<void> {

@@ -59,5 +59,10 @@ export const CloseCode = {
   try_again_later: 1013,
   /** The token expired while the socket was open: reconnect with a fresh token. */
   token_expired: 4001,
+  /**
+   * The node may have missed live events of this conversation (its Redis shard failed over, or the
+   * node's subscription there was lost for a while): reconnect with `?since=` to get them.
+   */
+  resync: 4002,
 } as const;
 export type CloseCode = (typeof CloseCode)[keyof typeof CloseCode];

@@ -81,6 +81,10 @@ interface Flow {
   byClientId: Map<string, Send>;
   /** Frames this socket got that are none of the expected ones (errors without a client_id, unknown client_ids). */
   strays: unknown[];
+  /** Id of the newest chat_message this direction's sockets got: the ?since= of a reconnect. */
+  lastId: string | null;
+  /** Closes with 4002 (catch up) this direction's sockets got, and when. */
+  resyncs: number[];
 }
 
 const side = (c: Conversation) => (c.onVictim ? "killed" : "other");
@@ -177,19 +181,23 @@ describe.skipIf(MISSING.length > 0)(`Redis Cluster master failover${MISSING.leng
           ].map(async ([from, to, g]) => {
             const gateway: Gateway = gateways[g as number]!;
             const chat = await connectReady(gateway.url, `/ws/${to}/`, await tokenFor(from as string));
-            return { conversation: conv, from: from as string, to: to as string, gateway: g as number, chat, sends: [], byClientId: new Map(), strays: [] } as Flow;
+            return { conversation: conv, from: from as string, to: to as string, gateway: g as number, chat, sends: [], byClientId: new Map(), strays: [], lastId: null, resyncs: [] } as Flow;
           }),
         ),
       );
       const flowOf = new Map(flows.map((f) => [`${f.from}>${f.to}`, f]));
-      for (const f of flows) {
+      // What a client does (apps/gateway/public/app.js): a socket closed with 4002 (its partition's
+      // subscriptions were lost for a while) reconnects with ?since= the newest message it saw, takes
+      // the replay, and then sends again, with the same client_id, what was never answered.
+      const watch = (f: Flow, chat: TestClient) => {
         const reverse = flowOf.get(`${f.to}>${f.from}`)!;
-        f.chat.ws.on("message", (data: Buffer, isBinary: boolean) => {
+        chat.ws.on("message", (data: Buffer, isBinary: boolean) => {
           if (isBinary) return;
           const at = Date.now();
           const frame = JSON.parse(data.toString()) as Record<string, unknown>;
           const clientId = typeof frame["client_id"] === "string" ? frame["client_id"] : undefined;
           if (frame["type"] === "chat_message") {
+            f.lastId = String(frame["id"]);
             const sender = (frame["from_user"] as { username?: string } | undefined)?.username;
             if (sender === f.from) {
               const s = clientId === undefined ? undefined : f.byClientId.get(clientId);
@@ -208,7 +216,21 @@ describe.skipIf(MISSING.length > 0)(`Redis Cluster master failover${MISSING.leng
             s.answer ??= { kind: "error", at, code: String(frame["code"]), message: String(frame["message"]) };
           }
         });
-      }
+        chat.ws.on("close", (code: number) => {
+          if (code !== 4002 || f.chat !== chat) return;
+          f.resyncs.push(Date.now());
+          void (async () => {
+            const token = await tokenFor(f.from);
+            const next = await connectReady(gateways[f.gateway]!.url, `/ws/${f.to}/${f.lastId ? `?since=${f.lastId}` : ""}`, token);
+            watch(f, next);
+            if (f.lastId) await next.until((frames) => frames.some((x) => x.type === "catch_up_end"), 10_000, "catch_up_end");
+            // Sends made until now went to the closed socket: unanswered, so sent again here, once.
+            for (const s of f.sends) if (s.answer === null) next.send({ type: "chat_message", message: s.text, client_id: s.clientId });
+            f.chat = next;
+          })().catch((err: unknown) => f.strays.push({ reconnect: String(err) }));
+        });
+      };
+      for (const f of flows) watch(f, f.chat);
       const send = (f: Flow, phase: Send["phase"]) => {
         const clientId = `${phase}-${f.from}>${f.to}#${f.sends.length}`;
         const s: Send = { flow: f, clientId, text: clientId, phase, sentAt: Date.now(), answer: null, answers: 0, deliveredAt: null };
@@ -325,6 +347,7 @@ describe.skipIf(MISSING.length > 0)(`Redis Cluster master failover${MISSING.leng
           `other masters' (${conversations.filter((x) => !x.onVictim).length}): ${stats(otherSide)}; ` +
           `final round: ${stats(finalSends)}; ` +
           `delivery resumed (every later send echoed and delivered) per conversation, from the promotion: ${resume.map((r) => `${side(r.conv)}#${r.conv.index} ${r.resumedAt === null ? "never" : `${r.resumedAt - promotedAt} ms`}`).join(", ")}; ` +
+          `chat sockets told to catch up (4002): ${flows.filter((f) => f.conversation.onVictim).reduce((n, f) => n + f.resyncs.length, 0)} on the killed master's conversations, ${flows.filter((f) => !f.conversation.onVictim).reduce((n, f) => n + f.resyncs.length, 0)} on the others'; ` +
           `every echoed message persisted ${persistedAllMs === null ? "NOT within 20 s" : `${persistedAllMs} ms after the final round`}; ${rows.length} stored, ${rows.filter((r) => !echoedIds.has(r.id)).length} of them without an echo`,
       );
       const anomalies = [
@@ -370,7 +393,10 @@ describe.skipIf(MISSING.length > 0)(`Redis Cluster master failover${MISSING.leng
       expect.soft(otherSide.filter((s) => s.sentAt >= killAt && s.sentAt <= promotedAt).length, "sends to the other masters during the failover").toBeGreaterThan(0);
       expect.soft(otherTrouble.map(show), `other masters' sends not echoed within ${HEALTHY_SIDE_BOUND_MS} ms`).toEqual([]);
 
-      // 5. Delivery resumes on every conversation after the promotion.
+      // 5. Only the failed master's partitions were lost: no other conversation's socket had to catch up.
+      expect.soft(flows.filter((f) => !f.conversation.onVictim && f.resyncs.length > 0).map((f) => `${f.from}>${f.to}`), "other masters' sockets closed with 4002").toEqual([]);
+
+      // 6. Delivery resumes on every conversation after the promotion (live, or in the catch-up of a 4002 reconnect).
       expect.soft(victimSide.filter((s) => s.sentAt >= promotedAt + RESUME_BOUND_MS).length, "sends on the killed master's conversations late enough to check the resumption").toBeGreaterThan(0);
       expect
         .soft(resume.flatMap((r) => r.broken.map(show)), `sends made ${RESUME_BOUND_MS} ms or more after the promotion that were not echoed and delivered`)

@@ -10,7 +10,7 @@ import {
   type PresenceEntry,
   type ReadEntry,
 } from "@chat/bus";
-import { ErrorCode, type AcceptedChatMessage, type ChatMessageEvent } from "@chat/protocol";
+import { CloseCode, ErrorCode, type AcceptedChatMessage, type ChatMessageEvent } from "@chat/protocol";
 import { v7 as uuidv7 } from "uuid";
 import { chatMessageEvent, chatMessageIdOf } from "./chat-message.js";
 import { classifyMediaUrl, mediaRefusal } from "./media-reference.js";
@@ -43,6 +43,8 @@ interface ReplayMessage {
 export class ChatSession extends SubscribedSession {
   private readonly roomId: string;
   private readonly roomChannel: string;
+  /** The message-log partition of the conversation: its shard's health decides whether sends are taken. */
+  private readonly partition: number;
   private presence: PresenceEntry | null = null;
   /**
    * Accepted sends whose echo has not come back over the channel yet. The echo is the sender's
@@ -78,6 +80,7 @@ export class ChatSession extends SubscribedSession {
     super(core, socket, username, roomChannel, ALL);
     this.roomId = roomId;
     this.roomChannel = roomChannel;
+    this.partition = core.stream.partitionOf(roomId);
   }
 
   protected async greet(): Promise<void> {
@@ -96,6 +99,7 @@ export class ChatSession extends SubscribedSession {
     // outage used to close an already-greeted socket with 1013 five seconds later.
     if (first) await this.core.publish(this.roomChannel, [JSON.stringify({ type: "user_join", user: this.username })]);
     if (this.closed) return this.release();
+    this.core.addChatSession(this.partition, this);
     this.socket.send(JSON.stringify({ type: "online_user_list", users }));
     if (this.since !== undefined) await this.replay(this.since);
   }
@@ -254,7 +258,13 @@ export class ChatSession extends SubscribedSession {
     if (arrived === false) (this.sentDirectly ??= new Map()).set(id, Date.now());
   }
 
+  /** See GatewayCore.resyncPartition. */
+  resync(): void {
+    if (!this.closed) this.socket.close(CloseCode.resync, "live events may have been missed; reconnect with ?since=");
+  }
+
   protected release(): void {
+    this.core.removeChatSession(this.partition, this);
     this.pendingEchoes = null;
     this.core.awaitingEcho.delete(this);
     const entry = this.presence;
@@ -320,6 +330,9 @@ export class ChatSession extends SubscribedSession {
   private acceptMessage(frame: AcceptedChatMessage): void {
     if (!this.core.redisReady) {
       return this.sendError(ErrorCode.unavailable, "message not accepted: the message bus is unreachable", frame.client_id);
+    }
+    if (!this.core.partitionAvailable(this.partition)) {
+      return this.sendError(ErrorCode.unavailable, "message not accepted: this conversation's Redis shard is failing over; retry with the same client_id", frame.client_id);
     }
     const entry: MessageEntry = {
       kind: "message",
@@ -404,6 +417,7 @@ export class ChatSession extends SubscribedSession {
 
   private markRead(): void {
     if (!this.core.redisReady) return this.sendError(ErrorCode.unavailable, "read not recorded: the cluster's Redis is unreachable");
+    if (!this.core.partitionAvailable(this.partition)) return this.sendError(ErrorCode.unavailable, "read not recorded: this conversation's Redis shard is failing over; send it again");
     this.accept({ kind: "read", reader: this.username, other: this.other }).then(
       (result) => {
         if (result.kind === "accepted") this.core.metrics.readsReceived.inc();

@@ -86,6 +86,10 @@ export class GatewayCore {
   readonly presenceEntries = new Set<PresenceEntry>();
   /** Counted sockets of this node (per-user limit), refreshed with presence. */
   readonly countedConnections = new Set<CountedConnection>();
+  /** Whether sends to a partition's conversations are taken (see PartitionProbe); every one without a probe. */
+  partitionAvailable: (partition: number) => boolean = () => true;
+  /** This node's chat sessions by partition of their conversation, for resyncPartition. */
+  private readonly chatSessions = new Map<number, Set<{ resync(): void }>>();
   /** Refreshes the counted sockets' entries; set when the per-user limit is on. */
   refreshConnections: ((entries: Iterable<CountedConnection>) => Promise<void>) | null = null;
   /** Chat sessions with accepted sends whose echo has not arrived over the channel yet. */
@@ -201,6 +205,29 @@ export class GatewayCore {
     refresh.unref();
     sweep.unref();
     this.timers.push(refresh, sweep);
+  }
+
+  addChatSession(partition: number, session: { resync(): void }): void {
+    const sessions = this.chatSessions.get(partition);
+    if (sessions) sessions.add(session);
+    else this.chatSessions.set(partition, new Set([session]));
+  }
+
+  removeChatSession(partition: number, session: { resync(): void }): void {
+    const sessions = this.chatSessions.get(partition);
+    if (sessions?.delete(session) && sessions.size === 0) this.chatSessions.delete(partition);
+  }
+
+  /**
+   * A partition's subscriptions were lost for a while: its chat sockets may have missed live
+   * messages, so each is closed with 4002 and its client reconnects with `?since=` to catch up.
+   */
+  resyncPartition(partition: number): void {
+    const sessions = [...(this.chatSessions.get(partition) ?? [])];
+    if (sessions.length === 0) return;
+    this.metrics.resyncs.inc(sessions.length);
+    this.log.warn({ partition, sockets: sessions.length }, "partition's subscriptions were lost for a while; its chat sockets reconnect to catch up");
+    for (const s of sessions) s.resync();
   }
 
   stopPresenceUpkeep(): void {

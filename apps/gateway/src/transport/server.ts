@@ -80,6 +80,8 @@ export interface ServerOptions {
 /** Decides whether this node takes new sockets (bus up, not draining). */
 export interface Readiness {
   ready(): boolean;
+  /** What a ready node does not serve (shown on /readyz, which still answers 200); null when everything. */
+  detail?(): string | null;
 }
 
 const STATUS_TEXT: Record<number, string> = {
@@ -174,7 +176,11 @@ export class GatewayServer {
     const routes = guardedRoutes(this.app);
     routes.get("/healthz", (res) => void res.end("ok"));
     routes.get("/readyz", (res) => {
-      if (this.readiness.ready()) res.end("ready");
+      if (this.readiness.ready()) {
+        // Still 200 when some partitions are down: the node serves every other conversation.
+        const detail = this.readiness.detail?.() ?? null;
+        res.end(detail === null ? "ready" : `ready; ${detail}`);
+      }
       else refuse(res, 503, "not_ready", "message bus unreachable or draining");
     });
     if (options.metricsPort === null || options.metricsPort === undefined) {
