@@ -100,7 +100,8 @@ export class PartitionProbe implements ChannelListener {
     this.running = true;
     const generation = this.generation;
     try {
-      const payload = encodeEnvelope(this.nodeId, "probe", []);
+      // One frame: an envelope needs one to decode (nothing reads it; the reply is the answer).
+      const payload = encodeEnvelope(this.nodeId, "probe", ["{}"]);
       const replies = await Promise.all(
         Array.from({ length: this.names.partitions }, (_, p) =>
           this.publish(this.names.probeChannel(p, this.nodeId), payload).then(
