@@ -13,7 +13,16 @@ export interface WriterOptions {
   stallTimeoutMs: number;
   /** Most user-disjoint parts a full batch is written in at once (1: never split). */
   parallelBatches: number;
+  /** The pool's size: the most writes in flight at once (see SLOW_WRITE_MS). */
+  dbPoolSize: number;
 }
+
+/**
+ * A write in flight longer than this (a lock held elsewhere, a slow disk) no longer keeps what other
+ * partitions hand in waiting: another write starts beside it, up to one per pooled connection. The
+ * partitions already in the held write wait with it; every other one flows.
+ */
+const SLOW_WRITE_MS = 1000;
 
 /** Where the entries of one partition go when they cannot be written. */
 export type DeadLetters = Pick<LogPartition, "deadLetter">;
@@ -76,7 +85,9 @@ export class PoolHolder {
  */
 export class BatchWriter {
   private readonly queue: Submission[] = [];
-  private writing = false;
+  /** Writes in flight (gathering included), with when each started. */
+  private readonly writes = new Set<{ startedAt: number }>();
+  private slowTimer: NodeJS.Timeout | null = null;
 
   constructor(
     private readonly publisher: Publisher,
@@ -96,7 +107,7 @@ export class BatchWriter {
   write(entries: ReceivedEntry[], deadLetters: DeadLetters, abandoned: () => boolean): Promise<boolean> {
     return new Promise((resolve) => {
       this.queue.push({ entries, deadLetters, abandoned, arrivedAt: Date.now(), resolve });
-      if (!this.writing) void this.drain();
+      this.pump();
     });
   }
 
@@ -106,33 +117,55 @@ export class BatchWriter {
     return n;
   }
 
-  private async drain(): Promise<void> {
-    this.writing = true;
+  /** Starts a write for what is queued: when none is in flight, or when every one in flight is slow. */
+  private pump(): void {
+    if (this.queue.length === 0) return;
+    const now = Date.now();
+    let youngest = 0;
+    for (const w of this.writes) youngest = Math.max(youngest, w.startedAt);
+    if (this.writes.size === 0 || (this.writes.size < this.options.dbPoolSize && now - youngest >= SLOW_WRITE_MS)) {
+      void this.writeOne();
+      return;
+    }
+    if (this.writes.size < this.options.dbPoolSize && this.slowTimer === null) {
+      this.slowTimer = setTimeout(() => {
+        this.slowTimer = null;
+        this.pump();
+      }, youngest + SLOW_WRITE_MS - now);
+      this.slowTimer.unref();
+    }
+  }
+
+  private async writeOne(): Promise<void> {
+    const write = { startedAt: Date.now() };
+    this.writes.add(write);
     try {
-      while (this.queue.length > 0) {
-        // A short batch costs a whole transaction: at a steady trickle, the oldest entries wait a
-        // few ms (persistence lag, not delivery latency) for the other partitions' entries. Under
-        // load the writes are back to back and each takes what arrived during the one before.
-        const wait = this.queue[0]!.arrivedAt + this.options.batchWaitMs - Date.now();
-        if (wait > 0 && this.queued() < this.options.batchSize) await sleep(wait);
-        const taken: Submission[] = [];
-        let size = 0;
-        while (this.queue.length > 0 && (taken.length === 0 || size + this.queue[0]!.entries.length <= this.options.batchSize)) {
-          const s = this.queue.shift()!;
-          taken.push(s);
-          size += s.entries.length;
-        }
-        let written = false;
-        try {
-          written = await this.handle(taken);
-        } catch (err) {
-          // handle() retries everything transient itself; this is a bug, and the entries stay pending.
-          this.log.error({ err }, "batch write failed unexpectedly");
-        }
-        for (const s of taken) s.resolve(written);
+      // A short batch costs a whole transaction: at a steady trickle, the oldest entries wait a few
+      // ms (persistence lag, not delivery latency) for the other partitions' entries. Under load the
+      // writes are back to back and each takes what arrived during the one before.
+      const first = this.queue[0];
+      const wait = first ? first.arrivedAt + this.options.batchWaitMs - Date.now() : 0;
+      if (wait > 0 && this.queued() < this.options.batchSize) await sleep(wait);
+      write.startedAt = Date.now();
+      const taken: Submission[] = [];
+      let size = 0;
+      while (this.queue.length > 0 && (taken.length === 0 || size + this.queue[0]!.entries.length <= this.options.batchSize)) {
+        const s = this.queue.shift()!;
+        taken.push(s);
+        size += s.entries.length;
       }
+      if (taken.length === 0) return;
+      let written = false;
+      try {
+        written = await this.handle(taken);
+      } catch (err) {
+        // handle() retries everything transient itself; this is a bug, and the entries stay pending.
+        this.log.error({ err }, "batch write failed unexpectedly");
+      }
+      for (const s of taken) s.resolve(written);
     } finally {
-      this.writing = false;
+      this.writes.delete(write);
+      this.pump();
     }
   }
 
