@@ -23,7 +23,7 @@ import type { MediaStorage } from "./media/storage.js";
 import { IDLE_HEAP_DEFAULTS, IdleHeapCollector } from "./idle-heap.js";
 import { GatewayMetrics } from "./metrics.js";
 import { GatewayCore } from "./sessions/core.js";
-import { PartitionProbe, type ProbePublish } from "./partition-probe.js";
+import { PartitionProbe, PROBE_TARGET, type ProbePublish } from "./partition-probe.js";
 
 /** What a gateway runs on: the bus of one engine (Redis, or memory in one process) and its database. */
 export interface GatewayParts {
@@ -85,7 +85,9 @@ export async function startGateway(config: Readonly<GatewayConfig>, parts: Gatew
   const router: SubscriptionRouter = new SubscriptionRouter(parts.transport, {
     log: busLog,
     unsubscribeDelayMs: config.unsubscribeDelayMs,
-    observe: (envelope) => metrics.deliverLatency.observe(Math.max(0, Date.now() - envelope.sentAt) / 1000),
+    observe: (envelope) => {
+      if (envelope.target !== PROBE_TARGET) metrics.deliverLatency.observe(Math.max(0, Date.now() - envelope.sentAt) / 1000);
+    },
   });
   const core = new GatewayCore({
     nodeId: config.nodeId,

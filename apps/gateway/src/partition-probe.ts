@@ -9,6 +9,9 @@ import type { GatewayMetrics } from "./metrics.js";
  */
 export type ProbePublish = (channel: string, payload: string) => Promise<{ receivers: number; server: string }>;
 
+/** The envelope target of probes: no socket wants it, and the delivery-latency histogram leaves it out. */
+export const PROBE_TARGET = "probe";
+
 /** What the probe tells the node. */
 export interface ProbeEvents {
   /** A partition's subscriptions are live again after it was unavailable: its sockets may have missed live events. */
@@ -101,7 +104,7 @@ export class PartitionProbe implements ChannelListener {
     const generation = this.generation;
     try {
       // One frame: an envelope needs one to decode (nothing reads it; the reply is the answer).
-      const payload = encodeEnvelope(this.nodeId, "probe", ["{}"]);
+      const payload = encodeEnvelope(this.nodeId, PROBE_TARGET, ["{}"]);
       const replies = await Promise.all(
         Array.from({ length: this.names.partitions }, (_, p) =>
           this.publish(this.names.probeChannel(p, this.nodeId), payload).then(
