@@ -1,1 +1,2 @@
 export * from "./redis-cluster.js";
+export { freePort } from "./ports.js";

@@ -6,6 +6,7 @@ import {
   connectReady,
   freshPrefix,
   messagesBetween,
+  sharedClusterNodes,
   startGateway,
   startWorker,
   testSql,
@@ -16,21 +17,6 @@ import {
 } from "./helpers/index.js";
 
 testSql();
-
-/** Every node of the shared test cluster (masters and replicas), from CLUSTER NODES of a seed. */
-async function clusterNodes(): Promise<{ port: number; master: boolean }[]> {
-  const seed = /redis\+cluster:\/\/([^:/?]+):(\d+)/.exec(REDIS_CLUSTER_URL!)!;
-  const any = new Redis({ host: seed[1], port: Number(seed[2]), lazyConnect: true, maxRetriesPerRequest: 1 });
-  try {
-    const lines = ((await any.call("CLUSTER", "NODES")) as string).trim().split("\n");
-    return lines
-      .map((l) => l.split(" "))
-      .filter((f) => !f[2]!.includes("fail"))
-      .map((f) => ({ port: Number(f[1]!.split("@")[0]!.split(":")[1]), master: f[2]!.includes("master") }));
-  } finally {
-    any.disconnect();
-  }
-}
 
 async function onNode<T>(port: number, run: (r: Redis) => Promise<T>): Promise<T> {
   const r = new Redis({ host: "127.0.0.1", port, lazyConnect: true, maxRetriesPerRequest: 1 });
@@ -77,7 +63,7 @@ describe.runIf(REDIS_CLUSTER_URL !== null)("a deployment's layout on the Redis C
     }
     for (const peer of peers) await waitFor(async () => (await messagesBetween(alice, peer)).length === 1, 15000);
 
-    const nodes = await clusterNodes();
+    const nodes = await sharedClusterNodes(REDIS_CLUSTER_URL!);
     const masters = nodes.filter((n) => n.master);
     expect(masters).toHaveLength(3);
     for (const m of masters) {

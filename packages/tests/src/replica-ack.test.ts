@@ -8,6 +8,7 @@ import {
   freshPrefix,
   messagesBetween,
   scrape,
+  sharedClusterNodes,
   startGateway,
   startPrivateRedis,
   startWorker,
@@ -85,29 +86,13 @@ describe("CHAT_REDIS_MIN_REPLICAS_ACK on a single Redis with one replica", () =>
   });
 });
 
-/** The pid of the replica of the master serving `slot` in the shared test cluster (CLUSTER NODES, then the replica's INFO). */
+/** The pid of the replica of the master serving `slot` in the shared test cluster. */
 async function replicaPidForSlot(slot: number): Promise<number> {
-  const seed = /redis\+cluster:\/\/([^:/?]+):(\d+)/.exec(REDIS_CLUSTER_URL!)!;
-  const any = new Redis({ host: seed[1], port: Number(seed[2]), lazyConnect: true, maxRetriesPerRequest: 1 });
-  try {
-    const nodes = ((await any.call("CLUSTER", "NODES")) as string).trim().split("\n").map((l) => l.split(" "));
-    const serves = (fields: string[]) =>
-      fields.slice(8).some((range) => {
-        const [lo, hi] = range.split("-").map(Number);
-        return slot >= lo! && slot <= (hi ?? lo!);
-      });
-    const master = nodes.find((f) => f[2]!.includes("master") && !f[2]!.includes("fail") && serves(f))!;
-    const replica = nodes.find((f) => f[3] === master[0] && f[2]!.includes("slave") && !f[2]!.includes("fail"))!;
-    const [host, port] = replica[1]!.split("@")[0]!.split(":");
-    const r = new Redis({ host, port: Number(port), lazyConnect: true, maxRetriesPerRequest: 1 });
-    try {
-      return Number(/process_id:(\d+)/.exec(await r.info("server"))![1]);
-    } finally {
-      r.disconnect();
-    }
-  } finally {
-    any.disconnect();
-  }
+  const nodes = await sharedClusterNodes(REDIS_CLUSTER_URL!);
+  const master = nodes.find((n) => n.master && n.slots.some(([lo, hi]) => slot >= lo && slot <= hi))!;
+  const replica = nodes.find((n) => n.masterId === master.id)!;
+  const r = clientOf(replica.port);
+  return Number(/process_id:(\d+)/.exec(await r.info("server"))![1]);
 }
 
 // On a cluster, each partition's WAIT must go to the master of that partition's slot, on the

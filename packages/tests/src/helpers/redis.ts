@@ -141,3 +141,40 @@ export function userWhose(names: RedisNames, label: string, other: string, wante
   }
   throw new Error(`no username for ${label} puts its conversation with ${other} where wanted`);
 }
+
+/** A node of the shared test cluster as CLUSTER NODES shows it. */
+export interface SharedClusterNode {
+  id: string;
+  port: number;
+  master: boolean;
+  /** The master it follows, for a replica. */
+  masterId: string | null;
+  /** Slot ranges it serves, as [first, last]. */
+  slots: [number, number][];
+}
+
+/** The live nodes of the shared test cluster (CHAT_TEST_REDIS_CLUSTER_URL), from CLUSTER NODES of its first seed. */
+export async function sharedClusterNodes(url: string): Promise<SharedClusterNode[]> {
+  const seed = /redis\+cluster:\/\/([^:/?]+):(\d+)/.exec(url);
+  if (!seed) throw new Error(`not a cluster URL: ${url}`);
+  const any = new Redis({ host: seed[1], port: Number(seed[2]), lazyConnect: true, maxRetriesPerRequest: 1 });
+  try {
+    const lines = ((await any.call("CLUSTER", "NODES")) as string).trim().split("\n");
+    return lines
+      .map((l) => l.split(" "))
+      .filter((f) => !f[2]!.includes("fail"))
+      .map((f) => ({
+        id: f[0]!,
+        port: Number(f[1]!.split("@")[0]!.split(":")[1]),
+        master: f[2]!.includes("master"),
+        masterId: f[3] === "-" ? null : f[3]!,
+        slots: f.slice(8).filter((r) => !r.startsWith("[")).map((r) => {
+          const [lo, hi] = r.split("-").map(Number);
+          return [lo!, hi ?? lo!] as [number, number];
+        }),
+      }));
+  } finally {
+    any.disconnect();
+  }
+}
+
