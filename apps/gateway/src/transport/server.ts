@@ -313,6 +313,13 @@ export class GatewayServer {
         if (outcome.data.counted) void this.connections?.release(outcome.data.counted).catch(() => {});
         return;
       }
+      // Known fault, rare: this uWebSockets.js build's HttpResponse.cork() can miss an upgrade made in
+      // its handler when the socket keeps its address, read the new WebSocket's data as HTTP state,
+      // and, when a "connection: close" bit happens to be set there, shut the fresh socket down (the
+      // client sees 1006 before its first event). Fixed upstream in uWebSockets fe7c01a ("Fix cork()
+      // closing a WebSocket that was upgraded asynchronously", 2026-07), in no build that runs on this
+      // glibc. Calling upgrade() uncorked avoids it but prints a warning on stderr for every upgrade;
+      // clients reconnect on 1006 anyway (docs/protocol.md).
       res.cork(() => res.upgrade(outcome.data, key, protocol, extensions, context));
     });
   }

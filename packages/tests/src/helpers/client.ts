@@ -112,10 +112,11 @@ export async function connect(baseUrl: string, path: string, token?: string): Pr
 /**
  * Connects and waits for the endpoint's first event, after which the socket is fully subscribed.
  * A close with 1013 ("try again later", the gateway could not set the socket up in time) is answered
- * as docs/protocol.md tells clients to: by reconnecting, once. So is, for now and said on stderr, a
- * 1006 before the first event: the deterministic cause (the session set up inside uWebSockets.js'
- * open handler, socket-setup.test.ts) is fixed, but one such drop was still seen in a loaded full
- * run (a chat socket of the engine suite), cause not found yet.
+ * as docs/protocol.md tells clients to: by reconnecting, once. So is, said on stderr, a 1006 before
+ * the first event: the deterministic cause (the session set up inside uWebSockets.js' open handler,
+ * socket-setup.test.ts) is fixed; the rare one left is a fault of this uWebSockets.js build's
+ * HttpResponse.cork() after an asynchronous upgrade (see the upgrade in transport/server.ts), fixed
+ * upstream in a build this machine cannot run.
  */
 export async function connectReady(baseUrl: string, path: string, token: string): Promise<TestClient> {
   for (let attempt = 1; ; attempt++) {
