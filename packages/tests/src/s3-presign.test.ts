@@ -20,7 +20,8 @@ import {
   type TestClient,
 } from "./helpers/index.js";
 // The built module, in-process: no mock of it, only a fixed clock handed to it.
-import { needsRefresh, REFRESH_MARGIN_MS, S3MediaStorage } from "../../../apps/gateway/dist/media/s3-storage.js";
+import { S3MediaStorage } from "../../../apps/gateway/dist/media/s3-storage.js";
+import { needsRefresh, REFRESH_MARGIN_MS } from "../../../apps/gateway/dist/media/storage.js";
 
 const ACCESS_KEY = "AKIDCHATTESTEXAMPLE";
 const SECRET_KEY = "chat-test-secret-key-not-a-real-one";

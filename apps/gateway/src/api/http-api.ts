@@ -20,7 +20,7 @@ import {
 import { isValidUsername } from "@chat/protocol";
 import type { Logger } from "@chat/log";
 import { AuthError, extractToken, type TokenVerifier } from "../auth.js";
-import { needsRefresh, REFRESH_MARGIN_MS } from "../media/s3-storage.js";
+import { needsRefresh, REFRESH_MARGIN_MS } from "../media/storage.js";
 import type { MediaUrlSigner } from "../media/signed-url.js";
 import { SERVABLE_TYPES } from "../media/sniff.js";
 import { contentDisposition, IDENTIFIER_PATTERN, type MediaStorage } from "../media/storage.js";

@@ -67,9 +67,3 @@ export class S3MediaStorage implements MediaStorage {
   }
 }
 
-/** A presigned URL must be renewed once it has expired or expires within this margin. */
-export const REFRESH_MARGIN_MS = 60_000;
-
-export function needsRefresh(expiresAt: Date | null, now: Date): boolean {
-  return expiresAt !== null && expiresAt.getTime() - now.getTime() <= REFRESH_MARGIN_MS;
-}

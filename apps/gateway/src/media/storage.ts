@@ -31,3 +31,10 @@ export const IDENTIFIER_PATTERN = /^[0-9a-f]{8}-[0-9a-f]{4}-7[0-9a-f]{3}-[0-9a-f
 export function contentDisposition(identifier: string, type: SniffedType | undefined): string {
   return type?.inline ? `inline; filename="${identifier}"` : `attachment; filename="${identifier}"`;
 }
+
+/** A presigned URL must be renewed once it has expired or expires within this margin. */
+export const REFRESH_MARGIN_MS = 60_000;
+
+export function needsRefresh(expiresAt: Date | null, now: Date): boolean {
+  return expiresAt !== null && expiresAt.getTime() - now.getTime() <= REFRESH_MARGIN_MS;
+}
