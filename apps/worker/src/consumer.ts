@@ -29,6 +29,8 @@ export class StreamConsumer {
     private readonly writer: BatchWriter,
     private readonly options: ConsumerOptions,
     private readonly log: Logger,
+    /** Told whether the partition's stream fails to be read or acknowledged now (for /readyz and metrics). */
+    private readonly failing: (failing: boolean) => void = () => {},
   ) {}
 
   start(): void {
@@ -86,9 +88,11 @@ export class StreamConsumer {
         if (entries.length > 0 && (await this.writer.write(entries, this.stream, () => this.stopping))) {
           await this.stream.ack(entries.map((e) => e.streamId));
         }
+        if (backoff > 0) this.failing(false);
         backoff = 0;
       } catch (err) {
         if (err instanceof Error && err.message.includes("NOGROUP")) needGroup = true;
+        if (backoff === 0) this.failing(true);
         backoff = Math.min(backoff === 0 ? 250 : backoff * 2, 5000);
         // An acknowledgement that failed leaves its entries pending: claimed again after
         // claimIdleMs and written again, which the idempotent write makes harmless.

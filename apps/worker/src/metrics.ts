@@ -58,6 +58,11 @@ export class WorkerMetrics {
     help: "Message-log partitions this worker consumes now (its lease share)",
     registers: [this.registry],
   });
+  readonly partitionsFailing = new Gauge({
+    name: "chat_worker_partitions_failing",
+    help: "Partitions this worker holds whose stream it cannot read or acknowledge right now (their Redis shard failing over or unreachable): their entries wait in Redis",
+    registers: [this.registry],
+  });
   readonly streamLag: Gauge;
   readonly pendingEntries: Gauge;
 
@@ -85,13 +90,18 @@ export class WorkerMetrics {
     collectDefaultMetrics({ register: this.registry, prefix: "chat_worker_" });
   }
 
-  /** GET /metrics, /healthz (alive) and /readyz (its partitions are taken and Redis answers). */
-  serve(port: number, host: string, ready: () => boolean): Promise<Server> {
+  /**
+   * GET /metrics, /healthz (alive) and /readyz (its partitions are taken and Redis answers; still
+   * 200 while some partitions fail, which `detail` names: the others are served).
+   */
+  serve(port: number, host: string, ready: () => boolean, detail: () => string | null = () => null): Promise<Server> {
     const server = createServer((req, res) => {
       if (req.url === "/healthz") return void res.end("ok");
       if (req.url === "/readyz") {
-        res.statusCode = ready() ? 200 : 503;
-        return void res.end(ready() ? "ready" : "not ready");
+        const isReady = ready();
+        const more = isReady ? detail() : null;
+        res.statusCode = isReady ? 200 : 503;
+        return void res.end(isReady ? (more === null ? "ready" : `ready; ${more}`) : "not ready");
       }
       if (req.url === "/metrics") {
         this.registry.metrics().then(

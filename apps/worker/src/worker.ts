@@ -65,12 +65,19 @@ export async function startWorker(config: Readonly<WorkerConfig>, parts: WorkerP
   const pool = new PoolHolder(parts.openDb(), parts.openDb, log.child({ component: "worker:pool" }), metrics);
   const writer = new BatchWriter(parts.publisher, pool, names, config, log.child({ component: "worker:writer" }), metrics);
   const consumerLog = log.child({ component: "worker:consumer" });
+  /** Held partitions whose stream fails now (a shard failing over): named on /readyz, counted in metrics. */
+  const failing = new Set<number>();
+  const setFailing = (p: number, yes: boolean) => {
+    if (yes) failing.add(p);
+    else failing.delete(p);
+    metrics.partitionsFailing.set(failing.size);
+  };
 
   const events: LeaseEvents = {
     acquired(p) {
       if (running.has(p)) return;
       const partition = parts.stream.partition(p);
-      const consumer = new StreamConsumer(partition, writer, config, consumerLog.child({ partition: p }));
+      const consumer = new StreamConsumer(partition, writer, config, consumerLog.child({ partition: p }), (yes) => setFailing(p, yes));
       running.set(p, { consumer, partition });
       consumer.start();
       metrics.partitionsOwned.set(running.size);
@@ -79,6 +86,7 @@ export async function startWorker(config: Readonly<WorkerConfig>, parts: WorkerP
       const r = running.get(p);
       if (!r) return;
       running.delete(p);
+      setFailing(p, false);
       metrics.partitionsOwned.set(running.size);
       // A lost lease: another worker may already consume it. Stopping still finishes the batch in
       // hand, which is safe (idempotent writes) and quicker for the new owner than leaving it pending.
@@ -93,7 +101,9 @@ export async function startWorker(config: Readonly<WorkerConfig>, parts: WorkerP
   let stopping = false;
   // A worker beyond the partition count holds none and stands by: still ready.
   const ready = () => started && !stopping && parts.busReady();
-  const http = await metrics.serve(config.httpPort, config.httpHost, ready);
+  const http = await metrics.serve(config.httpPort, config.httpHost, ready, () =>
+    failing.size === 0 ? null : `partitions failing: ${[...failing].sort((a, b) => a - b).join(",")} (their entries wait in Redis)`,
+  );
   const httpPort = (http.address() as AddressInfo).port;
   await ownership.start();
   started = true;

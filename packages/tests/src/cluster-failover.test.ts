@@ -250,6 +250,25 @@ describe.skipIf(MISSING.length > 0)(`Redis Cluster master failover${MISSING.leng
         }
       })();
       await new Promise((r) => setTimeout(r, WARMUP_MS));
+      // What the gateways' and workers' /readyz say meanwhile (they stay up, and name what fails).
+      const workerPorts = workers.map((w) => Number(w.logs.find((l) => l["msg"] === "consuming")?.["httpPort"]));
+      const readyz = async (port: number) => {
+        try {
+          const res = await fetch(`http://127.0.0.1:${port}/readyz`, { signal: AbortSignal.timeout(1000) });
+          return `${res.status} ${await res.text()}`;
+        } catch (err) {
+          return `no answer: ${String(err)}`;
+        }
+      };
+      const seen = { gateways: new Set<string>(), workers: new Set<string>() };
+      let watching = true;
+      const watcher = (async () => {
+        while (watching) {
+          for (const g of gateways) seen.gateways.add(await readyz(g.port));
+          for (const port of workerPorts) seen.workers.add(await readyz(port));
+          await new Promise((r) => setTimeout(r, 100));
+        }
+      })();
       const killAt = Date.now();
       let failover: { promotedPort: number; tookMs: number };
       try {
@@ -259,6 +278,8 @@ describe.skipIf(MISSING.length > 0)(`Redis Cluster master failover${MISSING.leng
       }
       const promotedAt = Date.now();
       await sender;
+      watching = false;
+      await watcher;
       const flowSends = flows.flatMap((f) => f.sends);
       const lastFlowSend = Math.max(...flowSends.map((s) => s.sentAt));
 
@@ -396,7 +417,14 @@ describe.skipIf(MISSING.length > 0)(`Redis Cluster master failover${MISSING.leng
       // 5. Only the failed master's partitions were lost: no other conversation's socket had to catch up.
       expect.soft(flows.filter((f) => !f.conversation.onVictim && f.resyncs.length > 0).map((f) => `${f.from}>${f.to}`), "other masters' sockets closed with 4002").toEqual([]);
 
-      // 6. Delivery resumes on every conversation after the promotion (live, or in the catch-up of a 4002 reconnect).
+      // 6. Gateways and workers stayed up and ready, and said which partitions were affected.
+      const saidAny = (set: Set<string>, words: string) => [...set].some((s) => s.startsWith("200 ready; ") && s.includes(words));
+      expect.soft([...seen.gateways, ...seen.workers].filter((s) => !s.startsWith("200 ready")), "/readyz answers other than 200 during the failover").toEqual([]);
+      expect.soft(saidAny(seen.gateways, "partitions unavailable"), `a gateway's /readyz named unavailable partitions: ${[...seen.gateways].join(" | ")}`).toBe(true);
+      expect.soft(saidAny(seen.workers, "partitions failing"), `a worker's /readyz named failing partitions: ${[...seen.workers].join(" | ")}`).toBe(true);
+      for (const port of [...gateways.map((g) => g.port), ...workerPorts]) expect.soft(await readyz(port), "/readyz once it is over").toBe("200 ready");
+
+      // 7. Delivery resumes on every conversation after the promotion (live, or in the catch-up of a 4002 reconnect).
       expect.soft(victimSide.filter((s) => s.sentAt >= promotedAt + RESUME_BOUND_MS).length, "sends on the killed master's conversations late enough to check the resumption").toBeGreaterThan(0);
       expect
         .soft(resume.flatMap((r) => r.broken.map(show)), `sends made ${RESUME_BOUND_MS} ms or more after the promotion that were not echoed and delivered`)
