@@ -422,7 +422,12 @@ describe.skipIf(MISSING.length > 0)(`Redis Cluster master failover${MISSING.leng
       expect.soft([...seen.gateways, ...seen.workers].filter((s) => !s.startsWith("200 ready")), "/readyz answers other than 200 during the failover").toEqual([]);
       expect.soft(saidAny(seen.gateways, "partitions unavailable"), `a gateway's /readyz named unavailable partitions: ${[...seen.gateways].join(" | ")}`).toBe(true);
       expect.soft(saidAny(seen.workers, "partitions failing"), `a worker's /readyz named failing partitions: ${[...seen.workers].join(" | ")}`).toBe(true);
-      for (const port of [...gateways.map((g) => g.port), ...workerPorts]) expect.soft(await readyz(port), "/readyz once it is over").toBe("200 ready");
+      // Once over, plain "ready" again: a worker's consumer of an idle partition says so after its
+      // next successful read (its retry backs off up to 5 s, then a read blocks up to 2 s).
+      for (const port of [...gateways.map((g) => g.port), ...workerPorts]) {
+        await waitFor(async () => (await readyz(port)) === "200 ready", 15_000, 200).catch(() => undefined);
+        expect.soft(await readyz(port), "/readyz once it is over").toBe("200 ready");
+      }
 
       // 7. Delivery resumes on every conversation after the promotion (live, or in the catch-up of a 4002 reconnect).
       expect.soft(victimSide.filter((s) => s.sentAt >= promotedAt + RESUME_BOUND_MS).length, "sends on the killed master's conversations late enough to check the resumption").toBeGreaterThan(0);
