@@ -77,7 +77,11 @@ export async function startWorker(config: Readonly<WorkerConfig>, parts: WorkerP
     acquired(p) {
       if (running.has(p)) return;
       const partition = parts.stream.partition(p);
-      const consumer = new StreamConsumer(partition, writer, config, consumerLog.child({ partition: p }), (yes) => setFailing(p, yes));
+      const consumer = new StreamConsumer(partition, writer, config, consumerLog.child({ partition: p }), (yes) => {
+        // Only the partition's current consumer speaks for it: one stopping after its lease was
+        // lost may still fail a read, and must not mark the partition it no longer holds.
+        if (running.get(p)?.consumer === consumer) setFailing(p, yes);
+      });
       running.set(p, { consumer, partition });
       consumer.start();
       metrics.partitionsOwned.set(running.size);

@@ -421,7 +421,8 @@ describe.skipIf(MISSING.length > 0)(`Redis Cluster master failover${MISSING.leng
       const saidAny = (set: Set<string>, words: string) => [...set].some((s) => s.startsWith("200 ready; ") && s.includes(words));
       expect.soft([...seen.gateways, ...seen.workers].filter((s) => !s.startsWith("200 ready")), "/readyz answers other than 200 during the failover").toEqual([]);
       expect.soft(saidAny(seen.gateways, "partitions unavailable"), `a gateway's /readyz named unavailable partitions: ${[...seen.gateways].join(" | ")}`).toBe(true);
-      expect.soft(saidAny(seen.workers, "partitions failing"), `a worker's /readyz named failing partitions: ${[...seen.workers].join(" | ")}`).toBe(true);
+      // A worker names a partition it cannot read only until its lease there lapses (the lease lives
+      // on the same master), which may come first: not asserted; its /readyz stays 200 all along.
       // Once over, plain "ready" again: a worker's consumer of an idle partition says so after its
       // next successful read (its retry backs off up to 5 s, then a read blocks up to 2 s).
       for (const port of [...gateways.map((g) => g.port), ...workerPorts]) {
