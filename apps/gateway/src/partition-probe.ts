@@ -32,11 +32,11 @@ export interface ProbeEvents {
  * - an error: the shard does not serve (failing over, unreachable): unavailable;
  * - at least 1 from another server than last time: it failed over or moved meanwhile.
  * Sends to an unavailable partition's conversations are refused (`unavailable`); when it is back
- * (or moved), its chat sockets are told to reconnect with `?since=`, since messages may have been published
- * there while this node was not subscribed. Only replies count, never how long they took, so a slow
- * event loop cannot make a partition look lost. A node whose whole bus is down (its connection to a single Redis lost) is not
- * the probe's business: its sends are refused anyway, and it subscribes everything again when the
- * connection is back.
+ * (or moved), its chat sockets are told to reconnect with `?since=`, since messages may have been
+ * published there while this node was not subscribed. Only replies count, never how long they took,
+ * so a slow event loop cannot make a partition look lost. A node whose whole bus is down (its
+ * connection to a single Redis lost) is not the probe's business: its sends are refused anyway, and
+ * it subscribes everything again when the connection is back.
  */
 export class PartitionProbe implements ChannelListener {
   private readonly unavailable = new Set<number>();
@@ -46,6 +46,8 @@ export class PartitionProbe implements ChannelListener {
   private generation = 0;
   /** Per partition, the server that answered its last probe (its run_id). */
   private servers: string[] = [];
+  /** One frame: an envelope needs one to decode (nothing reads it; the reply to the publish is the answer). */
+  private readonly payload: string;
 
   constructor(
     private readonly names: RedisNames,
@@ -58,7 +60,9 @@ export class PartitionProbe implements ChannelListener {
     private readonly intervalMs: number,
     private readonly metrics: GatewayMetrics,
     private readonly log: Logger,
-  ) {}
+  ) {
+    this.payload = encodeEnvelope(nodeId, PROBE_TARGET, ["{}"]);
+  }
 
   /** Subscribes every probe channel and runs the first round (no `back` for it); then one round per interval. */
   async start(): Promise<void> {
@@ -84,8 +88,8 @@ export class PartitionProbe implements ChannelListener {
   }
 
   /**
-   * Clears what the probe found without telling: the node just subscribed everything again and had
-   * every chat socket catch up. The next round finds any partition still lost.
+   * Clears what the probe found without telling: the node's whole bus was down (not a shard) and it
+   * just subscribed everything again. The next round finds any partition still lost.
    */
   forget(): void {
     this.generation++;
@@ -103,11 +107,9 @@ export class PartitionProbe implements ChannelListener {
     this.running = true;
     const generation = this.generation;
     try {
-      // One frame: an envelope needs one to decode (nothing reads it; the reply is the answer).
-      const payload = encodeEnvelope(this.nodeId, PROBE_TARGET, ["{}"]);
       const replies = await Promise.all(
         Array.from({ length: this.names.partitions }, (_, p) =>
-          this.publish(this.names.probeChannel(p, this.nodeId), payload).then(
+          this.publish(this.names.probeChannel(p, this.nodeId), this.payload).then(
             ({ receivers, server }) => ({ p, n: receivers, server, err: null as unknown }),
             (err: unknown) => ({ p, n: -1, server: "", err }),
           ),

@@ -30,7 +30,7 @@ export class StreamConsumer {
     private readonly options: ConsumerOptions,
     private readonly log: Logger,
     /** Told whether the partition's stream fails to be read or acknowledged now (for /readyz and metrics). */
-    private readonly failing: (failing: boolean) => void = () => {},
+    private readonly failing: (failing: boolean) => void,
   ) {}
 
   start(): void {

@@ -355,13 +355,14 @@ export class ChatSession extends SubscribedSession {
         const echoedAlready = this.echoed?.delete(entry.id) ?? false;
         this.sendSettled();
         if (echoOnAccept) this.acceptAnswered(entry.id);
-        if (result.kind === "accepted" && echoOnAccept) {
+        if (result.kind === "accepted") {
           this.core.metrics.messagesReceived.inc();
-          if (!this.closed) this.socket.send(json);
-          this.core.log.debug({ id: entry.id, streamId: result.streamId, user: this.username, client_id: frame.client_id }, "message accepted and replicated");
-        } else if (result.kind === "accepted") {
-          this.core.metrics.messagesReceived.inc();
-          if (!this.closed && !echoedAlready) {
+          if (this.closed) {
+            // Nobody to echo to.
+          } else if (echoOnAccept) {
+            // On enough replicas now: the echo goes out here (its channel copy is left out).
+            this.socket.send(json);
+          } else if (!echoedAlready) {
             (this.pendingEchoes ??= new Map()).set(entry.id, { frame: json, at: Date.now() });
             this.core.awaitingEcho.add(this);
           }
