@@ -252,9 +252,11 @@ describe.skipIf(MISSING.length > 0)(`Redis Cluster master failover${MISSING.leng
       await new Promise((r) => setTimeout(r, WARMUP_MS));
       // What the gateways' and workers' /readyz say meanwhile (they stay up, and name what fails).
       const workerPorts = workers.map((w) => Number(w.logs.find((l) => l["msg"] === "consuming")?.["httpPort"]));
+      // The manifests' readiness probes wait 2 s (timeoutSeconds); a loaded test machine (three files
+      // at a time on two cores, during a failover) once took longer than 1 s to answer.
       const readyz = async (port: number) => {
         try {
-          const res = await fetch(`http://127.0.0.1:${port}/readyz`, { signal: AbortSignal.timeout(1000) });
+          const res = await fetch(`http://127.0.0.1:${port}/readyz`, { signal: AbortSignal.timeout(2000) });
           return `${res.status} ${await res.text()}`;
         } catch (err) {
           return `no answer: ${String(err)}`;

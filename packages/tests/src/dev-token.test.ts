@@ -1,10 +1,8 @@
-import { mkdtempSync, rmSync } from "node:fs";
 import { connect as tcpConnect } from "node:net";
-import { networkInterfaces, tmpdir } from "node:os";
-import { join } from "node:path";
+import { networkInterfaces } from "node:os";
 import { jwtVerify } from "jose";
-import { describe, expect, it, onTestFinished } from "vitest";
-import { DEVELOPMENT_JWT_SECRET, connectReady, dropPrefixAtEnd, freePort, freshPrefix, runScript, spawnNode, startGateway, tokenFor, uniqueUser, type Gateway } from "./helpers/index.js";
+import { describe, expect, it } from "vitest";
+import { DEVELOPMENT_JWT_SECRET, connectReady, dropPrefixAtEnd, embeddedDataDir, freePort, freshPrefix, runScript, spawnNode, startGateway, tokenFor, uniqueUser, type Gateway } from "./helpers/index.js";
 
 // POST /api/dev/token (development gateways only) and the browser client's static files at `/`.
 
@@ -189,8 +187,7 @@ describe("development mode stays on this machine", () => {
   });
 
   it("npm start (the single node in development mode) listens on 127.0.0.1, not on every interface", async () => {
-    const dataDir = mkdtempSync(join(tmpdir(), "chat-dev-"));
-    onTestFinished(() => rmSync(dataDir, { recursive: true, force: true }));
+    const dataDir = embeddedDataDir();
     const node = await spawnNode("apps/single-node/dist/main.js", {
       env: { ...DEV, REDIS_URL: undefined, DATABASE_URL: undefined, CHAT_DATA_DIR: dataDir, PORT: "0", CHAT_WORKER_HTTP_PORT: "0" },
       readyMessage: "started",
@@ -201,7 +198,7 @@ describe("development mode stays on this machine", () => {
     expect(await accepts("127.0.0.1", port)).toBe(true);
     const external = externalAddress();
     if (external) expect(await accepts(external, port), `reachable on ${external}`).toBe(false);
-  }, 75_000); // a single node from an empty data directory migrates first: its spawn waits up to 60 s
+  });
 
   it("npm run start:cluster keeps the operator's NODE_ENV: production without CHAT_JWT_SECRET refuses to start", async () => {
     const r = await runScript("apps/local-cluster/dist/main.js", [], { NODE_ENV: "production", PORT: String(await freePort()), CHAT_WORKER_HTTP_PORT: "0" }, 20_000);

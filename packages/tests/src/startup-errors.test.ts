@@ -9,7 +9,7 @@ import { migrate } from "drizzle-orm/postgres-js/migrator";
 import { Redis } from "ioredis";
 import postgres from "postgres";
 import { describe, expect, it, onTestFinished } from "vitest";
-import { DATABASE_URL, freePort, freshPrefix, runScript, spawnNode, startGateway, startWorker, testSql } from "./helpers/index.js";
+import { DATABASE_URL, embeddedDataDir, freePort, freshPrefix, runScript, spawnNode, startGateway, startWorker, testSql } from "./helpers/index.js";
 import { runGateway } from "./helpers/run-gateway.js";
 
 // Register the pool's teardown at file level (the first query happens inside a test).
@@ -195,19 +195,17 @@ describe("start-up failures: one plain line on stderr naming the setting, exit n
       "REDIS_URL",
       1,
     );
-    const dataDir = mkdtempSync(join(tmpdir(), "chat-startup-"));
-    onTestFinished(() => rmSync(dataDir, { recursive: true, force: true }));
+    const dataDir = embeddedDataDir();
     const embedded = { REDIS_URL: undefined, DATABASE_URL: undefined, CHAT_DATA_DIR: dataDir, NODE_ENV: "development", CHAT_JWT_SECRET: undefined };
     // No CHAT_WORKER_HTTP_PORT: the worker's metrics take a free port, not 9100.
     const first = await spawnNode(SINGLE, { env: { ...embedded, PORT: "0" }, readyMessage: "started", timeoutMs: 60_000 });
     expect(first.ready["workerHttpPort"]).not.toBe(9100);
     expect(Number(first.ready["workerHttpPort"])).toBeGreaterThan(0);
     const port = new URL(String(first.ready["url"])).port;
-    const otherDir = mkdtempSync(join(tmpdir(), "chat-startup-"));
-    onTestFinished(() => rmSync(otherDir, { recursive: true, force: true }));
+    const otherDir = embeddedDataDir();
     expectOneLine(await runScript(SINGLE, [], { ...embedded, CHAT_DATA_DIR: otherDir, PORT: port }, 30_000), "single-node", "PORT", 1);
     const again = await runScript(SINGLE, [], { ...embedded, PORT: "0" }, 30_000);
     expectOneLine(again, "single-node", "CHAT_DATA_DIR", 1);
     expect(again.stderr).toContain("in use");
-  }, 60_000); // four single-node starts, one after another: 14 s alone, more in a loaded full run
+  }, 60_000); // four single-node starts, one after another
 });

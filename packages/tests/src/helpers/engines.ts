@@ -65,12 +65,21 @@ export async function startEngine(kind: EngineKind, env: Record<string, string |
 /** Whose end stops a deployment's processes, its restarts' included: the test's, or the file's. */
 type Lifetime = NonNullable<SpawnOptions["lifetime"]>;
 
-async function startEmbedded(env: Record<string, string | undefined>, lifetime: Lifetime): Promise<EngineDeployment> {
+/**
+ * A data directory for a single node, removed when the test (or file) ends: a copy of the run's migrated
+ * one (global-setup.ts), what a new one would be minus the migrations, which cost a few seconds of CPU
+ * each. The global setup's own start covers migrating an empty directory.
+ */
+export function embeddedDataDir(lifetime: Lifetime = "test"): string {
   const dataDir = mkdtempSync(join(tmpdir(), "chat-embedded-"));
   (lifetime === "file" ? atFileEnd : atEnd)(() => rmSync(dataDir, { recursive: true, force: true }));
-  // A copy of the run's migrated data directory (global-setup.ts): what a new one would be, minus the migrations.
   const template = process.env["CHAT_TEST_EMBEDDED_TEMPLATE"];
   if (template) cpSync(template, dataDir, { recursive: true });
+  return dataDir;
+}
+
+async function startEmbedded(env: Record<string, string | undefined>, lifetime: Lifetime): Promise<EngineDeployment> {
+  const dataDir = embeddedDataDir(lifetime);
   let proc: RunningProcess;
   let port = 0;
   const start = async () => {

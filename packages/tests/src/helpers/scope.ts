@@ -1,10 +1,15 @@
-import { afterAll, onTestFinished } from "vitest";
+import { onTestFinished } from "vitest";
 
 const fileEnd: (() => unknown)[] = [];
-// Registered when the test file imports the helpers, so it belongs to the file's root suite.
-afterAll(async () => {
+
+/**
+ * Runs what `atFileEnd` (and `atEnd` outside a test) registered, newest first. The setup file
+ * (file-scope.ts) calls it after each test file: test files share a worker process, so a hook
+ * registered here at import would run after the first file only.
+ */
+export async function runFileEnd(): Promise<void> {
   for (let fn = fileEnd.pop(); fn; fn = fileEnd.pop()) await fn();
-});
+}
 
 /**
  * Runs `fn` when the current test ends; called outside a test (in a beforeAll, for what several tests
