@@ -87,6 +87,11 @@ export class BatchWriter {
   private readonly queue: Submission[] = [];
   /** Writes in flight (gathering included), with when each started. */
   private readonly writes = new Set<{ startedAt: number }>();
+  /**
+   * Numbers this writer's batches in its logs. Their first and last stream ids do not identify
+   * them: each partition is a stream of its own, and two partitions can hand out the same id.
+   */
+  private batchSeq = 0;
   private slowTimer: NodeJS.Timeout | null = null;
 
   constructor(
@@ -216,6 +221,7 @@ export class BatchWriter {
     const batch = prepareBatch(entries, this.names);
     const first = entries[0]?.streamId;
     const last = entries.at(-1)?.streamId;
+    const batchNo = ++this.batchSeq;
     let backoff = 250;
     for (let attempt = 1; ; attempt++) {
       // The pool of this attempt: parts written at once may fail together, and only the first of
@@ -229,13 +235,13 @@ export class BatchWriter {
         this.metrics.batchDuration.observe(Number(process.hrtime.bigint() - startedAt) / 1e9);
         this.metrics.messagesPersisted.inc(outcome.inserted.size);
         this.metrics.readsApplied.inc(batch.reads.length);
-        this.log.debug({ entries: entries.length, first, last, inserted: outcome.inserted.size, attempt }, "batch persisted");
+        this.log.debug({ batch: batchNo, entries: entries.length, first, last, inserted: outcome.inserted.size, attempt }, "batch persisted");
         return true;
       } catch (err) {
         this.metrics.writeErrors.inc();
         const poolBroken = err instanceof ReserveTimeoutError || err instanceof BatchStalledError || err instanceof ConnectionLostError;
         if (poolBroken) this.pool.replace(db, err);
-        this.log.warn({ err, first, last, attempt, retryInMs: backoff }, "batch failed, will retry");
+        this.log.warn({ err, batch: batchNo, entries: entries.length, first, last, attempt, retryInMs: backoff }, "batch failed, will retry");
         // Left pending: the partition's next owner claims it after claimIdleMs.
         if (givenUp()) return false;
         await sleep(backoff);

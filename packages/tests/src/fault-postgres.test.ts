@@ -285,18 +285,19 @@ describe("Postgres outage", () => {
         );
         expect(bNotes.schemaViolations).toEqual([]);
 
-        // The worker backed off and retried (growing delays) and never died. Each partition's consumer
-        // retries its own batch, so the delays grow per batch (its first entry), interleaved in the log;
+        // The worker backed off and retried (growing delays) and never died. Batches written beside
+        // each other retry on their own, so the delays grow per batch (the writer numbers them; two
+        // partitions' streams can hand out the same first id), interleaved in the log;
         // a retry that waited out the stall timeout (3 s here) grows more slowly than one refused at once.
         const retries = worker.logs.filter((l) => l["msg"] === "batch failed, will retry" || l["msg"] === "stream read or acknowledgement failed");
         const delays = retries.map((l) => Number(l["retryInMs"]));
         expect(retries.length).toBeGreaterThanOrEqual(3);
         const perBatch = new Map<string, number[]>();
         for (const l of retries.filter((r) => r["msg"] === "batch failed, will retry")) {
-          const key = String(l["first"]);
+          const key = `${String(l["batch"])} (from ${String(l["first"])})`;
           perBatch.set(key, [...(perBatch.get(key) ?? []), Number(l["retryInMs"])]);
         }
-        for (const [first, seq] of perBatch) expect(seq, `retry delays of the batch from ${first}`).toEqual([...seq].sort((x, y) => x - y));
+        for (const [batch, seq] of perBatch) expect(seq, `retry delays of batch ${batch}`).toEqual([...seq].sort((x, y) => x - y));
         expect(Math.max(...[...perBatch.values()].map((seq) => seq.length)), "retries of the longest-failing batch").toBeGreaterThanOrEqual(4);
         expect(Math.max(...delays)).toBeGreaterThanOrEqual(2000);
         expect(worker.child.exitCode).toBeNull();
