@@ -1,5 +1,7 @@
+import { Ajv } from "ajv";
 import { describe, expect, it } from "vitest";
 import { ErrorCode } from "./codes.js";
+import { chatMessageFrameSchema, readMessagesFrameSchema, serverEventSchemas } from "./schemas.js";
 import { isValidUsername } from "./usernames.js";
 import { createFrameParser, validateServerEvent } from "./validate.js";
 
@@ -64,6 +66,18 @@ describe("usernames", () => {
   it.each(["", "a b", "x:y", "a|b", "a*", "A".repeat(151), "notifications", "ü"])("refuses %j", (u) =>
     expect(isValidUsername(u)).toBe(false),
   );
+});
+
+describe("the schemas themselves", () => {
+  // The runtime validators skip this check (validateSchema: false) to start faster.
+  it("are valid JSON Schema (draft-07 meta-schema) and compile in strict mode", () => {
+    const checker = new Ajv({ strict: true, allowUnionTypes: true });
+    for (const schema of [chatMessageFrameSchema, readMessagesFrameSchema, ...Object.values(serverEventSchemas)]) {
+      expect(checker.validateSchema(schema), JSON.stringify(checker.errors)).toBe(true);
+      expect(() => checker.compile(schema)).not.toThrow();
+    }
+    expect(checker.validateSchema({ type: "objekt" })).toBe(false);
+  });
 });
 
 describe("server event schemas", () => {
