@@ -46,7 +46,9 @@ async function say(chat: TestClient, text: string): Promise<Frame> {
 
 /** The replay part of a socket opened with ?since=: its frames up to and including catch_up_end. */
 async function replayOf(c: TestClient, timeoutMs = 10000): Promise<{ replayed: Frame[]; end: Frame }> {
-  await c.until((fs) => fs.some((f) => f.type === "catch_up_end"), timeoutMs, "catch_up_end");
+  await c.until((fs) => fs.some((f) => f.type === "catch_up_end"), timeoutMs, "catch_up_end").catch((err: Error) => {
+    throw new Error(`${err.message}; socket close code: ${c.closeCode ?? "still open"}`);
+  });
   const frames = nonPresence(c);
   const endAt = frames.findIndex((f) => f.type === "catch_up_end");
   expect(frames[0]?.type, "first frame").toBe("online_user_list");
@@ -288,7 +290,10 @@ describe("catch-up after a reconnect (?since=)", () => {
     const before = await outputBytes();
     const sockets = await Promise.all(unknown.map((since) => connect(g.url, `/ws/${alice}/?since=${since}`, tb)));
     for (const b of sockets) {
-      const { replayed, end } = await replayOf(b);
+      // 30 s, not 10: each of these lookups pages through up to 1,000 entries of 16 KB in Redis (in
+      // pages of 100, so Redis is never held long). 3.3 s for all 16 alone; one repeat run of the
+      // full suite, on a slower hour, left one socket without its first frame after 10 s.
+      const { replayed, end } = await replayOf(b, 30_000);
       expect(replayed).toEqual([]);
       expect(end).toEqual({ type: "catch_up_end", recovered: false, count: 0 });
     }
