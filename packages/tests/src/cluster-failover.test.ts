@@ -65,8 +65,14 @@ interface Send {
   sentAt: number;
   /** The first answer: the sender's echo, or an error with the client_id. */
   answer: { kind: "echo"; at: number; id: string } | { kind: "error"; at: number; code: string; message: string } | null;
-  /** Echoes and errors with this client_id the sender got, in all. */
+  /**
+   * Echoes (distinct message ids) and errors with this client_id the sender got, in all. A replay
+   * after a 4002 may repeat an echo the socket already had (docs/protocol.md: with
+   * CHAT_REDIS_MIN_REPLICAS_ACK the echo can come before an earlier message of the partner, so the
+   * `since` a client sends can precede it); clients drop a message id they already show.
+   */
   answers: number;
+  echoIds: Set<string>;
   /** When the recipient's socket got it. */
   deliveredAt: number | null;
 }
@@ -202,6 +208,8 @@ describe.skipIf(MISSING.length > 0)(`Redis Cluster master failover${MISSING.leng
             if (sender === f.from) {
               const s = clientId === undefined ? undefined : f.byClientId.get(clientId);
               if (!s) return void f.strays.push(frame);
+              if (s.echoIds.has(String(frame["id"]))) return;
+              s.echoIds.add(String(frame["id"]));
               s.answers++;
               s.answer ??= { kind: "echo", at, id: String(frame["id"]) };
             } else if (sender === f.to) {
@@ -233,7 +241,7 @@ describe.skipIf(MISSING.length > 0)(`Redis Cluster master failover${MISSING.leng
       for (const f of flows) watch(f, f.chat);
       const send = (f: Flow, phase: Send["phase"]) => {
         const clientId = `${phase}-${f.from}>${f.to}#${f.sends.length}`;
-        const s: Send = { flow: f, clientId, text: clientId, phase, sentAt: Date.now(), answer: null, answers: 0, deliveredAt: null };
+        const s: Send = { flow: f, clientId, text: clientId, phase, sentAt: Date.now(), answer: null, answers: 0, echoIds: new Set(), deliveredAt: null };
         f.sends.push(s);
         f.byClientId.set(clientId, s);
         f.chat.send({ type: "chat_message", message: s.text, client_id: clientId });
