@@ -33,6 +33,8 @@ export default defineConfig(async () => {
       // TTLs, other processes), so a third file fills those waits. Measured on an idle 2-core machine:
       // 254 s with three against 275 s with two, every test passing; the cores were 92 % busy.
       maxWorkers: 3,
+      // As many as maxWorkers: with fewer, vitest 3.2 terminated an idle extra worker of a shared
+      // (isolate: false) pool mid-run, an unhandled "Terminating worker thread" that ended the run.
       minWorkers: 3,
     },
   };

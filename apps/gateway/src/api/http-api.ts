@@ -20,10 +20,9 @@ import {
 import { isValidUsername } from "@chat/protocol";
 import type { Logger } from "@chat/log";
 import { AuthError, extractToken, type TokenVerifier } from "../auth.js";
-import { needsRefresh, REFRESH_MARGIN_MS } from "../media/storage.js";
 import type { MediaUrlSigner } from "../media/signed-url.js";
 import { SERVABLE_TYPES } from "../media/sniff.js";
-import { contentDisposition, IDENTIFIER_PATTERN, type MediaStorage } from "../media/storage.js";
+import { contentDisposition, IDENTIFIER_PATTERN, needsRefresh, REFRESH_MARGIN_MS, type MediaStorage } from "../media/storage.js";
 import { UploadGuard, UploadTooLargeError } from "../media/upload-guard.js";
 import { devTokenHandler, type DevTokenSigning } from "./dev-token.js";
 import { messageResource } from "./serialize.js";

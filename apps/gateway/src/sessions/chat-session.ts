@@ -357,12 +357,10 @@ export class ChatSession extends SubscribedSession {
         if (echoOnAccept) this.acceptAnswered(entry.id);
         if (result.kind === "accepted") {
           this.core.metrics.messagesReceived.inc();
-          if (this.closed) {
-            // Nobody to echo to.
-          } else if (echoOnAccept) {
+          if (echoOnAccept) {
             // On enough replicas now: the echo goes out here (its channel copy is left out).
-            this.socket.send(json);
-          } else if (!echoedAlready) {
+            if (!this.closed) this.socket.send(json);
+          } else if (!this.closed && !echoedAlready) {
             (this.pendingEchoes ??= new Map()).set(entry.id, { frame: json, at: Date.now() });
             this.core.awaitingEcho.add(this);
           }
