@@ -64,5 +64,11 @@ export const CloseCode = {
    * node's subscription there was lost for a while): reconnect with `?since=` to get them.
    */
   resync: 4002,
+  /**
+   * The user already has CHAT_MAX_CONNECTIONS_PER_USER sockets open across the cluster (the count is
+   * taken once the socket is open; a node refuses the upgrade with 429 when it alone holds that many).
+   * Sent before any event; do not reconnect until one of the user's sockets has closed.
+   */
+  too_many_connections: 4029,
 } as const;
 export type CloseCode = (typeof CloseCode)[keyof typeof CloseCode];

@@ -1,9 +1,12 @@
 import WebSocket from "ws";
 import { describe, expect, it, onTestFinished } from "vitest";
 import { ErrorCode } from "@chat/protocol";
-import { redisNames } from "@chat/bus";
+import { openRedis, parseRedisTarget, redisNames } from "@chat/bus";
 import {
+  REDIS_CLUSTER_URL,
+  REDIS_URL,
   allStreams,
+  dropPrefixAtEnd,
   connectReady,
   freshPrefix,
   messagesBetween,
@@ -131,48 +134,80 @@ describe.each(redisEngines)("per-user message rate, cluster-wide (%s)", (kind) =
   }, 60_000);
 });
 
-describe("sockets per user, cluster-wide", () => {
-  it("refuses the 4th socket of a user across two nodes with 429, and a closed socket frees its slot", async () => {
+/** How many sockets of `user` the engine's Redis counts. */
+async function countedSockets(kind: "redis" | "redis-cluster", prefix: string, user: string): Promise<number> {
+  const redis = openRedis(parseRedisTarget(kind === "redis-cluster" ? REDIS_CLUSTER_URL! : REDIS_URL), { connectionName: "limits-test" });
+  redis.on("error", () => {});
+  try {
+    return await redis.zcard(redisNames(prefix).userConnections(user));
+  } finally {
+    redis.disconnect();
+  }
+}
+
+/** Opens a socket that the cluster-wide count should close: resolves to its close code and what it got first. */
+async function closedAfterOpen(url: string): Promise<{ code: number; reason: string; frames: number }> {
+  const ws = new WebSocket(url);
+  onTestFinished(() => ws.terminate());
+  let frames = 0;
+  ws.on("message", () => frames++);
+  return new Promise((resolve, reject) => {
+    ws.once("unexpected-response", (_req, res) => reject(new Error(`upgrade refused with ${res.statusCode}`)));
+    ws.once("close", (code, reason) => resolve({ code, reason: reason.toString(), frames }));
+  });
+}
+
+describe.each(redisEngines)("sockets per user, cluster-wide (%s)", (kind) => {
+  it("refuses a node's 4th socket of a user with 429, closes one over the cluster-wide count with 4029 before any event, and a closed socket frees its slot", async () => {
     const prefix = freshPrefix("conn-limit");
-    const env = { CHAT_MAX_CONNECTIONS_PER_USER: "3" };
+    if (kind === "redis") dropPrefixAtEnd(prefix);
+    const env = { CHAT_MAX_CONNECTIONS_PER_USER: "3", ...redisEnv(kind) };
     const [g1, g2] = await Promise.all([startGateway(prefix, env), startGateway(prefix, env)]);
     const alice = uniqueUser("alice");
     const bob = uniqueUser("bob");
     const carol = uniqueUser("carol");
     const token = await tokenFor(alice);
-    // Every endpoint counts.
+    const bobToken = await tokenFor(bob);
+    // Bob on a socket to alice: a socket closed for the count must never show up in presence.
+    const bobSees = await connectReady(g2.url, `/ws/${alice}/`, bobToken);
+    // Every endpoint counts; all three on node 1.
     const open = [
       await connectReady(g1.url, `/ws/${bob}/`, token),
-      await connectReady(g2.url, "/ws/notifications/", token),
+      await connectReady(g1.url, "/ws/notifications/", token),
       await connectReady(g1.url, `/ws/notifications/${bob}/`, token),
     ];
-    for (const [g, path] of [[g2, `/ws/${carol}/`], [g1, `/ws/${carol}/`], [g2, "/ws/notifications/"], [g1, `/ws/${bob}/`]] as const) {
-      const r = await refusedUpgrade(`${g.url}${path}?token=${token}`);
-      expect(r.status, `${g.url}${path}`).toBe(429);
+    // Node 1 holds 3 itself: it refuses the upgrade, on every endpoint and with the header too.
+    for (const path of [`/ws/${carol}/`, "/ws/notifications/", `/ws/${bob}/`]) {
+      const r = await refusedUpgrade(`${g1.url}${path}?token=${token}`);
+      expect(r.status, `${g1.url}${path}`).toBe(429);
       expect(r.body).toEqual({ error: "too_many_connections", message: expect.any(String) });
     }
-    // Via the Authorization header too.
-    expect((await refusedUpgrade(`${g2.url}/ws/${carol}/`, { Authorization: `Bearer ${token}` })).status).toBe(429);
+    expect((await refusedUpgrade(`${g1.url}/ws/${carol}/`, { Authorization: `Bearer ${token}` })).status).toBe(429);
+    // Node 2 holds none of them: the socket opens, and the cluster-wide count closes it before any event.
+    for (const path of [`/ws/${bob}/`, "/ws/notifications/"]) {
+      const closed = await closedAfterOpen(`${g2.url}${path}?token=${token}`);
+      expect(closed, `${g2.url}${path}`).toEqual({ code: 4029, reason: expect.stringMatching(/^too_many_connections: /), frames: 0 });
+    }
+    expect(bobSees.frames.filter((f) => (f.type === "user_join" || f.type === "user_leave") && f["user"] === alice)).toEqual([{ type: "user_join", user: alice }]);
 
     // Other users are unaffected, even in the same conversation.
-    const bobToken = await tokenFor(bob);
-    for (const g of [g1, g2, g2]) await connectReady(g.url, `/ws/${alice}/`, bobToken);
-    expect((await refusedUpgrade(`${g1.url}/ws/${alice}/?token=${bobToken}`)).status).toBe(429);
+    for (const g of [g1, g2]) await connectReady(g.url, `/ws/${alice}/`, bobToken);
+    expect((await closedAfterOpen(`${g1.url}/ws/${alice}/?token=${bobToken}`)).code).toBe(4029);
 
-    // Closing one (on node 2) lets exactly one more open (on node 1); refusals did not use up slots.
+    // Closing one lets exactly one more open, on the other node; refusals did not use up slots.
     await open[1]!.close();
-    const fourth = await waitFor(() => connectReady(g1.url, `/ws/${carol}/`, token), 10000, 100);
+    const fourth = await waitFor(() => connectReady(g2.url, `/ws/${carol}/`, token), 10000, 100);
     expect(fourth.frames[0]).toMatchObject({ type: "online_user_list" });
-    expect((await refusedUpgrade(`${g2.url}/ws/${carol}/?token=${token}`)).status).toBe(429);
+    expect((await closedAfterOpen(`${g2.url}/ws/notifications/?token=${token}`)).code).toBe(4029);
 
     // A socket dropped without a close handshake frees its slot as well.
     open[0]!.ws.terminate();
     await open[0]!.closed;
     const fifth = await waitFor(() => connectReady(g2.url, `/ws/${bob}/`, token), 10000, 100);
     expect(fifth.frames[0]).toMatchObject({ type: "online_user_list" });
-    expect((await refusedUpgrade(`${g1.url}/ws/notifications/?token=${token}`)).status).toBe(429);
-    // Through all of it the user never had more than 3.
-    expect(await testRedis().zcard(redisNames(prefix).userConnections(alice))).toBe(3);
+    expect((await closedAfterOpen(`${g1.url}/ws/notifications/?token=${token}`)).code).toBe(4029);
+    // Through all of it the user never had more than 3 counted.
+    await waitFor(async () => expect(await countedSockets(kind, prefix, alice)).toBe(3), 5000);
   }, 60_000);
 });
 

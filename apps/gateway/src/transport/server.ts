@@ -26,7 +26,7 @@ interface SocketData {
   since: string | undefined;
   /** When the token expires (epoch ms), or 0 for a token without `exp`. */
   expiresAtMs: number;
-  /** This socket's entry in its user's cluster-wide socket count, when that limit is on. */
+  /** This socket's entry in its user's cluster-wide socket count, once taken (when that limit is on). */
   counted: CountedConnection | null;
   session: Session | null;
   closed: boolean;
@@ -146,6 +146,8 @@ export class GatewayServer {
   private expirySweep: NodeJS.Timeout | null = null;
   private allClosed: (() => void) | null = null;
   private readonly upgradeLimiter: UpgradeLimiter | null;
+  /** Open sockets per user on this node: the part of the per-user limit decided at the upgrade. */
+  private readonly localSockets = new Map<string, number>();
 
   constructor(
     private readonly core: GatewayCore,
@@ -303,35 +305,32 @@ export class GatewayServer {
     if (since !== undefined && (route.endpoint.kind !== "chat" || !/^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$/.test(since))) {
       return refuseWith(UpgradeRefusal.bad_request, "bad_since", "since must be a message id, on a chat socket");
     }
-    void this.authorizeAndUpgrade(query, authorization, route.endpoint, since, url).then((outcome) => {
-      if ("refusal" in outcome) {
-        if (outcome.counted) void this.connections?.release(outcome.counted).catch(() => {});
-        if (!aborted) refuseWith(outcome.refusal[0], outcome.refusal[1], outcome.refusal[2]);
-        return;
-      }
-      if (aborted) {
-        if (outcome.data.counted) void this.connections?.release(outcome.data.counted).catch(() => {});
-        return;
-      }
-      // Known fault, rare: this uWebSockets.js build's HttpResponse.cork() can miss an upgrade made in
-      // its handler when the socket keeps its address, read the new WebSocket's data as HTTP state,
-      // and, when a "connection: close" bit happens to be set there, shut the fresh socket down (the
-      // client sees 1006 before its first event). Fixed upstream in uWebSockets fe7c01a ("Fix cork()
-      // closing a WebSocket that was upgraded asynchronously", 2026-07), in no build that runs on this
-      // glibc. Calling upgrade() uncorked avoids it but prints a warning on stderr for every upgrade;
-      // clients reconnect on 1006 anyway (docs/protocol.md).
+    // Nothing here waits for I/O, so that the upgrade happens inside this handler's call, corked by
+    // uWebSockets.js itself. The token check is a promise that settles in the same microtask drain
+    // (HMAC only), which node runs before this callback returns to uWebSockets.js. An upgrade after
+    // real I/O is what this uWebSockets.js build gets wrong: res.cork() after the upgrade runs the
+    // HTTP response's end-of-request check on the fresh WebSocket when the upgrade kept the socket's
+    // address, reads the WebSocket's bytes as HTTP state and, when they happen to have the
+    // connection-close bit, shuts the socket down (the client sees 1006 before any event; every time
+    // for a request that says `Connection: close`, socket-setup.test.ts). Upgrading uncorked instead
+    // loses the 101 and crashes the process. Fixed upstream (uWebSockets "Fix cork() closing a
+    // WebSocket that was upgraded asynchronously"), in no build for this glibc. So the cluster-wide
+    // socket count, a Redis call, is taken once the socket is open (open below).
+    void this.authorize(query, authorization, route.endpoint, since, url).then((outcome) => {
+      if (aborted) return;
+      if ("refusal" in outcome) return refuseWith(outcome.refusal[0], outcome.refusal[1], outcome.refusal[2]);
       res.cork(() => res.upgrade(outcome.data, key, protocol, extensions, context));
     });
   }
 
-  /** The asynchronous half of an upgrade: token, path rules that need the user, per-user socket limit. */
-  private async authorizeAndUpgrade(
+  /** The checks that need the user: token, path rules, this node's share of the per-user socket limit. */
+  private async authorize(
     query: string,
     authorization: string,
     endpoint: Endpoint,
     since: string | undefined,
     url: string,
-  ): Promise<{ data: SocketData } | { refusal: [number, string, string]; counted?: CountedConnection }> {
+  ): Promise<{ data: SocketData } | { refusal: [number, string, string] }> {
     let token: VerifiedToken;
     try {
       token = await this.verifier.verifyToken(extractToken(query, authorization));
@@ -344,30 +343,19 @@ export class GatewayServer {
     if (endpoint.kind !== "notifications" && endpoint.other === username) {
       return { refusal: [UpgradeRefusal.bad_request, "bad_path", "cannot open a conversation with yourself"] };
     }
-    let counted: CountedConnection | null = null;
-    if (this.connections) {
-      try {
-        counted = await this.connections.acquire(username, `${this.core.nodeId}:${this.core.nextSocketSeq()}`);
-      } catch (err) {
-        this.log.warn({ err, user: username }, "connection count failed");
-        return { refusal: [UpgradeRefusal.unavailable, "unavailable", "node not ready; try another"] };
-      }
-      if (!counted) {
-        this.log.info({ user: username, limit: this.connections.limit }, "upgrade refused: too many sockets");
-        return { refusal: [UpgradeRefusal.too_many, "too_many_connections", `at most ${this.connections.limit} open sockets per user`] };
-      }
+    if (this.connections && (this.localSockets.get(username) ?? 0) >= this.connections.limit) {
+      this.log.info({ user: username, limit: this.connections.limit }, "upgrade refused: too many sockets");
+      return { refusal: [UpgradeRefusal.too_many, "too_many_connections", `at most ${this.connections.limit} open sockets per user`] };
     }
-    if (!this.readiness.ready()) {
-      return { refusal: [UpgradeRefusal.unavailable, "unavailable", "node not ready; try another"], ...(counted ? { counted } : {}) };
-    }
-    return { data: { username, endpoint, since, expiresAtMs: token.expiresAt?.getTime() ?? 0, counted, session: null, closed: false } };
+    if (!this.readiness.ready()) return { refusal: [UpgradeRefusal.unavailable, "unavailable", "node not ready; try another"] };
+    return { data: { username, endpoint, since, expiresAtMs: token.expiresAt?.getTime() ?? 0, counted: null, session: null, closed: false } };
   }
 
   private open(ws: WebSocket<SocketData>): void {
     const data = ws.getUserData();
     this.sockets.set(ws, data);
+    this.localSockets.set(data.username, (this.localSockets.get(data.username) ?? 0) + 1);
     this.metrics.openSockets.inc({ endpoint: data.endpoint.kind });
-    if (data.counted) this.core.countedConnections.add(data.counted);
     const socket = new UwsSessionSocket(ws, data);
     const endpoint = data.endpoint;
     data.session =
@@ -381,7 +369,33 @@ export class GatewayServer {
     // users, and gone when the set-up runs after the handler returned. A microtask runs before any
     // frame of the socket can arrive (uWebSockets.js callbacks are macrotasks).
     const session = data.session;
-    queueMicrotask(() => void session.start());
+    if (!this.connections) {
+      queueMicrotask(() => void session.start());
+      return;
+    }
+    // The cluster-wide count, before the session starts (no presence, no event): a socket over the
+    // limit is closed with 4029 before it shows anywhere.
+    const connections = this.connections;
+    connections.acquire(data.username, `${this.core.nodeId}:${this.core.nextSocketSeq()}`).then(
+      (counted) => {
+        if (data.closed) {
+          if (counted) this.core.track(connections.release(counted).catch((err: unknown) => this.log.warn({ err }, "connection release failed")));
+          return;
+        }
+        if (!counted) {
+          this.log.info({ user: data.username, limit: connections.limit }, "socket refused: too many sockets");
+          ws.end(CloseCode.too_many_connections, `too_many_connections: at most ${connections.limit} open sockets per user`);
+          return;
+        }
+        data.counted = counted;
+        this.core.countedConnections.add(counted);
+        void session.start();
+      },
+      (err: unknown) => {
+        this.log.warn({ err, user: data.username }, "connection count failed");
+        if (!data.closed) ws.end(CloseCode.try_again_later, "node not ready; reconnect");
+      },
+    );
   }
 
   /**
@@ -428,6 +442,9 @@ export class GatewayServer {
       this.core.track(this.connections!.release(data.counted).catch((err: unknown) => this.log.warn({ err }, "connection release failed")));
     }
     this.sockets.delete(ws);
+    const local = (this.localSockets.get(data.username) ?? 1) - 1;
+    if (local > 0) this.localSockets.set(data.username, local);
+    else this.localSockets.delete(data.username);
     this.metrics.openSockets.dec({ endpoint: data.endpoint.kind });
     data.session?.stop();
     if (this.sockets.size === 0) this.allClosed?.();

@@ -112,20 +112,15 @@ export async function connect(baseUrl: string, path: string, token?: string): Pr
 /**
  * Connects and waits for the endpoint's first event, after which the socket is fully subscribed.
  * A close with 1013 ("try again later", the gateway could not set the socket up in time) is answered
- * as docs/protocol.md tells clients to: by reconnecting, once. So is, said on stderr, a 1006 before
- * the first event: the deterministic cause (the session set up inside uWebSockets.js' open handler,
- * socket-setup.test.ts) is fixed; the rare one left is a fault of this uWebSockets.js build's
- * HttpResponse.cork() after an asynchronous upgrade (see the upgrade in transport/server.ts), fixed
- * upstream in a build this machine cannot run.
+ * as docs/protocol.md tells clients to: by reconnecting, once. Any other close before the first
+ * event fails (a 1006 there was a fault of the server's upgrade: socket-setup.test.ts).
  */
 export async function connectReady(baseUrl: string, path: string, token: string): Promise<TestClient> {
   for (let attempt = 1; ; attempt++) {
     const client = await connect(baseUrl, path, token);
     await client.until((f) => f.length > 0 || client.closeCode !== null, 12000, "first event");
     if (client.frames.length > 0) return client;
-    const retry = client.closeCode === 1013 || client.closeCode === 1006;
-    if (!retry || attempt >= 2) throw new Error(`socket closed (${client.closeCode}) before its first event`);
-    if (client.closeCode === 1006) console.warn(`[connectReady] ${path.split("?")[0]} closed 1006 before its first event; reconnecting once, as clients do`);
+    if (client.closeCode !== 1013 || attempt >= 2) throw new Error(`socket closed (${client.closeCode}) before its first event`);
   }
 }
 
