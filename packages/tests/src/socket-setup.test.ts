@@ -1,6 +1,6 @@
 import { connect as tcpConnect } from "node:net";
 import { describe, expect, it, onTestFinished } from "vitest";
-import { connect, freshPrefix, redisEngines, redisEnv, startGateway, tokenFor } from "./helpers/index.js";
+import { connect, connectReady, freePort, freshPrefix, redisEngines, redisEnv, startGateway, startPrivateRedis, tokenFor } from "./helpers/index.js";
 import { dropPrefixAtEnd } from "./helpers/redis.js";
 
 const SOCKETS = 300;
@@ -90,5 +90,26 @@ describe.each(redisEngines)("socket set-up (%s)", (kind) => {
       outcomes.push(`${path}: ${await rawUpgrade(g.port, `${path}?token=${await tokenFor(`closer${k}`)}`, "close")}`);
     }
     expect(outcomes.filter((o) => !o.endsWith(": frame"))).toEqual([]);
+  }, 60_000);
+});
+
+describe("socket set-up against a stalled Redis", () => {
+  it("closes a fresh socket with 1013 within the set-up bound instead of leaving it open and silent, and sets up sockets again once Redis answers", async () => {
+    const port = await freePort();
+    const redis = await startPrivateRedis(port);
+    const g = await startGateway(freshPrefix("setup-stall"), { REDIS_URL: `redis://127.0.0.1:${port}` });
+    const token = await tokenFor("staller");
+    await connectReady(g.url, "/ws/notifications/", token);
+    // SIGSTOP: connections stay open and commands go unanswered (a Redis stuck in a slow script or a
+    // saturated network), so nothing fails fast. The first Redis call of a new socket is its user's
+    // cluster-wide socket count.
+    process.kill(redis.child.pid!, "SIGSTOP");
+    onTestFinished(() => void process.kill(redis.child.pid!, "SIGCONT"));
+    const stalled = await connect(g.url, `/ws/stall-peer/`, token);
+    await stalled.until(() => stalled.closeCode !== null, 10_000, "close of a socket set up against a stalled Redis");
+    expect({ code: stalled.closeCode, frames: stalled.frames }).toEqual({ code: 1013, frames: [] });
+    process.kill(redis.child.pid!, "SIGCONT");
+    const after = await connectReady(g.url, `/ws/stall-peer/`, token);
+    expect(after.frames[0]).toMatchObject({ type: "online_user_list" });
   }, 60_000);
 });

@@ -4,7 +4,7 @@ import type { GatewayCore } from "./core.js";
 import type { Session, SessionSocket } from "./socket.js";
 
 /** A socket whose subscription or first event takes longer than this is closed with 1013 (reconnect). */
-const SETUP_TIMEOUT_MS = 5000;
+export const SETUP_TIMEOUT_MS = 5000;
 
 export class SetupTimeoutError extends Error {
   override readonly name = "SetupTimeoutError";

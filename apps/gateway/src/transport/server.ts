@@ -9,6 +9,7 @@ import { parseWebSocketPath, type Endpoint } from "../routes.js";
 import { ChatSession } from "../sessions/chat-session.js";
 import type { GatewayCore } from "../sessions/core.js";
 import { NotificationSession } from "../sessions/notification-session.js";
+import { SETUP_TIMEOUT_MS } from "../sessions/subscribed-session.js";
 import type { Session, SessionSocket } from "../sessions/socket.js";
 import type { HttpApi } from "../api/http-api.js";
 import { registerApiRoutes } from "./http.js";
@@ -376,8 +377,15 @@ export class GatewayServer {
     // The cluster-wide count, before the session starts (no presence, no event): a socket over the
     // limit is closed with 4029 before it shows anywhere.
     const connections = this.connections;
+    // Bounded like the session's own set-up: a stalled Redis must not leave the socket open and silent.
+    const stalled = setTimeout(() => {
+      if (data.closed) return;
+      this.log.warn({ user: data.username, stage: "connection count", timeoutMs: SETUP_TIMEOUT_MS }, "socket setup failed");
+      ws.end(CloseCode.try_again_later, "setup failed, reconnect");
+    }, SETUP_TIMEOUT_MS);
     connections.acquire(data.username, `${this.core.nodeId}:${this.core.nextSocketSeq()}`).then(
       (counted) => {
+        clearTimeout(stalled);
         if (data.closed) {
           if (counted) this.core.track(connections.release(counted).catch((err: unknown) => this.log.warn({ err }, "connection release failed")));
           return;
@@ -392,6 +400,7 @@ export class GatewayServer {
         void session.start();
       },
       (err: unknown) => {
+        clearTimeout(stalled);
         this.log.warn({ err, user: data.username }, "connection count failed");
         if (!data.closed) ws.end(CloseCode.try_again_later, "node not ready; reconnect");
       },
