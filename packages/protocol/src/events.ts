@@ -72,6 +72,14 @@ export interface CatchUpEndEvent {
   count: number;
 }
 
+/** Another member of the conversation is typing (never persisted; sent at most a few times a second). */
+export interface TypingEvent {
+  type: "typing";
+  user: string;
+  /** The conversation, as the typist addressed it (for 1:1, the username of the one who reads this). */
+  room: string;
+}
+
 export interface ErrorEvent {
   type: "error";
   code: string;
@@ -90,6 +98,7 @@ export type ServerEvent =
   | SingleConversationNewMessageNotificationEvent
   | SingleConversationLastMessageEvent
   | CatchUpEndEvent
+  | TypingEvent
   | ErrorEvent;
 
 /** Events a client sends, on the chat socket `/ws/{other}/` only. */
@@ -106,4 +115,8 @@ export interface ReadMessagesFrame {
   type: "read_messages";
 }
 
-export type ClientFrame = ChatMessageFrame | ReadMessagesFrame;
+export interface TypingFrame {
+  type: "typing";
+}
+
+export type ClientFrame = ChatMessageFrame | ReadMessagesFrame | TypingFrame;

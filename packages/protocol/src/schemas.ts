@@ -38,6 +38,14 @@ export const readMessagesFrameSchema = {
   properties: { type: { const: "read_messages" } },
 } as const;
 
+export const typingFrameSchema = {
+  $id: "client/typing",
+  type: "object",
+  required: ["type"],
+  additionalProperties: false,
+  properties: { type: { const: "typing" } },
+} as const;
+
 function event(type: string, properties: Record<string, unknown>, required: string[] = []) {
   return {
     $id: `server/${type}`,
@@ -78,6 +86,7 @@ export const serverEventSchemas = {
     ["last_message", "last_datetime"],
   ),
   catch_up_end: event("catch_up_end", { recovered: { type: "boolean" }, count: count }, ["recovered", "count"]),
+  typing: event("typing", { user: username, room: username }, ["user", "room"]),
   error: event(
     "error",
     { code: { type: "string" }, message: { type: "string" }, client_id: clientId },

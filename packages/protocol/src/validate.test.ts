@@ -1,7 +1,7 @@
 import { Ajv } from "ajv";
 import { describe, expect, it } from "vitest";
 import { ErrorCode } from "./codes.js";
-import { chatMessageFrameSchema, readMessagesFrameSchema, serverEventSchemas } from "./schemas.js";
+import { chatMessageFrameSchema, readMessagesFrameSchema, serverEventSchemas, typingFrameSchema } from "./schemas.js";
 import { isValidUsername } from "./usernames.js";
 import { createFrameParser, validateServerEvent } from "./validate.js";
 
@@ -23,6 +23,10 @@ describe("client frame parser", () => {
     });
   });
 
+  it("accepts a typing frame, with nothing but its type", () => {
+    expect(parse('{"type":"typing"}')).toEqual({ ok: true, frame: { type: "typing" } });
+  });
+
   it.each([
     ["not json", "{", ErrorCode.invalid_json],
     ["an array", "[]", ErrorCode.invalid_frame],
@@ -37,6 +41,7 @@ describe("client frame parser", () => {
     ["too long a text", '{"type":"chat_message","message":"abcdef"}', ErrorCode.message_too_long],
     ["a bad expiration", '{"type":"chat_message","message":"x","multimedia_url_expiration":"soon"}', ErrorCode.invalid_frame],
     ["fields on read_messages", '{"type":"read_messages","x":1}', ErrorCode.invalid_frame],
+    ["fields on typing", '{"type":"typing","user":"mallory"}', ErrorCode.invalid_frame],
     ["a NUL character, which Postgres cannot store", '{"type":"chat_message","message":"a\\u0000b"}', ErrorCode.invalid_frame],
     ["a lone surrogate", '{"type":"chat_message","message":"a\\ud800b"}', ErrorCode.invalid_frame],
     ["a lone surrogate in client_id", '{"type":"chat_message","message":"a","client_id":"x\\udc00"}', ErrorCode.invalid_frame],
@@ -72,7 +77,7 @@ describe("the schemas themselves", () => {
   // The runtime validators skip this check (validateSchema: false) to start faster.
   it("are valid JSON Schema (draft-07 meta-schema) and compile in strict mode", () => {
     const checker = new Ajv({ strict: true, allowUnionTypes: true });
-    for (const schema of [chatMessageFrameSchema, readMessagesFrameSchema, ...Object.values(serverEventSchemas)]) {
+    for (const schema of [chatMessageFrameSchema, readMessagesFrameSchema, typingFrameSchema, ...Object.values(serverEventSchemas)]) {
       expect(checker.validateSchema(schema), JSON.stringify(checker.errors)).toBe(true);
       expect(() => checker.compile(schema)).not.toThrow();
     }
@@ -86,5 +91,7 @@ describe("server event schemas", () => {
     expect(validateServerEvent({ type: "unread_count", unread_count: 3 })).toEqual({ ok: true });
     expect(validateServerEvent({ type: "unread_count", unread_count: -1 }).ok).toBe(false);
     expect(validateServerEvent({ type: "mystery" }).ok).toBe(false);
+    expect(validateServerEvent({ type: "typing", user: "alice", room: "bob" })).toEqual({ ok: true });
+    expect(validateServerEvent({ type: "typing", user: "alice" }).ok).toBe(false);
   });
 });

@@ -1,13 +1,14 @@
 import { Ajv, type ValidateFunction, type ErrorObject } from "ajv";
 import { ErrorCode } from "./codes.js";
 import type { ClientFrame, ChatMessageFrame, ServerEvent } from "./events.js";
-import { chatMessageFrameSchema, readMessagesFrameSchema, serverEventSchemas } from "./schemas.js";
+import { chatMessageFrameSchema, readMessagesFrameSchema, serverEventSchemas, typingFrameSchema } from "./schemas.js";
 
 // validateSchema off: checking our own fixed schemas against the JSON Schema meta-schema compiled
 // the meta-schema at every process start (about 40 ms of CPU); validate.test.ts checks them instead.
 const ajv = new Ajv({ allErrors: false, strict: true, allowUnionTypes: true, validateSchema: false });
 const validateChatMessage = ajv.compile<ChatMessageFrame>(chatMessageFrameSchema);
 const validateReadMessages = ajv.compile(readMessagesFrameSchema);
+const validateTyping = ajv.compile(typingFrameSchema);
 // Compiled on first use: only tests and the load generator check server events, and compiling them
 // at import cost every gateway start about 0.1 s of CPU.
 let serverValidators: Map<string, ValidateFunction> | null = null;
@@ -22,7 +23,7 @@ export interface AcceptedChatMessage {
   client_id?: string;
 }
 
-export type ParsedClientFrame = AcceptedChatMessage | { type: "read_messages" };
+export type ParsedClientFrame = AcceptedChatMessage | { type: "read_messages" } | { type: "typing" };
 
 export type ParseResult =
   | { ok: true; frame: ParsedClientFrame }
@@ -92,6 +93,10 @@ export function createFrameParser(options: FrameParserOptions): (text: string) =
     if (type === "read_messages") {
       if (!validateReadMessages(value)) return fail(ErrorCode.invalid_frame, describe(validateReadMessages.errors));
       return { ok: true, frame: { type: "read_messages" } };
+    }
+    if (type === "typing") {
+      if (!validateTyping(value)) return fail(ErrorCode.invalid_frame, describe(validateTyping.errors));
+      return { ok: true, frame: { type: "typing" } };
     }
     if (type !== "chat_message") {
       return fail(

@@ -14,6 +14,7 @@ import { createFrameParser, type ChatMessageEvent, type ParseResult } from "@cha
 import type { Logger } from "@chat/log";
 import type { GatewayMetrics } from "../metrics.js";
 import type { MediaReferences } from "./media-reference.js";
+import { TypingLimiter } from "./typing.js";
 
 /** Unread counters as the gateway reads them on connect (never per message). */
 export interface UnreadCounts {
@@ -96,6 +97,8 @@ export class GatewayCore {
   readonly awaitingEcho = new Set<{ flushEchoes(): void; flushOverdue(acceptedBefore: number): number }>();
   /** Presence removals in flight, awaited before a draining node disconnects from Redis. */
   readonly pendingReleases = new Set<Promise<unknown>>();
+  /** Typing frames per user on this node (see typing.ts). */
+  readonly typing = new TypingLimiter();
   private socketSeq = 0;
   private timers: NodeJS.Timeout[] = [];
 
@@ -201,7 +204,10 @@ export class GatewayCore {
         this.refreshConnections(this.countedConnections).catch((err: unknown) => this.log.warn({ err }, "connection count refresh failed"));
       }
     }, Math.floor(ttl / 3));
-    const sweep = setInterval(() => void this.sweepPresence(), Math.min(5000, Math.floor(ttl / 6)));
+    const sweep = setInterval(() => {
+      this.typing.sweep(Date.now());
+      void this.sweepPresence();
+    }, Math.min(5000, Math.floor(ttl / 6)));
     refresh.unref();
     sweep.unref();
     this.timers.push(refresh, sweep);
