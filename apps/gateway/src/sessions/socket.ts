@@ -14,8 +14,11 @@ export interface SessionSocket {
 
 /** A socket's lifetime on this node, driven by the transport. */
 export interface Session {
-  /** The socket is open and may start its subscriptions. */
-  start(): Promise<void>;
+  /**
+   * The socket is open and may start its subscriptions. Its first event must go out before
+   * `deadlineMs` (epoch ms; default: SETUP_TIMEOUT_MS from now), or it is closed with 1013.
+   */
+  start(deadlineMs?: number): Promise<void>;
   /** A text frame arrived (already size-checked and decoded). */
   receive(text: string): void;
   /** The socket is gone; release everything. */

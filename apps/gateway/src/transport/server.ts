@@ -370,19 +370,20 @@ export class GatewayServer {
     // users, and gone when the set-up runs after the handler returned. A microtask runs before any
     // frame of the socket can arrive (uWebSockets.js callbacks are macrotasks).
     const session = data.session;
+    const deadline = Date.now() + SETUP_TIMEOUT_MS;
     if (!this.connections) {
-      queueMicrotask(() => void session.start());
+      queueMicrotask(() => void session.start(deadline));
       return;
     }
     // The cluster-wide count, before the session starts (no presence, no event): a socket over the
     // limit is closed with 4029 before it shows anywhere.
     const connections = this.connections;
-    // Bounded like the session's own set-up: a stalled Redis must not leave the socket open and silent.
+    // Within the set-up's bound (SETUP_TIMEOUT_MS): a stalled Redis must not leave the socket open and silent.
     const stalled = setTimeout(() => {
       if (data.closed) return;
       this.log.warn({ user: data.username, stage: "connection count", timeoutMs: SETUP_TIMEOUT_MS }, "socket setup failed");
       ws.end(CloseCode.try_again_later, "setup failed, reconnect");
-    }, SETUP_TIMEOUT_MS);
+    }, deadline - Date.now());
     connections.acquire(data.username, `${this.core.nodeId}:${this.core.nextSocketSeq()}`).then(
       (counted) => {
         clearTimeout(stalled);
@@ -397,7 +398,7 @@ export class GatewayServer {
         }
         data.counted = counted;
         this.core.countedConnections.add(counted);
-        void session.start();
+        void session.start(deadline);
       },
       (err: unknown) => {
         clearTimeout(stalled);
