@@ -392,6 +392,10 @@ function startNotifications() {
 // Conversation view: history pages, the chat socket, presence, sending and reading.
 // ---------------------------------------------------------------------------------------------
 
+/** How often a typist's client sends `typing`, and how long the other side shows it (docs/protocol.md). */
+const TYPING_EVERY_MS = 3000;
+const TYPING_SHOWN_MS = 5000;
+
 const view = {
   /** The open conversation, or null. */
   current: null,
@@ -411,6 +415,10 @@ class Conversation {
     this.historyDone = false;
     this.loadingOlder = null;
     this.readTimer = 0;
+    /** Hides "… is typing" when no typing event renewed it (the typist sends one every few seconds). */
+    this.typingTimer = 0;
+    /** When this user last told the other one that they are typing. */
+    this.typingSentAt = 0;
     this.closed = false;
     this.socket = new ReconnectingSocket(() => this.socketPath(), {
       onStatus: (s) => this.onStatus(s),
@@ -432,6 +440,7 @@ class Conversation {
   close() {
     this.closed = true;
     clearTimeout(this.readTimer);
+    this.showTyping(false);
     this.socket.stop();
     forgetSocket("chat");
   }
@@ -458,7 +467,11 @@ class Conversation {
         if (e.user === this.other) setPresence(false);
         break;
       case "chat_message":
+        if (e.from_user?.username === this.other) this.showTyping(false);
         this.receive(e);
+        break;
+      case "typing":
+        if (e.user === this.other) this.showTyping(true);
         break;
       case "catch_up_end":
         // Incomplete replay (too many missed, or an unknown since id): read the history again.
@@ -480,6 +493,22 @@ class Conversation {
         break;
       }
     }
+  }
+
+  /** "… is typing" under the header, for a few seconds after each typing event of the other user. */
+  showTyping(on) {
+    clearTimeout(this.typingTimer);
+    const line = el("typing-indicator");
+    line.hidden = !on;
+    line.textContent = on ? `${this.other} is typing…` : "";
+    if (on) this.typingTimer = setTimeout(() => this.showTyping(false), TYPING_SHOWN_MS);
+  }
+
+  /** Called on every edit of the message box: tells the other user, at most every TYPING_EVERY_MS. */
+  typed() {
+    const now = Date.now();
+    if (now - this.typingSentAt < TYPING_EVERY_MS) return;
+    if (this.socket.send({ type: "typing" })) this.typingSentAt = now;
   }
 
   /**
@@ -967,7 +996,10 @@ el("new-conversation").addEventListener("submit", (e) => {
 
 el("attach-input").addEventListener("change", () => showAttachment());
 el("attachment-remove").addEventListener("click", () => removeAttachment());
-el("message-input").addEventListener("input", () => updateCounter());
+el("message-input").addEventListener("input", () => {
+  updateCounter();
+  if (el("message-input").value !== "") view.current?.typed();
+});
 el("reconnect-now").addEventListener("click", () => reconnectAll());
 window.addEventListener("online", () => {
   renderBanner();
@@ -1013,6 +1045,8 @@ el("composer").addEventListener("submit", async (e) => {
   input.value = "";
   updateCounter();
   conversation.send(text, media);
+  // The message ends the other side's "typing…": the next keystroke announces typing again at once.
+  conversation.typingSentAt = 0;
 });
 
 document.addEventListener("visibilitychange", () => {

@@ -50,7 +50,7 @@ async function presence(page: Page): Promise<string | null> {
 
 describe.skipIf(CHROMIUM_MISSING)(`browser client${CHROMIUM_MISSING ? ` (skipped: no browser at ${CHROMIUM_PATH}; apt-get install -y chromium)` : ""}`, () => {
   it(
-    "two users on two nodes: sign-in, unread badge, history with scroll-back, presence, live messages both ways, attachments",
+    "two users on two nodes: sign-in, unread badge, history with scroll-back, presence, live messages both ways, typing, attachments",
     async () => {
       const prefix = freshPrefix("browser");
       dropPrefixAtEnd(prefix);
@@ -128,8 +128,18 @@ describe.skipIf(CHROMIUM_MISSING)(`browser client${CHROMIUM_MISSING ? ` (skipped
       // Each page shows the message when its own node delivers it; alice's echo may come after bob's copy.
       await expect.poll(async () => (await shownTexts(b.page)).at(-1), POLL).toBe("nice to see you live");
       await expect.poll(async () => (await shownTexts(a.page)).at(-1), POLL).toBe("nice to see you live");
+
       expect((await shownTexts(a.page)).slice(-3)).toEqual(["hello bob, from the browser", "hi alice, bob here", "nice to see you live"]);
       expect((await shownTexts(b.page)).slice(-3)).toEqual(["hello bob, from the browser", "hi alice, bob here", "nice to see you live"]);
+
+      // Typing: alice sees bob typing while he types (never bob himself), and not once his message is in.
+      await byTestId(b.page, "message-input").fill("a reply in the works");
+      await expect.poll(() => byTestId(a.page, "typing-indicator").textContent(), POLL).toBe(`${bob} is typing…`);
+      expect(await byTestId(a.page, "typing-indicator").isVisible()).toBe(true);
+      expect(await byTestId(b.page, "typing-indicator").isHidden()).toBe(true);
+      await byTestId(b.page, "send-button").click();
+      await expect.poll(async () => (await shownTexts(a.page)).at(-1), POLL).toBe("a reply in the works");
+      expect(await byTestId(a.page, "typing-indicator").isHidden()).toBe(true);
 
       // An attachment: uploaded to alice's node, sent with the returned fields, shown by bob's node.
       // The picture: a 160x90 crop of alice's own screen.
