@@ -59,12 +59,16 @@ export abstract class SubscribedSession implements Session, ChannelListener {
 
   abstract receive(text: string): void;
 
-  async start(deadlineMs: number = Date.now() + SETUP_TIMEOUT_MS): Promise<void> {
+  async start(deadlineMs: number = Date.now() + SETUP_TIMEOUT_MS, admitted?: Promise<boolean>): Promise<void> {
     let stage = "subscribe";
     try {
       await withinSetupTime(this.core.router.add(this.channel, this), stage, deadlineMs);
       this.subscribed = true;
       if (this.closed) return this.stop();
+      if (admitted) {
+        stage = "connection count";
+        if (!(await withinSetupTime(admitted, stage, deadlineMs)) || this.closed) return;
+      }
       stage = "greet";
       await withinSetupTime(this.greet(), stage, deadlineMs);
     } catch (err) {

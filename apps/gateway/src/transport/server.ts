@@ -371,39 +371,37 @@ export class GatewayServer {
     // frame of the socket can arrive (uWebSockets.js callbacks are macrotasks).
     const session = data.session;
     const deadline = Date.now() + SETUP_TIMEOUT_MS;
-    if (!this.connections) {
-      queueMicrotask(() => void session.start(deadline));
-      return;
-    }
-    // The cluster-wide count, before the session starts (no presence, no event): a socket over the
-    // limit is closed with 4029 before it shows anywhere.
     const connections = this.connections;
-    // Within the set-up's bound (SETUP_TIMEOUT_MS): a stalled Redis must not leave the socket open and silent.
-    const stalled = setTimeout(() => {
-      if (data.closed) return;
-      this.log.warn({ user: data.username, stage: "connection count", timeoutMs: SETUP_TIMEOUT_MS }, "socket setup failed");
-      ws.end(CloseCode.try_again_later, "setup failed, reconnect");
-    }, deadline - Date.now());
-    connections.acquire(data.username, `${this.core.nodeId}:${this.core.nextSocketSeq()}`).then(
+    queueMicrotask(() => {
+      // The cluster-wide count runs beside the subscription; the session shows nothing (no presence,
+      // no event) before it: a socket over the limit is closed with 4029 before it shows anywhere.
+      const admitted = connections && !data.closed ? this.countConnection(ws, data, connections) : undefined;
+      void session.start(deadline, admitted);
+    });
+  }
+
+  /** Takes the socket's place in its user's cluster-wide count; false when it was refused (the socket is closed). */
+  private countConnection(ws: WebSocket<SocketData>, data: SocketData, connections: ConnectionCounter): Promise<boolean> {
+    return connections.acquire(data.username, `${this.core.nodeId}:${this.core.nextSocketSeq()}`).then(
       (counted) => {
-        clearTimeout(stalled);
         if (data.closed) {
+          // Closed meanwhile (by its client, or by the set-up bound): give the place back.
           if (counted) this.core.track(connections.release(counted).catch((err: unknown) => this.log.warn({ err }, "connection release failed")));
-          return;
+          return false;
         }
         if (!counted) {
           this.log.info({ user: data.username, limit: connections.limit }, "socket refused: too many sockets");
           ws.end(CloseCode.too_many_connections, `too_many_connections: at most ${connections.limit} open sockets per user`);
-          return;
+          return false;
         }
         data.counted = counted;
         this.core.countedConnections.add(counted);
-        void session.start(deadline);
+        return true;
       },
       (err: unknown) => {
-        clearTimeout(stalled);
         this.log.warn({ err, user: data.username }, "connection count failed");
         if (!data.closed) ws.end(CloseCode.try_again_later, "node not ready; reconnect");
+        return false;
       },
     );
   }
