@@ -30,21 +30,19 @@ export const chatMessageFrameSchema = {
   },
 } as const;
 
-export const readMessagesFrameSchema = {
-  $id: "client/read_messages",
-  type: "object",
-  required: ["type"],
-  additionalProperties: false,
-  properties: { type: { const: "read_messages" } },
-} as const;
+/** A client frame that carries nothing but its type. */
+function typeOnlyFrame<T extends string>(type: T) {
+  return {
+    $id: `client/${type}`,
+    type: "object",
+    required: ["type"],
+    additionalProperties: false,
+    properties: { type: { const: type } },
+  } as const;
+}
 
-export const typingFrameSchema = {
-  $id: "client/typing",
-  type: "object",
-  required: ["type"],
-  additionalProperties: false,
-  properties: { type: { const: "typing" } },
-} as const;
+export const readMessagesFrameSchema = typeOnlyFrame("read_messages");
+export const typingFrameSchema = typeOnlyFrame("typing");
 
 function event(type: string, properties: Record<string, unknown>, required: string[] = []) {
   return {

@@ -7,8 +7,11 @@ import { chatMessageFrameSchema, readMessagesFrameSchema, serverEventSchemas, ty
 // the meta-schema at every process start (about 40 ms of CPU); validate.test.ts checks them instead.
 const ajv = new Ajv({ allErrors: false, strict: true, allowUnionTypes: true, validateSchema: false });
 const validateChatMessage = ajv.compile<ChatMessageFrame>(chatMessageFrameSchema);
-const validateReadMessages = ajv.compile(readMessagesFrameSchema);
-const validateTyping = ajv.compile(typingFrameSchema);
+/** Frames that carry nothing but their type, by type. */
+const typeOnlyFrames = new Map<string, ValidateFunction>([
+  ["read_messages", ajv.compile(readMessagesFrameSchema)],
+  ["typing", ajv.compile(typingFrameSchema)],
+]);
 // Compiled on first use: only tests and the load generator check server events, and compiling them
 // at import cost every gateway start about 0.1 s of CPU.
 let serverValidators: Map<string, ValidateFunction> | null = null;
@@ -23,7 +26,10 @@ export interface AcceptedChatMessage {
   client_id?: string;
 }
 
-export type ParsedClientFrame = AcceptedChatMessage | { type: "read_messages" } | { type: "typing" };
+/** A parsed frame that carries nothing but its type. */
+export type TypeOnlyFrame = { type: "read_messages" } | { type: "typing" };
+
+export type ParsedClientFrame = AcceptedChatMessage | TypeOnlyFrame;
 
 export type ParseResult =
   | { ok: true; frame: ParsedClientFrame }
@@ -90,13 +96,10 @@ export function createFrameParser(options: FrameParserOptions): (text: string) =
       return fail(ErrorCode.invalid_frame, "frame must be a JSON object");
     }
     const type = (value as Record<string, unknown>)["type"];
-    if (type === "read_messages") {
-      if (!validateReadMessages(value)) return fail(ErrorCode.invalid_frame, describe(validateReadMessages.errors));
-      return { ok: true, frame: { type: "read_messages" } };
-    }
-    if (type === "typing") {
-      if (!validateTyping(value)) return fail(ErrorCode.invalid_frame, describe(validateTyping.errors));
-      return { ok: true, frame: { type: "typing" } };
+    const typeOnly = typeof type === "string" ? typeOnlyFrames.get(type) : undefined;
+    if (typeOnly) {
+      if (!typeOnly(value)) return fail(ErrorCode.invalid_frame, describe(typeOnly.errors));
+      return { ok: true, frame: { type: type as TypeOnlyFrame["type"] } };
     }
     if (type !== "chat_message") {
       return fail(
