@@ -15,11 +15,14 @@ export interface Envelope {
 }
 
 /**
- * Targets: on a room channel always ALL; on a user channel ALL means the user's `/ws/notifications/`
- * sockets and `conversationTarget(other)` means their `/ws/notifications/{other}/` sockets.
+ * Targets: on a room channel ALL, or `exceptUserTarget(user)` for every socket but that user's; on a
+ * user channel ALL means the user's `/ws/notifications/` sockets and `conversationTarget(other)` means
+ * their `/ws/notifications/{other}/` sockets.
  */
 export const ALL = "*";
 export const conversationTarget = (other: string): string => `c:${other}`;
+export const EXCEPT_USER = "x:";
+export const exceptUserTarget = (user: string): string => `${EXCEPT_USER}${user}`;
 
 const NL = 0x0a;
 const TAB = 0x09;

@@ -1,12 +1,12 @@
 import {
   ALL,
   encodeEnvelope,
+  exceptUserTarget,
   presenceMember,
   streamIdOf,
   streamPosition,
   uuidv7Time,
   type AcceptResult,
-  type Envelope,
   type MessageEntry,
   type PresenceEntry,
   type ReadEntry,
@@ -294,29 +294,15 @@ export class ChatSession extends SubscribedSession {
 
   /**
    * Tells the conversation's other chat sockets that this user is typing: one publish on its channel,
-   * never stored, never echoed (deliver below), a few per second at most (typing.ts).
+   * never stored, never to this user's own sockets, a few per second at most (typing.ts).
    */
   private typing(): void {
     if (this.closed || !this.core.typing.allow(this.username, Date.now())) return;
     const frame = JSON.stringify({ type: "typing", user: this.username, room: this.other });
-    this.core.publish(this.roomChannel, [frame]).catch((err: unknown) => {
+    this.core.publish(this.roomChannel, [frame], exceptUserTarget(this.username)).catch((err: unknown) => {
       // A hint that the next one replaces: nothing to tell the client.
       this.core.log.debug({ err, user: this.username, roomId: this.roomId }, "typing publish failed");
     });
-  }
-
-  /** `{"type":"typing","user":<this user>,` once this socket saw a typing frame; see deliver. */
-  private ownTyping: Buffer | null = null;
-
-  override deliver(envelope: Envelope): void {
-    // A typing frame is published alone; the typist's own sockets (this tab and its others) skip it.
-    // Bytes 9 and 10 are "ty" only for a typing frame among the server's events.
-    const only = envelope.frames.length === 1 ? envelope.frames[0]! : null;
-    if (only !== null && only[9] === 0x74 && only[10] === 0x79) {
-      const own = (this.ownTyping ??= Buffer.from(`{"type":"typing","user":${JSON.stringify(this.username)},`));
-      if (only.length > own.length && only.compare(own, 0, own.length, 0, own.length) === 0) return;
-    }
-    super.deliver(envelope);
   }
 
   /** Sends of this socket waiting behind a media check, so that none overtakes an earlier one; null when none. */

@@ -1,4 +1,4 @@
-import type { ChannelListener, Envelope } from "@chat/bus";
+import { ALL, EXCEPT_USER, type ChannelListener, type Envelope } from "@chat/bus";
 import { CloseCode, ErrorCode } from "@chat/protocol";
 import type { GatewayCore } from "./core.js";
 import type { Session, SessionSocket } from "./socket.js";
@@ -96,12 +96,18 @@ export abstract class SubscribedSession implements Session, ChannelListener {
   }
 
   deliver(envelope: Envelope): void {
-    if (envelope.target !== this.target || this.closed) return;
+    if (this.closed || !this.wants(envelope.target)) return;
     const frames = this.skips() ? envelope.frames.filter((f) => !this.skip(f)) : envelope.frames;
     if (this.held) for (const frame of frames) this.held.push(frame);
     else this.socket.sendAll(frames);
     for (const frame of frames) this.delivered(frame);
     this.core.metrics.framesFannedOut.inc(frames.length);
+  }
+
+  /** Whether this socket is among an envelope's target (see @chat/bus Target). */
+  private wants(target: string): boolean {
+    if (target === this.target) return true;
+    return this.target === ALL && target.startsWith(EXCEPT_USER) && target.slice(EXCEPT_USER.length) !== this.username;
   }
 
   /** Sees every frame handed to this socket from its channel. */

@@ -1,5 +1,5 @@
 /** Typing frames a user may send per second on one node, and in a burst. */
-export const TYPING_PER_SECOND = 2;
+const TYPING_PER_SECOND = 2;
 const BURST = 3;
 
 /**
@@ -28,11 +28,7 @@ export class TypingLimiter {
 
   /** Forgets the users whose bucket is full again, so the map holds only recent typists. */
   sweep(now: number): void {
-    const full = ((BURST / TYPING_PER_SECOND) * 1000);
+    const full = (BURST / TYPING_PER_SECOND) * 1000;
     for (const [user, bucket] of this.buckets) if (now - bucket.at >= full) this.buckets.delete(user);
-  }
-
-  get size(): number {
-    return this.buckets.size;
   }
 }
