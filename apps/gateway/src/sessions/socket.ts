@@ -15,12 +15,11 @@ export interface SessionSocket {
 /** A socket's lifetime on this node, driven by the transport. */
 export interface Session {
   /**
-   * The socket is open and may start its subscriptions. Its first event must go out before
-   * `deadlineMs` (epoch ms; default: SETUP_TIMEOUT_MS from now), or it is closed with 1013. With
-   * `admitted`, nothing shows (presence, first event) before it resolves true; false means the
-   * socket is being closed.
+   * The socket is open and may start its subscriptions. Its first event must go out within the
+   * set-up bound, or it is closed with 1013. With `admitted`, nothing shows (presence, first event)
+   * before it resolves true; false means the socket is being closed.
    */
-  start(deadlineMs?: number, admitted?: Promise<boolean>): Promise<void>;
+  start(admitted?: Promise<boolean>): Promise<void>;
   /** A text frame arrived (already size-checked and decoded). */
   receive(text: string): void;
   /** The socket is gone; release everything. */

@@ -10,7 +10,7 @@ import type { Session, SessionSocket } from "./socket.js";
  * query, each on a cold connection) could each take just under it and leave the socket silent for
  * three times as long.
  */
-export const SETUP_TIMEOUT_MS = 5000;
+const SETUP_TIMEOUT_MS = 5000;
 
 export class SetupTimeoutError extends Error {
   override readonly name = "SetupTimeoutError";
@@ -59,7 +59,9 @@ export abstract class SubscribedSession implements Session, ChannelListener {
 
   abstract receive(text: string): void;
 
-  async start(deadlineMs: number = Date.now() + SETUP_TIMEOUT_MS, admitted?: Promise<boolean>): Promise<void> {
+  /** Called as the socket opens (a microtask later), so the set-up's deadline starts at the open. */
+  async start(admitted?: Promise<boolean>): Promise<void> {
+    const deadlineMs = Date.now() + SETUP_TIMEOUT_MS;
     let stage = "subscribe";
     try {
       await withinSetupTime(this.core.router.add(this.channel, this), stage, deadlineMs);

@@ -9,7 +9,6 @@ import { parseWebSocketPath, type Endpoint } from "../routes.js";
 import { ChatSession } from "../sessions/chat-session.js";
 import type { GatewayCore } from "../sessions/core.js";
 import { NotificationSession } from "../sessions/notification-session.js";
-import { SETUP_TIMEOUT_MS } from "../sessions/subscribed-session.js";
 import type { Session, SessionSocket } from "../sessions/socket.js";
 import type { HttpApi } from "../api/http-api.js";
 import { registerApiRoutes } from "./http.js";
@@ -370,13 +369,12 @@ export class GatewayServer {
     // users, and gone when the set-up runs after the handler returned. A microtask runs before any
     // frame of the socket can arrive (uWebSockets.js callbacks are macrotasks).
     const session = data.session;
-    const deadline = Date.now() + SETUP_TIMEOUT_MS;
     const connections = this.connections;
     queueMicrotask(() => {
       // The cluster-wide count runs beside the subscription; the session shows nothing (no presence,
       // no event) before it: a socket over the limit is closed with 4029 before it shows anywhere.
       const admitted = connections && !data.closed ? this.countConnection(ws, data, connections) : undefined;
-      void session.start(deadline, admitted);
+      void session.start(admitted);
     });
   }
 
