@@ -19,16 +19,26 @@ if (!entry || !outfile) {
 }
 const outDir = path.dirname(path.resolve(outfile));
 
-/** Rewrites `import.meta.url` in a module to the URL the module had before bundling. */
+/**
+ * Gives each module the location it had before bundling: `import.meta.url` in ES modules, and
+ * `__dirname`/`__filename` in CommonJS ones (ioredis reads its package.json through it), which an
+ * ES module bundle does not define.
+ */
 const keepModuleUrls = {
   name: "keep-module-urls",
   setup(b) {
-    b.onLoad({ filter: /\.m?js$/ }, async (args) => {
+    b.onLoad({ filter: /\.[cm]?js$/ }, async (args) => {
       const source = await readFile(args.path, "utf8");
-      if (!source.includes("import.meta.url")) return undefined;
       const relative = path.relative(outDir, args.path).split(path.sep).join("/");
-      const original = `new URL(${JSON.stringify(relative)}, import.meta.url).href`;
-      return { contents: source.replaceAll("import.meta.url", original), loader: "js" };
+      if (source.includes("import.meta.url")) {
+        const original = `new URL(${JSON.stringify(relative)}, import.meta.url).href`;
+        return { contents: source.replaceAll("import.meta.url", original), loader: "js" };
+      }
+      if (/\b__(dirname|filename)\b/.test(source)) {
+        const file = `__bundlePath.join(__bundleDir, ${JSON.stringify(relative)})`;
+        return { contents: `var __filename = ${file}, __dirname = __bundlePath.dirname(__filename);\n${source}`, loader: "js" };
+      }
+      return undefined;
     });
   },
 };
@@ -52,13 +62,24 @@ await build({
   external: [
     // A native addon, loaded by path from its own package.
     "uWebSockets.js",
+    // @chat/db's closed-socket guard recognizes postgres.js' own exception by its file in the stack.
+    "postgres",
     // Imported by the S3 media storage's chunk only, with CHAT_MEDIA_STORAGE=s3.
     "@aws-sdk/*",
     // The embedded engine: WebAssembly and data files that it finds next to its own modules.
     "@electric-sql/pglite",
     "@electric-sql/pglite/*",
   ],
-  // Bundled CommonJS libraries (ioredis, prom-client, ...) call require() for Node's built-ins.
-  banner: { js: 'import { createRequire as __bundleRequire } from "node:module"; const require = __bundleRequire(import.meta.url);' },
+  // Bundled CommonJS libraries (ioredis, prom-client, ...) call require() for Node's built-ins; the
+  // plugin's __dirname is relative to the bundle's own directory.
+  banner: {
+    js: [
+      'import { createRequire as __bundleRequire } from "node:module";',
+      'import __bundlePath from "node:path";',
+      'import { fileURLToPath as __bundleFileUrl } from "node:url";',
+      "const require = __bundleRequire(import.meta.url);",
+      "const __bundleDir = __bundlePath.dirname(__bundleFileUrl(import.meta.url));",
+    ].join("\n"),
+  },
 });
 

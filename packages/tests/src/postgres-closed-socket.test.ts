@@ -1,4 +1,5 @@
 import { spawn } from "node:child_process";
+import { readFileSync } from "node:fs";
 import { join } from "node:path";
 import { describe, expect, it } from "vitest";
 import { DATABASE_URL, REPO_ROOT } from "./helpers/index.js";
@@ -54,5 +55,13 @@ describe("postgres.js writing to a closed connection", () => {
     expect(lines.some((l) => l["level"] === "warn" && String(l["msg"]).includes("porsager/postgres#1208"))).toBe(true);
     expect(lines.some((l) => l["level"] === "fatal")).toBe(false);
     expect(lines.find((l) => l["msg"] === "after")).toBeDefined();
+  });
+
+  // The guard knows the exception by postgres.js' own file in its stack (isClosedSocketWrite); bundled
+  // into dist/main.js, that frame would read main.js and a worker would die in a Postgres outage again.
+  it.each(["apps/gateway", "apps/worker", "apps/single-node"])("%s's bundle imports postgres.js from node_modules instead of carrying it", (app) => {
+    const bundle = readFileSync(join(REPO_ROOT, app, "dist/main.js"), "utf8");
+    expect(bundle).toMatch(/^import .* from "postgres";$/m);
+    expect(bundle).not.toContain("function nextWrite(");
   });
 });
