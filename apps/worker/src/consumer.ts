@@ -35,23 +35,7 @@ export class StreamConsumer {
 
   start(): void {
     this.stopped = this.run();
-    // On its own timer, not in the loop: a batch held up (a lock, Postgres down) must not keep the
-    // partition's acknowledged entries in Redis, and no other worker trims a partition it does not own.
-    let trimming = false;
-    this.trimTimer = setInterval(() => {
-      if (trimming) return;
-      trimming = true;
-      this.stream
-        .trimAcknowledged()
-        .then(
-          (trimmed) => {
-            if (trimmed > 0) this.log.debug({ trimmed }, "stream trimmed");
-          },
-          (err: unknown) => this.log.warn({ err }, "stream trim failed"),
-        )
-        .finally(() => (trimming = false));
-    }, this.options.trimIntervalMs);
-    this.trimTimer.unref();
+    this.trimTimer = startTrimming(this.stream, this.options.trimIntervalMs, this.log);
   }
 
   /** Finishes the batch in hand (written, published, acknowledged) and stops reading. */
@@ -101,4 +85,28 @@ export class StreamConsumer {
       }
     }
   }
+}
+
+/**
+ * Trims the partition's acknowledged entries every intervalMs until the timer is cleared. On its own
+ * timer, not in a read loop: a batch held up (a lock, Postgres down) must not keep the partition's
+ * acknowledged entries in Redis, and no other worker trims a partition it does not own.
+ */
+export function startTrimming(stream: LogPartition, intervalMs: number, log: Logger): NodeJS.Timeout {
+  let trimming = false;
+  const timer = setInterval(() => {
+    if (trimming) return;
+    trimming = true;
+    stream
+      .trimAcknowledged()
+      .then(
+        (trimmed) => {
+          if (trimmed > 0) log.debug({ trimmed }, "stream trimmed");
+        },
+        (err: unknown) => log.warn({ err }, "stream trim failed"),
+      )
+      .finally(() => (trimming = false));
+  }, intervalMs);
+  timer.unref();
+  return timer;
 }

@@ -5,6 +5,7 @@ import type { Logger } from "@chat/log";
 import type { WorkerConfig } from "./config.js";
 import { BatchWriter, PoolHolder } from "./batch-writer.js";
 import { StreamConsumer } from "./consumer.js";
+import { MultiPartitionConsumer } from "./multi-consumer.js";
 import type { LeaseEvents } from "./leases.js";
 import { WorkerMetrics } from "./metrics.js";
 
@@ -45,7 +46,8 @@ export interface RunningWorker {
 }
 
 interface Running {
-  consumer: StreamConsumer;
+  /** Its own loop, or null when the worker's MultiPartitionConsumer reads it with the others. */
+  consumer: StreamConsumer | null;
   partition: LogPartition;
 }
 
@@ -73,10 +75,25 @@ export async function startWorker(config: Readonly<WorkerConfig>, parts: WorkerP
     metrics.partitionsFailing.set(failing.size);
   };
 
+  // Where the log reads many partitions in one command, one loop reads them all; else one loop each.
+  const multiReader = parts.stream.openMultiReader?.();
+  const multi = multiReader
+    ? new MultiPartitionConsumer(multiReader, writer, config, consumerLog, (p, yes) => {
+        // A partition given back and still finishing its batch in hand is no longer ours to mark.
+        if (running.has(p)) setFailing(p, yes);
+      })
+    : null;
+
   const events: LeaseEvents = {
     acquired(p) {
       if (running.has(p)) return;
       const partition = parts.stream.partition(p);
+      if (multi) {
+        running.set(p, { consumer: null, partition });
+        multi.add(partition, consumerLog.child({ partition: p }));
+        metrics.partitionsOwned.set(running.size);
+        return;
+      }
       const consumer = new StreamConsumer(partition, writer, config, consumerLog.child({ partition: p }), (yes) => {
         // Only the partition's current consumer speaks for it: one stopping after its lease was
         // lost may still fail a read, and must not mark the partition it no longer holds.
@@ -94,7 +111,8 @@ export async function startWorker(config: Readonly<WorkerConfig>, parts: WorkerP
       metrics.partitionsOwned.set(running.size);
       // A lost lease: another worker may already consume it. Stopping still finishes the batch in
       // hand, which is safe (idempotent writes) and quicker for the new owner than leaving it pending.
-      await r.consumer.stop();
+      if (r.consumer) await r.consumer.stop();
+      else await multi?.remove(p);
       await r.partition.close?.();
       consumerLog.info({ partition: p, reason }, "partition released");
     },
@@ -121,7 +139,10 @@ export async function startWorker(config: Readonly<WorkerConfig>, parts: WorkerP
       // pending and the partition's next owner claims it, so giving up here loses nothing.
       let timer: NodeJS.Timeout | undefined;
       const stopped = await Promise.race([
-        ownership.stop().then(() => true),
+        ownership
+          .stop()
+          .then(() => multi?.stop())
+          .then(() => true),
         new Promise<boolean>((resolve) => (timer = setTimeout(() => resolve(false), config.stopTimeoutMs))),
       ]);
       clearTimeout(timer);

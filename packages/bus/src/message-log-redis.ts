@@ -8,13 +8,17 @@ import {
   type AcceptResult,
   type LogPartition,
   type MessageLog,
+  type MultiPartitionReader,
   type ReceivedEntry,
   type StreamEntry,
 } from "./message-log.js";
 import type { RedisNames } from "./names.js";
 import { withTokenBucket } from "./rate-limit-redis.js";
 
-/** A single Redis or a Redis Cluster client: every command here touches one slot. */
+/**
+ * A single Redis or a Redis Cluster client: every command here touches one slot, but for the two
+ * that only a single Redis gets (the token inside accept, RedisMultiPartitionReader).
+ */
 type Client = Redis | Cluster;
 
 /** The one field of a stream entry: its JSON (see encodeStreamEntry). */
@@ -217,7 +221,84 @@ export class RedisMessageLog implements MessageLog {
   }
 
   partition(partition: number): RedisLogPartition {
-    return new RedisLogPartition(this.redis, this.options.openPartitionClient?.() ?? null, this.names, partition);
+    return new RedisLogPartition(this.redis, this.options.openPartitionClient ?? null, this.names, partition);
+  }
+
+  /**
+   * On a single Redis given a way to open a blocking connection: one XREADGROUP over every stream
+   * asked for. Not on a cluster (streams of different slots), nor for a tool that never blocks.
+   */
+  openMultiReader(): MultiPartitionReader | undefined {
+    const open = this.options.openPartitionClient;
+    if (!open || isCluster(this.redis)) return undefined;
+    return new RedisMultiPartitionReader(this.redis as Redis, open() as Redis, this.names);
+  }
+}
+
+const isCluster = (redis: Client): boolean => "isCluster" in redis && redis.isCluster;
+
+/** QUIT, then drop the connection: QUIT waits for a Redis that may never come back. */
+async function closeClient(client: Client): Promise<void> {
+  let timer: NodeJS.Timeout | undefined;
+  await Promise.race([client.quit().catch(() => {}), new Promise((resolve) => (timer = setTimeout(resolve, 1000)))]);
+  clearTimeout(timer);
+  client.disconnect();
+}
+
+/**
+ * Many partitions' streams read with one XREADGROUP on a connection of its own (it blocks), and
+ * acknowledged with one pipeline on the shared one. Two or more slots in one command: a single
+ * Redis only, like the token taken inside accept.
+ */
+class RedisMultiPartitionReader implements MultiPartitionReader {
+  private readonly partitionOfStream = new Map<string, number>();
+  /** The blocking connection's CLIENT ID, for CLIENT UNBLOCK; a new one after each reconnection. */
+  private blockingId: number | null = null;
+
+  constructor(
+    private readonly redis: Redis,
+    private readonly blocking: Redis,
+    private readonly names: RedisNames,
+  ) {
+    for (let p = 0; p < names.partitions; p++) this.partitionOfStream.set(names.stream(p), p);
+    blocking.on("close", () => (this.blockingId = null));
+  }
+
+  async read(partitions: readonly number[], consumer: string, count: number, blockMs: number | null): Promise<Map<number, ReceivedEntry[]>> {
+    const out = new Map<number, ReceivedEntry[]>();
+    if (partitions.length === 0) return out;
+    const streams = partitions.map((p) => this.names.stream(p));
+    const wait = blockMs === null ? [] : ["BLOCK", blockMs];
+    const args = ["GROUP", this.names.group, consumer, "COUNT", count, ...wait, "STREAMS", ...streams, ...streams.map(() => ">")];
+    const client = blockMs === null ? this.redis : this.blocking;
+    if (client === this.blocking) this.blockingId ??= Number(await this.blocking.client("ID"));
+    const reply = (await (client.xreadgroup as (...a: (string | number)[]) => Promise<unknown>).apply(client, args)) as [string, XEntries][] | null;
+    for (const [stream, entries] of reply ?? []) {
+      const p = this.partitionOfStream.get(stream);
+      const received = toReceived(entries);
+      if (p !== undefined && received.length > 0) out.set(p, received);
+    }
+    return out;
+  }
+
+  async ack(acks: ReadonlyMap<number, readonly string[]>): Promise<void> {
+    const pipeline = this.redis.pipeline();
+    let commands = 0;
+    for (const [p, ids] of acks) {
+      if (ids.length === 0) continue;
+      pipeline.xack(this.names.stream(p), this.names.group, ...ids);
+      commands++;
+    }
+    if (commands === 0) return;
+    for (const [err] of (await pipeline.exec()) ?? []) if (err) throw err;
+  }
+
+  async interrupt(): Promise<void> {
+    if (this.blockingId !== null) await this.redis.client("UNBLOCK", this.blockingId);
+  }
+
+  close(): Promise<void> {
+    return closeClient(this.blocking);
   }
 }
 
@@ -230,11 +311,13 @@ export class RedisLogPartition implements LogPartition {
   readonly stream: string;
   readonly group: string;
   private readonly deadLetterStream: string;
+  /** This partition's own connection for blocking reads, opened at the first (closed with it). */
+  private reader: Client | null = null;
 
   constructor(
     private readonly redis: Client,
-    /** This partition's own connection for blocking reads (closed with it), or null. */
-    private readonly reader: Client | null,
+    /** Opens that connection; null: blocking reads go on the shared one. */
+    private readonly openReader: (() => Client) | null,
     names: RedisNames,
     readonly index: number,
   ) {
@@ -256,9 +339,15 @@ export class RedisLogPartition implements LogPartition {
     const reply = (
       blockMs === null
         ? await this.redis.xreadgroup("GROUP", this.group, consumer, "COUNT", count, "STREAMS", this.stream, ">")
-        : await (this.reader ?? this.redis).xreadgroup("GROUP", this.group, consumer, "COUNT", count, "BLOCK", blockMs, "STREAMS", this.stream, ">")
+        : await this.blockingClient().xreadgroup("GROUP", this.group, consumer, "COUNT", count, "BLOCK", blockMs, "STREAMS", this.stream, ">")
     ) as [string, XEntries][] | null;
     return reply?.[0] ? toReceived(reply[0][1]) : [];
+  }
+
+  private blockingClient(): Client {
+    if (!this.openReader) return this.redis;
+    this.reader ??= this.openReader();
+    return this.reader;
   }
 
   async claim(consumer: string, minIdleMs: number, count: number): Promise<ReceivedEntry[]> {
@@ -287,12 +376,7 @@ export class RedisLogPartition implements LogPartition {
 
   /** Closes the partition's own connection, if it has one. */
   async close(): Promise<void> {
-    const reader = this.reader;
-    if (!reader) return;
-    let timer: NodeJS.Timeout | undefined;
-    await Promise.race([reader.quit().catch(() => {}), new Promise((resolve) => (timer = setTimeout(resolve, 1000)))]);
-    clearTimeout(timer);
-    reader.disconnect();
+    if (this.reader) await closeClient(this.reader);
   }
 
   private async groups(): Promise<Record<string, unknown>[]> {

@@ -195,6 +195,8 @@ describe("one slot per script and multi-key command", () => {
     // Two slots in one script is a CROSSSLOT error on a cluster: the option is refused there.
     const cluster = new Cluster([{ host: "127.0.0.1", port: 1 }], { lazyConnect: true });
     expect(() => new RedisMessageLog(cluster, names, { idempotencyTtlSeconds: 60, rate: { perSecond: 1, burst: 2 } })).toThrow(/single Redis/);
+    // The same for reading many partitions' streams in one XREADGROUP: a cluster reads them one by one.
+    expect(new RedisMessageLog(cluster, names, { idempotencyTtlSeconds: 60, openPartitionClient: () => cluster }).openMultiReader()).toBeUndefined();
     cluster.disconnect();
   });
 
