@@ -120,7 +120,10 @@ export async function openRedisBus(config: Readonly<GatewayConfig>, log: Logger)
   const publisher = new RedisPublisher(redis);
   return {
     publisher,
-    probe: (channel, payload) => publisher.probe(channel, payload),
+    // A single Redis has every subscription of the node while its connection is up, which busReady
+    // already follows: probing each partition there would cost Redis 16 scripts a second per node
+    // for nothing.
+    probe: target.mode === "cluster" ? (channel, payload) => publisher.probe(channel, payload) : undefined,
     transport: new RedisChannelTransport(subscriber),
     stream: new RedisMessageLog(redis, names, {
       idempotencyTtlSeconds: config.idempotencyTtlSeconds,

@@ -36,7 +36,7 @@ export const GATEWAY_SETTINGS = {
     env: "CHAT_PARTITION_PROBE_INTERVAL_MS",
     default: "1000",
     description:
-      "How often the node checks, per partition, that the Redis shard serving it has this node's subscriptions (a probe publish): while not, sends to its conversations get `unavailable`, and once back its chat sockets are closed with 4002 to catch up with ?since= (ms)",
+      "On a Redis Cluster, how often the node checks, per partition, that the shard serving it has this node's subscriptions (a probe publish): while not, sends to its conversations get `unavailable`, and once back its chat sockets are closed with 4002 to catch up with ?since= (ms). A single Redis is one shard that has them all while the node's connection is up: no probe",
     parse: integer(100, 60000),
   },
   unsubscribeDelayMs: {

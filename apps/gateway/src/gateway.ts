@@ -46,7 +46,8 @@ export interface GatewayParts {
   /**
    * Publishes on a shard channel and resolves to how many subscribers got it (SPUBLISH's reply): the
    * PartitionProbe's way of knowing this node's subscriptions are where the shard serves. Absent when
-   * subscriptions cannot be lost on their own (the embedded engine).
+   * subscriptions cannot be lost on their own (the embedded engine) or only with the node's whole
+   * connection (a single Redis).
    */
   probe?: ProbePublish;
 }

@@ -161,8 +161,8 @@ describe("metrics", () => {
     // --- Gateway 1: wait for carol's channel to be released (2 s grace), then compare with the clients
     const g = await waitFor(async () => {
       const s = await scrape(g1.port);
-      // 4 channels of the sockets, and the node's probe channel in each of the 16 partitions.
-      expect(s.value("chat_gateway_redis_subscriptions")).toBe(4 + 16);
+      // The 4 channels of the sockets (no probe channels on a single Redis).
+      expect(s.value("chat_gateway_redis_subscriptions")).toBe(4);
       expect(s.value("chat_gateway_open_sockets", { endpoint: "chat" })).toBe(3);
       return s;
     }, 8000);
@@ -179,7 +179,7 @@ describe("metrics", () => {
     expect(g.value("chat_gateway_messages_received_total")).toBe(7);
     expect(g.value("chat_gateway_reads_received_total")).toBe(1);
     expect(g.value("chat_gateway_frames_fanned_out_total")).toBe(fanned);
-    expect(g.value("chat_gateway_redis_subscriptions")).toBe(4 + 16);
+    expect(g.value("chat_gateway_redis_subscriptions")).toBe(4);
     expect(g.value("chat_gateway_partitions_unavailable")).toBe(0);
     expect(g.value("chat_gateway_resyncs_total")).toBe(0);
     expect(g.value("chat_gateway_frames_rejected_total", { reason: "invalid_json" })).toBe(3);
