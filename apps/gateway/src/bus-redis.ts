@@ -11,9 +11,11 @@ import {
   openRedis,
   parseRedisTarget,
   redisNames,
+  slotOf,
   type RedisClient,
 } from "@chat/bus";
 import type { Logger } from "@chat/log";
+import type { Cluster } from "ioredis";
 import type { GatewayConfig } from "./config.js";
 import type { BusRecovery, GatewayParts } from "./gateway.js";
 
@@ -124,6 +126,9 @@ export async function openRedisBus(config: Readonly<GatewayConfig>, log: Logger)
     // already follows: probing each partition there would cost Redis 16 scripts a second per node
     // for nothing.
     probe: target.mode === "cluster" ? (channel, payload) => publisher.probe(channel, payload) : undefined,
+    // The master of the key's slot as the command connection knows it: that is the connection the
+    // probe that just came back went through, so its map is the one after the failover.
+    shardOf: target.mode === "cluster" ? (key) => (redis as Cluster).slots[slotOf(key)]?.[0] : undefined,
     transport: new RedisChannelTransport(subscriber),
     stream: new RedisMessageLog(redis, names, {
       idempotencyTtlSeconds: config.idempotencyTtlSeconds,

@@ -50,6 +50,12 @@ export interface GatewayParts {
    * connection (a single Redis).
    */
   probe?: ProbePublish;
+  /**
+   * Which server serves the slot of a key or shard channel now (a Redis Cluster's master, as the
+   * client library last learnt it): after a failover the probe finds on one partition, the user
+   * channels that server serves lost their notifications too. Absent where there is one server.
+   */
+  shardOf?: (key: string) => string | undefined;
 }
 
 /** Set by the engine's connection handling, once the gateway exists, to recover after an outage. */
@@ -138,7 +144,16 @@ export async function startGateway(config: Readonly<GatewayConfig>, parts: Gatew
         router,
         parts.probe,
         parts.busReady,
-        { back: (p) => core.resyncPartition(p), missing: () => resubscribe("a partition's subscription is missing") },
+        {
+          back: (p) => {
+            core.resyncPartition(p);
+            // The users whose channels live on the same shard missed their notifications meanwhile.
+            const shardOf = parts.shardOf;
+            const shard = shardOf?.(names.probeChannel(p, config.nodeId));
+            if (shardOf && shard !== undefined) core.resyncNotifications((channel) => shardOf(channel) === shard);
+          },
+          missing: () => resubscribe("a partition's subscription is missing"),
+        },
         config.partitionProbeIntervalMs,
         metrics,
         busLog.child({ component: "gateway:probe" }),

@@ -95,6 +95,19 @@ interface Flow {
 
 const side = (c: Conversation) => (c.onVictim ? "killed" : "other");
 
+/** One user's all-conversations notifications socket, reconnected as the browser client does after a 4002. */
+interface Notifications {
+  user: string;
+  /** Whether the user's channel lives on the master that is killed. */
+  onVictim: boolean;
+  gateway: number;
+  socket: TestClient;
+  /** Closes with 4002 its sockets got. */
+  resyncs: number;
+  /** The newest total (unread_count, new_message_notification) any of its sockets got. */
+  last: number | null;
+}
+
 /** The group backlog of one partition's stream: entries delivered but not acknowledged, or not delivered yet. */
 async function partitionBacklog(redis: Cluster, names: RedisNames, partition: number): Promise<string | null> {
   const stream = names.stream(partition);
@@ -165,6 +178,9 @@ describe.skipIf(MISSING.length > 0)(`Redis Cluster master failover${MISSING.leng
         const partition = names.partitionOf(room);
         const masterPort = partitionMaster[partition]!;
         if (perMaster.get(masterPort)! >= CONVERSATIONS_PER_MASTER) continue;
+        // The first conversation of each master has a user whose channel is on the victim: some
+        // notification sockets are surely there (their resync is checked below).
+        if (perMaster.get(masterPort) === 0 && (await c.masterOfSlot(slotOf(names.userChannel(a)))).port !== victim.port) continue;
         perMaster.set(masterPort, perMaster.get(masterPort)! + 1);
         const slot = slotOf(names.stream(partition));
         // The stream and the shard channel of a conversation lie in one slot.
@@ -239,6 +255,38 @@ describe.skipIf(MISSING.length > 0)(`Redis Cluster master failover${MISSING.leng
         });
       };
       for (const f of flows) watch(f, f.chat);
+
+      // Every user's all-conversations notifications socket. Those whose channel is on the killed
+      // master miss the counts published during the failover: the gateway closes them with 4002
+      // after the promotion, and the reconnect reads the counts as they are.
+      const notifications: Notifications[] = await Promise.all(
+        conversations
+          .flatMap((conv) => [conv.a, conv.b])
+          .map(async (user, i) => {
+            const onVictim = (await c.masterOfSlot(slotOf(names.userChannel(user)))).port === victim.port;
+            const n: Notifications = { user, onVictim, gateway: i % 2, socket: null as unknown as TestClient, resyncs: 0, last: null };
+            const open = async () => {
+              const socket = await connectReady(gateways[n.gateway]!.url, "/ws/notifications/", await tokenFor(user));
+              const seen = (data: Buffer, isBinary: boolean) => {
+                const frame = isBinary ? null : (JSON.parse(data.toString()) as Record<string, unknown>);
+                if (frame?.["type"] === "unread_count" || frame?.["type"] === "new_message_notification") n.last = Number(frame["unread_count"]);
+              };
+              for (const f of socket.frames) if (f.type === "unread_count" || f.type === "new_message_notification") n.last = Number(f["unread_count"]);
+              socket.ws.on("message", seen);
+              socket.ws.on("close", (code: number) => {
+                if (code !== 4002 || n.socket !== socket) return;
+                n.resyncs++;
+                open().catch((err: unknown) => {
+                  n.last = Number.NaN;
+                  console.log(`notifications reconnect of ${user} failed: ${String(err)}`);
+                });
+              });
+              n.socket = socket;
+            };
+            await open();
+            return n;
+          }),
+      );
       const send = (f: Flow, phase: Send["phase"]) => {
         const clientId = `${phase}-${f.from}>${f.to}#${f.sends.length}`;
         const s: Send = { flow: f, clientId, text: clientId, phase, sentAt: Date.now(), answer: null, answers: 0, echoIds: new Set(), deliveredAt: null };
@@ -411,6 +459,23 @@ describe.skipIf(MISSING.length > 0)(`Redis Cluster master failover${MISSING.leng
       // 2. Unread counters equal a recount, for every direction that received something.
       expect.soft(unread.filter((u) => u.unread_count !== u.recount), "unread counters that differ from a recount").toEqual([]);
       expect.soft(unread.length, "conversation_members rows").toBeGreaterThanOrEqual(new Set(rows.map((r) => `${r.to_user}>${r.from_user}`)).size);
+
+      // 2b. Notification sockets: those of users whose channel was on the killed master were told to
+      // reconnect (4002), no other; and every user's newest count is the one in Postgres.
+      const totals = new Map<string, number>();
+      for (const u of unread) totals.set(u.username, (totals.get(u.username) ?? 0) + u.unread_count);
+      const countsRight = () => notifications.every((n) => n.last === (totals.get(n.user) ?? 0));
+      await waitFor(countsRight, 10_000, 100).catch(() => undefined);
+      console.log(
+        `[reliability] redis cluster failover, notification sockets: ${notifications.filter((n) => n.onVictim).length} users' channels on the killed master, ` +
+          `${notifications.filter((n) => n.onVictim && n.resyncs > 0).length} of them told to reconnect (4002), ${notifications.filter((n) => !n.onVictim && n.resyncs > 0).length} of the others'`,
+      );
+      expect.soft(notifications.filter((n) => n.onVictim).length, "users whose channel is on the killed master").toBeGreaterThan(0);
+      expect.soft(notifications.filter((n) => n.onVictim && n.resyncs === 0).map((n) => n.user), "notification sockets on the killed master not told to reconnect").toEqual([]);
+      expect.soft(notifications.filter((n) => !n.onVictim && n.resyncs > 0).map((n) => n.user), "other masters' notification sockets closed with 4002").toEqual([]);
+      expect
+        .soft(notifications.filter((n) => n.last !== (totals.get(n.user) ?? 0)).map((n) => `${n.user}: socket says ${n.last}, Postgres ${totals.get(n.user) ?? 0}`), "unread totals on the notification sockets")
+        .toEqual([]);
 
       // 3. Every send has exactly one answer within ANSWER_BOUND_MS: its echo, or error unavailable.
       expect.soft(silent.map(show), "sends without any answer").toEqual([]);

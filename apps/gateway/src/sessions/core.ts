@@ -89,6 +89,8 @@ export class GatewayCore {
   readonly countedConnections = new Set<CountedConnection>();
   /** Whether sends to a partition's conversations are taken (see PartitionProbe); every one without a probe. */
   partitionAvailable: (partition: number) => boolean = () => true;
+  /** This node's notification sessions (both kinds), for resyncNotifications. */
+  readonly notificationSessions = new Set<{ readonly userChannel: string; resync(): void }>();
   /** This node's chat sessions by partition of their conversation, for resyncPartition. */
   private readonly chatSessions = new Map<number, Set<{ resync(): void }>>();
   /** Refreshes the counted sockets' entries; set when the per-user limit is on. */
@@ -233,6 +235,19 @@ export class GatewayCore {
     if (sessions.length === 0) return;
     this.metrics.resyncs.inc(sessions.length);
     this.log.warn({ partition, sockets: sessions.length }, "partition's subscriptions were lost for a while; its chat sockets reconnect to catch up");
+    for (const s of sessions) s.resync();
+  }
+
+  /**
+   * The shard serving some users' channels failed over or moved: notifications published there
+   * meanwhile (new unread counts) were lost for this node's sockets. Each notification socket of
+   * those users is closed with 4002; its client reconnects and gets the counts from Postgres.
+   */
+  resyncNotifications(affected: (userChannel: string) => boolean): void {
+    const sessions = [...this.notificationSessions].filter((s) => affected(s.userChannel));
+    if (sessions.length === 0) return;
+    this.metrics.resyncs.inc(sessions.length);
+    this.log.warn({ sockets: sessions.length }, "user channels' shard failed over or moved; their notification sockets reconnect for fresh counts");
     for (const s of sessions) s.resync();
   }
 

@@ -1,5 +1,5 @@
 import { ALL, conversationTarget } from "@chat/bus";
-import { ErrorCode, clientIdOf } from "@chat/protocol";
+import { CloseCode, ErrorCode, clientIdOf } from "@chat/protocol";
 import type { GatewayCore } from "./core.js";
 import type { SessionSocket } from "./socket.js";
 import { SubscribedSession } from "./subscribed-session.js";
@@ -18,7 +18,19 @@ export class NotificationSession extends SubscribedSession {
     super(core, socket, username, core.names.userChannel(username), other === undefined ? ALL : conversationTarget(other));
   }
 
+  /** The user's channel, which GatewayCore.resyncNotifications goes by. */
+  get userChannel(): string {
+    return this.core.names.userChannel(this.username);
+  }
+
+  /** See GatewayCore.resyncNotifications: the client reconnects and gets the counts as they are. */
+  resync(): void {
+    if (!this.closed) this.socket.close(CloseCode.resync, "notifications may have been missed; reconnect");
+  }
+
   protected async greet(): Promise<void> {
+    // Listed before the counts are read: a resync that comes meanwhile closes this socket too.
+    this.core.notificationSessions.add(this);
     if (this.other === undefined) {
       const total = await this.core.unread.total(this.username);
       this.socket.send(JSON.stringify({ type: "unread_count", unread_count: total }));
@@ -28,7 +40,9 @@ export class NotificationSession extends SubscribedSession {
     }
   }
 
-  protected release(): void {}
+  protected release(): void {
+    this.core.notificationSessions.delete(this);
+  }
 
   receive(text: string): void {
     this.sendError(ErrorCode.unknown_type, "notification sockets accept no client frames", clientIdOf(text));
