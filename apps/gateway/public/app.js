@@ -419,6 +419,9 @@ class Conversation {
     this.typingTimer = 0;
     /** When this user last told the other one that they are typing. */
     this.typingSentAt = 0;
+    /** "Seen" under the newest of this user's messages the other has read, and that message's id. */
+    this.seenMark = make("span", { cls: "seen", testid: "seen-mark", text: "Seen" });
+    this.seenId = null;
     this.closed = false;
     this.socket = new ReconnectingSocket(() => this.socketPath(), {
       onStatus: (s) => this.onStatus(s),
@@ -473,6 +476,9 @@ class Conversation {
       case "typing":
         if (e.user === this.other) this.showTyping(true);
         break;
+      case "read_receipt":
+        if (e.user === this.other) this.markSeen(e.last_read_id);
+        break;
       case "catch_up_end":
         // Incomplete replay (too many missed, or an unknown since id): read the history again.
         if (!e.recovered) this.reloadHistory();
@@ -493,6 +499,19 @@ class Conversation {
         break;
       }
     }
+  }
+
+  /**
+   * Moves "Seen" under message `id` (the newest of this user's that the other has read), unless a
+   * newer one already has it: receipts and history pages may come in any order.
+   */
+  markSeen(id) {
+    const li = id ? this.shown.get(id) : undefined;
+    if (!li) return;
+    const current = this.seenId ? this.shown.get(this.seenId) : undefined;
+    if (current && current !== li && current.compareDocumentPosition(li) & Node.DOCUMENT_POSITION_PRECEDING) return;
+    this.seenId = id;
+    li.append(this.seenMark);
   }
 
   /** "… is typing" under the header, for a few seconds after each typing event of the other user. */
@@ -612,12 +631,16 @@ class Conversation {
     }
     el("message-list").prepend(fragment);
     if (!this.newestId && messages[0]) this.newestId = messages[0].id;
+    // The page is newest first: the first of this user's messages the other has read gets "Seen".
+    const read = messages.find((m) => m.from_user.username === session.username && m.read_by?.includes(this.other));
+    if (read) this.markSeen(read.id);
     if (first) scroller.scrollTop = scroller.scrollHeight;
     else scroller.scrollTop += scroller.scrollHeight - heightBefore;
   }
 
   reloadHistory() {
     this.shown.clear();
+    this.seenId = null;
     el("message-list").replaceChildren();
     this.olderCursor = null;
     this.historyDone = false;

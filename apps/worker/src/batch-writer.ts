@@ -292,7 +292,7 @@ export class BatchWriter {
     }
     const partitionOf = new Map<string, DeadLetters>();
     for (const e of entries) if (e.entry?.kind === "message") partitionOf.set(e.entry.id, origin.get(e)!.deadLetters);
-    const merged: BatchOutcome = { inserted: new Set(), pairUnread: new Map(), totalUnread: new Map() };
+    const merged: BatchOutcome = { inserted: new Set(), pairUnread: new Map(), totalUnread: new Map(), lastRead: new Map() };
     const kept: PreparedBatch["messages"] = [];
     const singles: PreparedBatch[] = [
       ...batch.messages.map((m) => ({ messages: [m], reads: [], poison: [] })),

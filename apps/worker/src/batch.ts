@@ -1,4 +1,4 @@
-import { ALL, conversationTarget, encodeEnvelope, streamPosition, type RedisNames, type ReceivedEntry } from "@chat/bus";
+import { ALL, conversationTarget, encodeEnvelope, exceptUserTarget, streamPosition, type RedisNames, type ReceivedEntry } from "@chat/bus";
 import { pairKey, type BatchOutcome, type NewMessage, type ReadReceipt } from "@chat/db";
 
 /** Stream entries split by kind, in stream order, ready for persistBatch. */
@@ -39,12 +39,15 @@ export function prepareBatch(entries: readonly ReceivedEntry[], names: RedisName
   return batch;
 }
 
-/** A publish to a user channel: [channel, envelope]. */
+/** A publish to a user channel, or a read receipt to a conversation's channel: [channel, envelope]. */
 export type Notification = [channel: string, payload: string];
 
 /**
  * The notification events of a committed batch, in stream order, with the counts as committed.
  * Messages that an earlier attempt already persisted are absent from `outcome.inserted` and get none.
+ * Each reader's last read of the batch also gets a read_receipt on the conversation's channel, for the
+ * other side's chat sockets (never the reader's); one an earlier attempt already sent is sent again,
+ * which changes nothing for a client.
  */
 export function notificationsFor(batch: PreparedBatch, outcome: BatchOutcome, names: RedisNames, origin: string): Notification[] {
   type Item = { position: bigint; publish: Notification[] };
@@ -67,6 +70,22 @@ export function notificationsFor(batch: PreparedBatch, outcome: BatchOutcome, na
           ]),
         ],
       ],
+    });
+  }
+  const lastReadOf = new Map<string, (typeof batch.reads)[number]>();
+  for (const r of batch.reads) lastReadOf.set(pairKey(r.reader, r.otherUser), r);
+  for (const [key, r] of lastReadOf) {
+    if (!outcome.lastRead.has(key)) continue;
+    const receipt = {
+      type: "read_receipt",
+      user: r.reader,
+      room: r.otherUser,
+      last_read_id: outcome.lastRead.get(key) ?? null,
+      read_at: new Date(Number(r.streamPosition / 1_000_000n)).toISOString(),
+    };
+    items.push({
+      position: r.streamPosition,
+      publish: [[names.roomChannel(names.roomId(r.reader, r.otherUser)), encodeEnvelope(origin, exceptUserTarget(r.reader), [JSON.stringify(receipt)])]],
     });
   }
   for (const r of batch.reads) {

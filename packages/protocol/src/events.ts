@@ -80,6 +80,19 @@ export interface TypingEvent {
   room: string;
 }
 
+/** Another member read the conversation up to `last_read_id` (after its `read_messages` was persisted). */
+export interface ReadReceiptEvent {
+  type: "read_receipt";
+  /** Who read. */
+  user: string;
+  /** The conversation, as the reader addressed it (for 1:1, the username of the one who gets this). */
+  room: string;
+  /** The newest message of yours the reader has now read; null when you have sent none yet. */
+  last_read_id: string | null;
+  /** When the read was accepted. */
+  read_at: string;
+}
+
 export interface ErrorEvent {
   type: "error";
   code: string;
@@ -99,6 +112,7 @@ export type ServerEvent =
   | SingleConversationLastMessageEvent
   | CatchUpEndEvent
   | TypingEvent
+  | ReadReceiptEvent
   | ErrorEvent;
 
 /** Events a client sends, on the chat socket `/ws/{other}/` only. */

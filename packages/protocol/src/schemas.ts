@@ -54,11 +54,13 @@ function event(type: string, properties: Record<string, unknown>, required: stri
   } as const;
 }
 
+const messageId = { type: "string", pattern: "^[0-9a-f]{8}-[0-9a-f]{4}-7[0-9a-f]{3}-[89ab][0-9a-f]{3}-[0-9a-f]{12}$" } as const;
+
 export const serverEventSchemas = {
   chat_message: event(
     "chat_message",
     {
-      id: { type: "string", pattern: "^[0-9a-f]{8}-[0-9a-f]{4}-7[0-9a-f]{3}-[89ab][0-9a-f]{3}-[0-9a-f]{12}$" },
+      id: messageId,
       message: { type: "string" },
       multimedia_url: { type: ["string", "null"] },
       date_added: isoDate,
@@ -85,6 +87,11 @@ export const serverEventSchemas = {
   ),
   catch_up_end: event("catch_up_end", { recovered: { type: "boolean" }, count: count }, ["recovered", "count"]),
   typing: event("typing", { user: username, room: username }, ["user", "room"]),
+  read_receipt: event(
+    "read_receipt",
+    { user: username, room: username, last_read_id: { anyOf: [messageId, { type: "null" }] }, read_at: isoDate },
+    ["user", "room", "last_read_id", "read_at"],
+  ),
   error: event(
     "error",
     { code: { type: "string" }, message: { type: "string" }, client_id: clientId },

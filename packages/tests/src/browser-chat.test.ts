@@ -39,6 +39,13 @@ function shownTexts(page: Page): Promise<string[]> {
   return page.locator(`[data-testid="message"][data-id] [data-testid="message-text"]`).allTextContents();
 }
 
+/** The text of each message that shows "Seen" (read receipts), top to bottom. */
+function seenUnder(page: Page): Promise<(string | null)[]> {
+  return page
+    .locator(`[data-testid="seen-mark"]`)
+    .evaluateAll((marks) => marks.map((m) => m.closest(`[data-testid="message"]`)?.querySelector(`[data-testid="message-text"]`)?.textContent ?? null));
+}
+
 async function send(page: Page, text: string): Promise<void> {
   await byTestId(page, "message-input").fill(text);
   await byTestId(page, "send-button").click();
@@ -150,6 +157,11 @@ describe.skipIf(CHROMIUM_MISSING)(`browser client${CHROMIUM_MISSING ? ` (skipped
       await expect.poll(() => image.evaluate((img: HTMLImageElement) => img.complete && img.naturalWidth), POLL).toBe(160);
       expect((await shownTexts(b.page)).at(-1)).toBe("a picture");
 
+      // Seen: each side has the conversation open, so each read the other's messages; each page marks
+      // its user's newest message the other read, and only that one.
+      await expect.poll(() => seenUnder(a.page), POLL).toEqual(["a picture"]);
+      await expect.poll(() => seenUnder(b.page), POLL).toEqual(["a reply in the works"]);
+
       // Messages bob reads while the conversation is open leave no badge behind.
       await expect.poll(() => bobsItem.locator(`[data-testid="unread-badge"]`).isHidden(), POLL).toBe(true);
 
@@ -168,8 +180,9 @@ describe.skipIf(CHROMIUM_MISSING)(`browser client${CHROMIUM_MISSING ? ` (skipped
       await expect.poll(() => presence(b.page), POLL).toBe("offline");
       await conversationItem(a.page, bob).click();
       await expect.poll(() => presence(b.page), POLL).toBe("online");
-      // A reopened conversation shows its history again.
+      // A reopened conversation shows its history again, "Seen" included.
       await expect.poll(async () => (await shownTexts(a.page)).at(-1), POLL).toBe("a picture");
+      await expect.poll(() => seenUnder(a.page), POLL).toEqual(["a picture"]);
       await a.page.goto("about:blank");
       await expect.poll(() => presence(b.page), POLL).toBe("offline");
 

@@ -356,6 +356,7 @@ describe("HTTP API contract checker", () => {
           date_added: "2026-01-01T00:00:00.000Z",
           content: "hi",
           multimedia_url: null,
+          read_by: ["b"],
         },
       ],
       next_cursor: null,
@@ -366,6 +367,8 @@ describe("HTTP API contract checker", () => {
       { messages: [{ ...good.messages[0], id: "not-a-uuid" }], next_cursor: null },
       { messages: [{ ...good.messages[0], date_added: "yesterday" }], next_cursor: null },
       { messages: [{ ...good.messages[0], from_user: "a" }], next_cursor: null },
+      { messages: [{ ...good.messages[0], read_by: "b" }], next_cursor: null },
+      { messages: [{ ...good.messages[0], read_by: undefined }], next_cursor: null },
       { messages: [] },
     ];
     for (const b of bad) expect(() => checkAgainstSpec("GET", "/api/rooms/b/messages", 200, b)).toThrow(/does not match/);
@@ -545,7 +548,7 @@ describe("GET /api/rooms/{username}/messages", () => {
     const byId = new Map(a.ofType("chat_message").map((f) => [f["id"], f]));
     for (const m of walked) {
       const f = byId.get(m.id)!;
-      expect(m).toEqual({ id: f["id"], from_user: f["from_user"], to_user: f["to_user"], date_added: new Date(String(f["date_added"])).toISOString(), content: f["message"], multimedia_url: null });
+      expect(m).toEqual({ id: f["id"], from_user: f["from_user"], to_user: f["to_user"], date_added: new Date(String(f["date_added"])).toISOString(), content: f["message"], multimedia_url: null, read_by: [] });
     }
   });
 

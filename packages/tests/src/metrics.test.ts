@@ -134,6 +134,8 @@ describe("metrics", () => {
       "bob's conversation notifications",
     );
     await aNotif.until((f) => f.filter((x) => x.type === "new_message_notification").length === 4 && f.filter((x) => x.type === "unread_count").length === 2, 10000, "alice's notifications");
+    // Bob's read receipt reaches alice's two chat sockets with him on node 1.
+    for (const s of [aBob, aBob2]) await s.until((f) => f.some((x) => x.type === "read_receipt" && x["user"] === bob), 10000, "bob's read receipt");
 
     // --- Worker: drained, then exact counts --------------------------------------------------------
     const w = await waitFor(async () => {
@@ -147,8 +149,9 @@ describe("metrics", () => {
     expect(w.types.get("chat_worker_stream_lag")).toBe("gauge");
     expect(w.types.get("chat_worker_messages_persisted_total")).toBe("counter");
     expect(w.value("chat_worker_messages_persisted_total")).toBe(11);
-    // 2 envelopes per new message (all-conversations + one-conversation target), 2 per read.
-    expect(w.value("chat_worker_notifications_published_total")).toBe(2 * 11 + 2 * 2);
+    // 2 envelopes per new message (all-conversations + one-conversation target), 3 per read (its
+    // user's two, and the read receipt on the conversation's channel).
+    expect(w.value("chat_worker_notifications_published_total")).toBe(2 * 11 + 3 * 2);
     expect(w.value("chat_worker_write_errors_total")).toBe(0);
     expect(w.value("chat_worker_dead_lettered_total")).toBe(0);
     checkHistogram(w, "chat_worker_batch_entries");
@@ -168,8 +171,9 @@ describe("metrics", () => {
     }, 8000);
     const nodeOne = [aNotif, bNotif, bConv, aBob, aBob2, aDave, cTmp];
     const fanned = nodeOne.reduce((n, c) => n + fannedOut(c).length, 0);
-    // The workload as computed by hand: user_join 6, chat_message 19, user_leave 1, notifications 6 + 16 + 5.
-    expect(fanned).toBe(6 + 19 + 1 + 6 + 16 + 5);
+    // The workload as computed by hand: user_join 6, chat_message 19, user_leave 1, notifications 6 + 16 + 5,
+    // bob's read receipt to alice's 2 sockets.
+    expect(fanned).toBe(6 + 19 + 1 + 6 + 16 + 5 + 2);
     expect(count(aBob, "user_join") + count(aBob2, "user_join") + count(aDave, "user_join") + count(cTmp, "user_join")).toBe(6);
 
     expect(g.types.get("chat_gateway_open_sockets")).toBe("gauge");
@@ -191,10 +195,11 @@ describe("metrics", () => {
     checkHistogram(g, "chat_gateway_publish_to_deliver_seconds");
     const observed = g.value("chat_gateway_publish_to_deliver_seconds_count")!;
     expect(observed).toBeGreaterThan(0);
-    // One observation per envelope dispatched to node 1: at least the 34 that reached one of its
-    // sockets, at most the 39 published on channels it held (5 had a target no socket there wanted).
-    expect(observed).toBeGreaterThanOrEqual(34);
-    expect(observed).toBeLessThanOrEqual(39);
+    // One observation per envelope dispatched to node 1: at least the 35 that reached one of its
+    // sockets, at most the 41 published on channels it held (6 had a target no socket there wanted,
+    // one of them alice's read receipt for dave, whose socket is on node 2).
+    expect(observed).toBeGreaterThanOrEqual(35);
+    expect(observed).toBeLessThanOrEqual(41);
     expect(g.value("chat_gateway_publish_to_deliver_seconds_sum")).toBeGreaterThanOrEqual(0);
     expect(g.value("chat_gateway_publish_to_deliver_seconds_sum")!).toBeLessThan(observed * 1);
 

@@ -9,6 +9,7 @@ import {
   insertUpload,
   listConversations,
   listMessages,
+  readPositions,
   messageById,
   reserveUploadBytes,
   settleUploadReservation,
@@ -25,7 +26,7 @@ import { SERVABLE_TYPES } from "../media/sniff.js";
 import { contentDisposition, IDENTIFIER_PATTERN, needsRefresh, REFRESH_MARGIN_MS, type MediaStorage } from "../media/storage.js";
 import { UploadGuard, UploadTooLargeError } from "../media/upload-guard.js";
 import { devTokenHandler, type DevTokenSigning } from "./dev-token.js";
-import { messageResource } from "./serialize.js";
+import { historyItem, messageResource } from "./serialize.js";
 import { ApiError, errorResponse, json, parseLimit, type ApiRequest, type ApiResponse } from "./types.js";
 
 /** Retry-After of a 503 while Postgres is unreachable: about one reconnect attempt of the pool. */
@@ -166,13 +167,16 @@ export class HttpApi {
       if (!row || row.roomId !== roomId) throw new ApiError(404, "cursor_not_found", "no such message in this conversation");
       pivot = row.streamPosition;
     }
-    const rows = await listMessages(this.o.db, roomId, {
-      limit: limit + 1,
-      before: before ? pivot : undefined,
-      after: after ? pivot : undefined,
-    });
+    const [rows, reads] = await Promise.all([
+      listMessages(this.o.db, roomId, {
+        limit: limit + 1,
+        before: before ? pivot : undefined,
+        after: after ? pivot : undefined,
+      }),
+      readPositions(this.o.db, username, other),
+    ]);
     const page = rows.slice(0, limit);
-    return json(200, { messages: page.map(messageResource), next_cursor: rows.length > limit ? page.at(-1)!.id : null });
+    return json(200, { messages: page.map((row) => historyItem(row, reads)), next_cursor: rows.length > limit ? page.at(-1)!.id : null });
   };
 
   private async participantMessage(req: ApiRequest, username: string) {

@@ -14,6 +14,15 @@ export function messageResource(row: MessageRow) {
   };
 }
 
+/**
+ * A message in a history page: with `read_by`, the members other than its sender who have read it
+ * (for 1:1, its recipient or nobody), from each member's read position.
+ */
+export function historyItem(row: MessageRow, readPositions: ReadonlyMap<string, bigint>) {
+  const read = (readPositions.get(row.toUser) ?? 0n) >= row.streamPosition;
+  return { ...messageResource(row), read_by: read ? [row.toUser] : [] };
+}
+
 /** A stored message as a `chat_message` event, for catch-up replays (same shape as a live one). */
 export function messageEvent(row: MessageRow): ChatMessageEvent {
   const event: ChatMessageEvent = {

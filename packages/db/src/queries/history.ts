@@ -114,6 +114,26 @@ export async function listMessages(
     .limit(page.limit);
 }
 
+/**
+ * How far each of the two users of a 1:1 conversation has read the other's messages (stream
+ * positions, from their read_messages): a message of `a` is read once b's position reaches its own.
+ * A user who never read has 0.
+ */
+export async function readPositions(db: Db, a: string, b: string): Promise<Map<string, bigint>> {
+  const rows = await db
+    .select({ username: conversationMembers.username, readPosition: conversationMembers.readPosition })
+    .from(conversationMembers)
+    .where(
+      sql`(${conversationMembers.username}, ${conversationMembers.otherUsername}) IN ((${a}, ${b}), (${b}, ${a}))`,
+    );
+  const out = new Map<string, bigint>([
+    [a, 0n],
+    [b, 0n],
+  ]);
+  for (const r of rows) out.set(r.username, BigInt(r.readPosition));
+  return out;
+}
+
 /** The newest `limit` messages of a conversation after a position, returned oldest first. */
 export async function latestMessagesAfter(db: Db, roomId: string, after: bigint, limit: number): Promise<MessageRow[]> {
   const rows = await db

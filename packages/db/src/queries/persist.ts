@@ -34,6 +34,11 @@ export interface BatchOutcome {
   pairUnread: Map<string, number>;
   /** username -> total unread count, for those same users (absent: no row yet, i.e. 0). */
   totalUnread: Map<string, number>;
+  /**
+   * `${reader}\n${other}` -> id of the newest message of `other` that `reader` has read, after each
+   * read of the batch (null: none yet), for the read receipts.
+   */
+  lastRead: Map<string, string | null>;
 }
 
 export const pairKey = (username: string, other: string): string => `${username}\n${other}`;
@@ -168,10 +173,11 @@ async function writeBatch(conn: postgres.ReservedSql, newMessages: readonly NewM
       ${col((m) => m.multimediaUrl)}::text[], ${col((m) => m.fileIdentifier)}::text[],
       ${col((m) => m.multimediaUrlExpiration)}::timestamptz[], ${col((m) => m.clientId)}::text[], ${col((m) => m.dateAdded)}::timestamptz[],
       ${read((r) => r.reader)}::text[], ${read((r) => r.otherUser)}::text[], ${read((r) => r.streamPosition.toString())}::bigint[])`;
-  const outcome: BatchOutcome = { inserted: new Set(), pairUnread: new Map(), totalUnread: new Map() };
+  const outcome: BatchOutcome = { inserted: new Set(), pairUnread: new Map(), totalUnread: new Map(), lastRead: new Map() };
   for (const r of rows) {
     if (r.o_kind === "i") outcome.inserted.add(r.o_id!);
     else if (r.o_kind === "p") outcome.pairUnread.set(pairKey(r.o_user!, r.o_other!), r.o_count!);
+    else if (r.o_kind === "r") outcome.lastRead.set(pairKey(r.o_user!, r.o_other!), r.o_id);
     else outcome.totalUnread.set(r.o_user!, r.o_count!);
   }
   return outcome;

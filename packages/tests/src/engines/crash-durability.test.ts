@@ -2,6 +2,7 @@ import { describe, expect, it } from "vitest";
 import { connect, connectReady, engines, sharedEngine, tokenFor, uniqueUser, waitFor, type Frame } from "../helpers/index.js";
 import {
   asHistoryMessage,
+  asStoredMessage,
   chatMessages,
   chatPath,
   conversationWith,
@@ -42,13 +43,14 @@ describe.each(engines)("crash durability (%s engine)", (kind) => {
 
     // After the restart: every message in the history exactly once, in the order the sockets saw them.
     const [http0, http1] = engine.http;
-    const expected = [...pre, ...flood].map(asHistoryMessage).reverse();
+    // Bob read the five sent before the crash: the history says so.
+    const expected = [...pre.map((m) => asHistoryMessage(m, { readBy: [bob] })), ...flood.map((m) => asHistoryMessage(m))].reverse();
     await waitFor(async () => expect(await history(http0, bob, ta, 200)).toHaveLength(expected.length), 15000, 200);
     expect(await history(http0, bob, ta, 200)).toEqual(expected);
     expect(await history(http1, alice, tb, 37)).toEqual(expected);
     // The read before the crash still holds: bob's unread count is exactly N, over HTTP and on connect.
     await waitFor(async () => expect((await conversationWith(http1, tb, alice))?.unread_count).toBe(N), 10000);
-    expect(await conversationWith(http0, tb, alice)).toMatchObject({ unread_count: N, last_message: asHistoryMessage(flood.at(-1)!) });
+    expect(await conversationWith(http0, tb, alice)).toMatchObject({ unread_count: N, last_message: asStoredMessage(flood.at(-1)!) });
     for (const n of engine.nodes) {
       expect((await connectReady(n, notificationsPath(), tb)).frames[0]).toEqual({ type: "unread_count", unread_count: N });
       expect((await connectReady(n, notificationsPath(alice), tb)).frames[0]).toEqual({ type: "single_conversation_unread_count", unread_count: N });

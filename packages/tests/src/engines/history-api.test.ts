@@ -1,6 +1,6 @@
 import { describe, expect, it } from "vitest";
 import { connectReady, engines, sharedEngine, tokenFor, uniqueUser, waitFor, type Frame } from "../helpers/index.js";
-import { api, asHistoryMessage, chatPath, conversations, history, noSchemaViolations, say, type ApiResult, type Json } from "./support.js";
+import { api, asHistoryMessage, asStoredMessage, chatPath, conversations, history, noSchemaViolations, say, type ApiResult, type Json } from "./support.js";
 
 const roomId = (a: string, b: string) => (a < b ? `${a}:${b}` : `${b}:${a}`);
 
@@ -102,7 +102,7 @@ describe.each(engines)("history and conversations over HTTP (%s engine)", (kind)
           id: roomId(alice, other),
           name: roomId(alice, other),
           other_user: { username: other },
-          last_message: asHistoryMessage(last[other]!),
+          last_message: asStoredMessage(last[other]!),
           unread_count: unread[other],
         });
       }
@@ -117,7 +117,7 @@ describe.each(engines)("history and conversations over HTTP (%s engine)", (kind)
 
     // Bob and carol see their side: alice sent bob nothing, so nothing unread for him.
     expect(await conversations(http0, tb)).toEqual([
-      { id: roomId(alice, bob), name: roomId(alice, bob), other_user: { username: alice }, last_message: asHistoryMessage(last[bob]!), unread_count: 0 },
+      { id: roomId(alice, bob), name: roomId(alice, bob), other_user: { username: alice }, last_message: asStoredMessage(last[bob]!), unread_count: 0 },
     ]);
     expect((await conversations(http1, tc)).map((c: Json) => [c.other_user.username, c.unread_count])).toEqual([[alice, 0]]);
 

@@ -63,8 +63,17 @@ export async function conversationWith(base: string, token: string, other: strin
   return (await conversations(base, token)).find((c: Json) => c.other_user.username === other);
 }
 
-/** How a chat_message frame appears in the history (docs/openapi.yaml Message). */
-export function asHistoryMessage(f: Frame): Json {
+/**
+ * How a chat_message frame appears in a history page (docs/openapi.yaml HistoryMessage), read by
+ * `readBy` (an options object, so that `frames.map(asHistoryMessage)` stays right).
+ */
+export function asHistoryMessage(f: Frame, options?: { readBy?: string[] } | number): Json {
+  const readBy = typeof options === "object" ? (options.readBy ?? []) : [];
+  return { ...asStoredMessage(f), read_by: readBy };
+}
+
+/** How a chat_message frame appears as a conversation's last_message (docs/openapi.yaml Message). */
+export function asStoredMessage(f: Frame): Json {
   return {
     id: f["id"],
     from_user: f["from_user"],
