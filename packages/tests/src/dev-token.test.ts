@@ -76,7 +76,7 @@ describe("POST /api/dev/token", () => {
     const prefix = freshPrefix("devtoken-bad");
     dropPrefixAtEnd(prefix);
     const g = await startGateway(prefix, DEV);
-    for (const username of ["", "a:b", "a|b", "has space", "x".repeat(151), "notifications", 42, null]) {
+    for (const username of ["", "a:b", "a|b", "has space", "x".repeat(151), "notifications", "groups", 42, null]) {
       const r = await postToken(g, JSON.stringify({ username }));
       expect(r.status, JSON.stringify(username)).toBe(400);
       expectError(r.body, "bad_username");
