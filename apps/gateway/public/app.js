@@ -264,6 +264,11 @@ const list = {
   again: false,
   /** The first page arrived (until then the empty state would be a guess). */
   loaded: false,
+  /**
+   * other username → online, from the notifications socket's presence events since it opened: newer
+   * than any conversations page read meanwhile, so a page's `online` only fills in the others.
+   */
+  presence: new Map(),
 };
 
 /** Reloads the first page(s) of the list; calls made while one runs are merged into one rerun. */
@@ -299,6 +304,7 @@ function addConversations(conversations) {
     const m = c.last_message;
     list.entries.set(c.other_user.username, {
       other: c.other_user.username,
+      online: c.online === true,
       unread: c.unread_count,
       last: m ? { content: m.content, multimedia_url: m.multimedia_url, date_added: m.date_added, from: m.from_user.username } : null,
       localOnly: false,
@@ -331,6 +337,11 @@ function renderConversations() {
       li.tabIndex = 0;
       li.setAttribute("role", "button");
       if (view.current?.other === entry.other) li.classList.add("active");
+      const online = list.presence.get(entry.other) ?? entry.online === true;
+      const dot = make("span", { cls: "online-dot", testid: "online-dot" });
+      dot.title = "online";
+      dot.hidden = !online;
+      li.dataset.online = String(online);
       const badge = make("span", { cls: "badge", testid: "unread-badge", text: String(entry.unread) });
       badge.hidden = entry.unread === 0;
       let last = "No messages yet";
@@ -338,7 +349,9 @@ function renderConversations() {
         const what = entry.last.content || (entry.last.multimedia_url ? "[attachment]" : "");
         last = `${entry.last.from === session.username ? "You: " : ""}${what} · ${formatTime(entry.last.date_added)}`;
       }
-      li.append(make("span", { cls: "name", testid: "conversation-name", text: entry.other }), badge, make("span", { cls: "last", testid: "last-message", text: last }));
+      const name = make("span", { cls: "name", testid: "conversation-name" });
+      name.append(dot, entry.other);
+      li.append(name, badge, make("span", { cls: "last", testid: "last-message", text: last }));
       li.addEventListener("click", () => openConversation(entry.other));
       li.addEventListener("keydown", (e) => {
         if (e.key === "Enter") openConversation(entry.other);
@@ -370,14 +383,21 @@ function noteLastMessage(other, m) {
 }
 
 function startNotifications() {
-  list.socket = new ReconnectingSocket(() => `/ws/notifications/?token=${encodeURIComponent(session.token ?? "")}`, {
+  list.socket = new ReconnectingSocket(() => `/ws/notifications/?presence=1&token=${encodeURIComponent(session.token ?? "")}`, {
     onStatus: (s) => {
       el("notifications-status").dataset.state = s;
       socketStatus("notifications", s);
       // Events may have been missed while closed: the list is reloaded once the socket is back.
       if (s === "open") void refreshConversations();
+      // Presence is resent when it opens; until then the pages' `online` is all there is.
+      if (s !== "open") list.presence.clear();
     },
     onEvent: (e) => {
+      if (e.type === "presence") {
+        list.presence.set(e.user, e.online);
+        renderConversations();
+        return;
+      }
       if (e.type === "unread_count" || e.type === "new_message_notification") {
         setTotalUnread(e.unread_count);
         // The notice carries only the total: the list (per-conversation counts, last messages) is re-read.

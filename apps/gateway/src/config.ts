@@ -46,6 +46,12 @@ export const GATEWAY_SETTINGS = {
     parse: integer(0, 60000),
   },
   presenceTtlMs: { env: "CHAT_PRESENCE_TTL_MS", default: "30000", description: "Presence of a node that stops refreshing it expires after this (ms)", parse: integer(3000, 30000) },
+  presencePartners: {
+    env: "CHAT_PRESENCE_PARTNERS",
+    default: "50",
+    description: "An all-conversations notifications socket is told when the partners of the user's this many most recent conversations come online or go offline (one subscription each, per socket's node)",
+    parse: integer(0, 1000),
+  },
   maxReplay: { env: "CHAT_MAX_REPLAY", default: "500", description: "Most missed messages replayed to a chat socket opened with ?since=", parse: integer(0, 10000) },
   rateMessagesPerSecond: { env: "CHAT_RATE_MESSAGES_PER_SECOND", default: "100", description: "Sends (messages and reads) per second per user, cluster-wide; more get error `rate_limited`; 0 disables", parse: integer(0, 1_000_000) },
   rateMessagesBurst: { env: "CHAT_RATE_MESSAGES_BURST", default: "200", description: "Burst allowance of that limit", parse: integer(1, 1_000_000) },
@@ -58,7 +64,7 @@ export const GATEWAY_SETTINGS = {
   },
   redisReplicasAckTimeoutMs: { env: "CHAT_REDIS_REPLICAS_ACK_TIMEOUT_MS", default: "1000", description: "How long a send waits for CHAT_REDIS_MIN_REPLICAS_ACK replicas before it is answered `unavailable` (ms)", parse: integer(10, 60000) },
   idempotencyTtlSeconds: { env: "CHAT_IDEMPOTENCY_TTL_SECONDS", default: "300", description: "How long a client_id is remembered (s): a retried send within it is not stored twice. Redis keeps one small key per message sent with a client_id for this long (about 0.4 KiB each: at 2,000 msg/s, 300 s is about 240 MiB)", parse: integer(10, 7 * 86400) },
-  maxConnectionsPerUser: { env: "CHAT_MAX_CONNECTIONS_PER_USER", default: "100", description: "Open sockets per user across the cluster; more are refused with 429; 0 disables", parse: integer(0, 1_000_000) },
+  maxConnectionsPerUser: { env: "CHAT_MAX_CONNECTIONS_PER_USER", default: "100", description: "Open sockets per user across the cluster; more are refused with 429; 0 disables the limit (sockets are still counted: that is who is online)", parse: integer(0, 1_000_000) },
   upgradesPerIpPerSecond: { env: "CHAT_RATE_UPGRADES_PER_IP", default: "0", description: "Upgrades per second per client address on one node (429 beyond, bursts of 2x); 0 disables: a load balancer or NAT puts many users behind one address", parse: integer(0, 1_000_000) },
   allowedOrigins: {
     env: "CHAT_ALLOWED_ORIGINS",
@@ -124,6 +130,7 @@ export interface GatewayConfig {
   presenceTtlMs: number;
   drainWindowMs: number;
   idleGcGrowthMb: number;
+  presencePartners: number;
   maxReplay: number;
   rateMessagesPerSecond: number;
   rateMessagesBurst: number;

@@ -8,7 +8,7 @@ import {
   type Publisher,
   type RateLimiter,
 } from "@chat/bus";
-import { latestMessagesAfter, messageById, totalUnread, unreadFrom, uploadById, type DbClient } from "@chat/db";
+import { latestMessagesAfter, listConversations, messageById, totalUnread, unreadFrom, uploadById, type DbClient } from "@chat/db";
 import { CloseCode } from "@chat/protocol";
 import type { Logger } from "@chat/log";
 import { HttpApi } from "./api/http-api.js";
@@ -111,6 +111,7 @@ export async function startGateway(config: Readonly<GatewayConfig>, parts: Gatew
       },
       latestAfter: async (roomId, position, limit) =>
         (await latestMessagesAfter(db.db, roomId, position, limit)).map((row) => ({ position: row.streamPosition, event: messageEvent(row) })),
+      recentPartners: async (username, limit) => (await listConversations(db.db, username, { limit })).map((row) => row.otherUsername),
     },
     media: {
       uploaderOf: async (identifier) => (await uploadById(db.db, identifier))?.uploader ?? null,
@@ -118,6 +119,8 @@ export async function startGateway(config: Readonly<GatewayConfig>, parts: Gatew
       locationOf: async (identifier) => (await storage.locate(identifier)).url,
     },
     maxReplay: config.maxReplay,
+    presencePartners: config.presencePartners,
+    online: parts.connections ? (users) => parts.connections!.online(users) : null,
     redisReady: parts.busReady,
     rateLimiter: parts.rateLimiter,
     echoOnAccept: parts.echoOnAccept ?? false,
@@ -184,6 +187,7 @@ export async function startGateway(config: Readonly<GatewayConfig>, parts: Gatew
     signer,
     upload: { maxBytes: config.uploadMaxBytes, contentTypes: config.uploadContentTypes, quotaBytesPerHour: config.uploadQuotaBytesPerHour },
     roomId: names.roomId,
+    online: parts.connections ? (users) => parts.connections!.online(users) : null,
     log: log.child({ component: "gateway:api" }),
     development: config.devSignIn,
     devTokenSigning: { secret: config.jwtSecret, audience: config.jwtAudience, issuer: config.jwtIssuer },

@@ -67,17 +67,23 @@ export interface Presence {
 export interface CountedConnection {
   key: string;
   member: string;
+  username: string;
 }
 
 /**
  * Open sockets per user across every node: at most `limit` counted at any time; entries a node
- * stops refreshing expire after the TTL.
+ * stops refreshing expire after the TTL. It is also who is online: a user's first counted socket
+ * announces them online on their online channel (RedisNames.onlineChannel), and the release of their
+ * last one offline, in the order the counter took them, so that concurrent opens and closes on
+ * different nodes cannot leave a listener with the wrong state.
  */
 export interface ConnectionCounter {
   readonly limit: number;
   /** Counts the socket; null when the user already has `limit` open. */
   acquire(username: string, member: string): Promise<CountedConnection | null>;
   release(connection: CountedConnection): Promise<void>;
+  /** Which of these users have a counted socket now. */
+  online(usernames: readonly string[]): Promise<Set<string>>;
   /** Extends the life of live sockets' entries (with the presence refresh). */
   refresh(connections: Iterable<CountedConnection>): Promise<void>;
 }

@@ -31,6 +31,11 @@ export function encodeEnvelope(origin: string, target: string, frames: readonly 
   return `${origin}\t${target}\t${Date.now()}\n${frames.join("\n")}`;
 }
 
+/** What a user's online channel carries when they come online or go offline (ConnectionCounter). */
+export function onlineEnvelope(origin: string, username: string, online: boolean): string {
+  return encodeEnvelope(origin, ALL, [JSON.stringify({ type: "presence", user: username, online })]);
+}
+
 export class EnvelopeDecodeError extends Error {
   override readonly name = "EnvelopeDecodeError";
   readonly code = "envelope_invalid";

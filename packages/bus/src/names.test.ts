@@ -81,6 +81,13 @@ describe("one slot per script and multi-key command", () => {
   };
 
   const acceptSha = createHash("sha1").update(withTokenBucket(readFileSync(new URL("./lua/accept.lua", import.meta.url), "utf8"))).digest("hex");
+  const shaOf = (file: string) => createHash("sha1").update(readFileSync(new URL(`./lua/${file}`, import.meta.url), "utf8")).digest("hex");
+  /** Scripts that publish, and which of their ARGV is the channel. */
+  const channelArg = new Map([
+    [acceptSha, 1],
+    [shaOf("connections-acquire.lua"), 3],
+    [shaOf("connections-release.lua"), 1],
+  ]);
 
   /** The keys of a command as Redis Cluster reads them, and the channels our scripts publish to (accept.lua's ARGV[2]). */
   function slotsOf({ name, args }: { name: string; args: string[] }): Set<number> {
@@ -88,10 +95,11 @@ describe("one slot per script and multi-key command", () => {
       const numKeys = Number(args[1]);
       const keys = args.slice(2, 2 + numKeys);
       const argv = args.slice(2 + numKeys);
-      const channels = args[0] === acceptSha && argv[1] ? [argv[1]] : [];
+      const at = channelArg.get(args[0]!);
+      const channels = at !== undefined && argv[at] ? [argv[at]] : [];
       return new Set([...keys, ...channels].map(slotOf));
     }
-    if (["xadd", "xrevrange", "xrange", "xreadgroup", "xautoclaim", "xack", "xgroup", "xinfo", "xpending", "xtrim", "zadd", "zrem", "zrangebyscore", "get", "set", "spublish"].includes(name)) {
+    if (["xadd", "xrevrange", "xrange", "xreadgroup", "xautoclaim", "xack", "xgroup", "xinfo", "xpending", "xtrim", "zadd", "zrem", "zrangebyscore", "zcount", "get", "set", "spublish"].includes(name)) {
       const key = name === "xreadgroup" ? args[args.indexOf("STREAMS") + 1]! : name === "xgroup" || name === "xinfo" ? args[1]! : args[0]!;
       return new Set([slotOf(key)]);
     }
@@ -103,7 +111,7 @@ describe("one slot per script and multi-key command", () => {
     const names = redisNames(prefix, 16);
     const log = new RedisMessageLog(redis, names, { idempotencyTtlSeconds: 60 });
     const presence = new RedisPresence(redis, names, 5000);
-    const limit = new RedisConnectionLimit(redis, names, 5, 5000);
+    const limit = new RedisConnectionLimit(redis, names, 5, 5000, "n");
     const rate = new RedisRateLimiter(redis, names, 10, 20);
     try {
       await checkPartitionCount(redis, names);
@@ -124,12 +132,14 @@ describe("one slot per script and multi-key command", () => {
         const entry = { roomId: room, user: from, member: `${from}|n:${i}` };
         entries.push(entry);
         await presence.join(entry);
-        await limit.acquire(from, `${from}|n:${i}`);
+        const counted = await limit.acquire(from, `${from}|n:${i}`);
+        expect(await limit.online([from, to])).toContain(from);
+        if (i % 2 === 0 && counted) await limit.release(counted);
         await log.findMessage(room, "00000000-0000-7000-8000-000000000000", { fromMs: 0, toMs: Date.now(), maxEntries: 10 });
         await log.rangeBetween(room, "-", null, 10);
       }
       await presence.refresh(entries);
-      await limit.refresh(users.map((u, i) => ({ key: names.userConnections(u), member: `${u}|n:${i}` })));
+      await limit.refresh(users.map((u, i) => ({ key: names.userConnections(u), member: `${u}|n:${i}`, username: u })));
       for (let p = 0; p < names.partitions; p++) {
         const part = log.partition(p);
         await part.ensureGroup();

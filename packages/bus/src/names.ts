@@ -42,6 +42,11 @@ export interface RedisNames {
   roomChannel(roomId: string): string;
   /** Shard channel carrying one user's notification events. */
   userChannel(username: string): string;
+  /**
+   * Shard channel announcing a user coming online or going offline (their first socket opened, their
+   * last closed): listened to by the all-conversations notification sockets of their partners.
+   */
+  onlineChannel(username: string): string;
   /** Shard channel a gateway publishes probes to and listens on, per partition, to know its subscriptions there are live. */
   probeChannel(partition: number, nodeId: string): string;
   /** Sorted set of a conversation's open chat sockets, scored by expiry time (ms). */
@@ -84,6 +89,7 @@ export function redisNames(prefix: string, partitions: number = DEFAULT_PARTITIO
     roomId: roomIdOf,
     roomChannel: (roomId) => `${ofRoom(roomId)}room:${roomId}`,
     userChannel: (username) => `${ofUser(username)}user`,
+    onlineChannel: (username) => `${ofUser(username)}online`,
     probeChannel: (p, nodeId) => `${ofPartition(p)}probe:${nodeId}`,
     presenceRoom: (roomId) => `${ofRoom(roomId)}presence:${roomId}`,
     presenceIndex: (p) => `${ofPartition(p)}presence-expiry`,

@@ -93,6 +93,13 @@ export interface ReadReceiptEvent {
   read_at: string;
 }
 
+/** On the all-conversations notifications socket: a recent conversation partner is online now, or not. */
+export interface PresenceEvent {
+  type: "presence";
+  user: string;
+  online: boolean;
+}
+
 export interface ErrorEvent {
   type: "error";
   code: string;
@@ -113,6 +120,7 @@ export type ServerEvent =
   | CatchUpEndEvent
   | TypingEvent
   | ReadReceiptEvent
+  | PresenceEvent
   | ErrorEvent;
 
 /** Events a client sends, on the chat socket `/ws/{other}/` only. */

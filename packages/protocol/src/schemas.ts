@@ -87,6 +87,7 @@ export const serverEventSchemas = {
   ),
   catch_up_end: event("catch_up_end", { recovered: { type: "boolean" }, count: count }, ["recovered", "count"]),
   typing: event("typing", { user: username, room: username }, ["user", "room"]),
+  presence: event("presence", { user: username, online: { type: "boolean" } }, ["user", "online"]),
   read_receipt: event(
     "read_receipt",
     { user: username, room: username, last_read_id: { anyOf: [messageId, { type: "null" }] }, read_at: isoDate },

@@ -96,6 +96,8 @@ describe("server event schemas", () => {
     const receipt = { type: "read_receipt", user: "bob", room: "alice", last_read_id: "0192f6c3-1b2a-7c3d-8e4f-0123456789ab", read_at: "2026-12-06T01:02:03.456Z" };
     expect(validateServerEvent(receipt)).toEqual({ ok: true });
     expect(validateServerEvent({ ...receipt, last_read_id: null })).toEqual({ ok: true });
+    expect(validateServerEvent({ type: "presence", user: "bob", online: true })).toEqual({ ok: true });
+    expect(validateServerEvent({ type: "presence", user: "bob", online: "yes" }).ok).toBe(false);
     expect(validateServerEvent({ ...receipt, last_read_id: "not-an-id" }).ok).toBe(false);
     expect(validateServerEvent({ type: "read_receipt", user: "bob", room: "alice", read_at: receipt.read_at }).ok).toBe(false);
   });

@@ -175,9 +175,16 @@ describe.skipIf(CHROMIUM_MISSING)(`browser client${CHROMIUM_MISSING ? ` (skipped
         ]),
       );
 
+      // In the list, each sees the other online: a dot, from the conversations page and presence events.
+      await expect.poll(() => bobsItem.getAttribute("data-online"), POLL).toBe("true");
+      expect(await bobsItem.locator(`[data-testid="online-dot"]`).isVisible()).toBe(true);
+      await expect.poll(() => conversationItem(a.page, bob).getAttribute("data-online"), POLL).toBe("true");
+
       // Presence follows alice's page: closing the conversation, reopening it, navigating away.
       await byTestId(a.page, "close-conversation").click();
       await expect.poll(() => presence(b.page), POLL).toBe("offline");
+      // In the conversation she is gone, but she is still signed in: online in bob's list.
+      expect(await bobsItem.getAttribute("data-online")).toBe("true");
       await conversationItem(a.page, bob).click();
       await expect.poll(() => presence(b.page), POLL).toBe("online");
       // A reopened conversation shows its history again, "Seen" included.
@@ -185,6 +192,9 @@ describe.skipIf(CHROMIUM_MISSING)(`browser client${CHROMIUM_MISSING ? ` (skipped
       await expect.poll(() => seenUnder(a.page), POLL).toEqual(["a picture"]);
       await a.page.goto("about:blank");
       await expect.poll(() => presence(b.page), POLL).toBe("offline");
+      // Her last socket closed: offline in bob's list too.
+      await expect.poll(() => bobsItem.getAttribute("data-online"), POLL).toBe("false");
+      expect(await bobsItem.locator(`[data-testid="online-dot"]`).isHidden()).toBe(true);
 
       expect(a.pageErrors).toEqual([]);
       expect(b.pageErrors).toEqual([]);

@@ -64,6 +64,8 @@ export interface HttpApiOptions {
   signer: MediaUrlSigner;
   upload: UploadPolicy;
   roomId: (a: string, b: string) => string;
+  /** Who of these users is online now; null: nobody is counted, and `online` is false. */
+  online: ((usernames: readonly string[]) => Promise<Set<string>>) | null;
   log: Logger;
   now?: () => Date;
   /** Development mode (config.development): turns on POST /api/dev/token. @default false */
@@ -138,6 +140,7 @@ export class HttpApi {
     if (after === null) throw new ApiError(400, "invalid_cursor", "cursor is not one this API returned");
     const rows = await listConversations(this.o.db, username, { limit: limit + 1, after });
     const page = rows.slice(0, limit);
+    const online = (await this.o.online?.(page.map((r) => r.otherUsername))) ?? new Set<string>();
     return json(200, {
       conversations: page.map((r) => ({
         id: this.o.roomId(username, r.otherUsername),
@@ -145,6 +148,7 @@ export class HttpApi {
         other_user: { username: r.otherUsername },
         last_message: r.lastMessage ? messageResource(r.lastMessage) : null,
         unread_count: r.unreadCount,
+        online: online.has(r.otherUsername),
       })),
       next_cursor: rows.length > limit ? encodeConversationCursor(page.at(-1)!) : null,
     });

@@ -34,6 +34,8 @@ export interface History {
   positionOf(messageId: string, roomId: string): Promise<bigint | null>;
   /** The newest `limit` messages after `position`, oldest first. */
   latestAfter(roomId: string, position: bigint, limit: number): Promise<StoredMessage[]>;
+  /** The partners of the user's `limit` most recent conversations, most recent first. */
+  recentPartners(username: string, limit: number): Promise<string[]>;
 }
 
 export interface CoreOptions {
@@ -51,6 +53,10 @@ export interface CoreOptions {
   media: MediaReferences;
   /** Most messages a reconnecting socket is replayed. */
   maxReplay: number;
+  /** CHAT_PRESENCE_PARTNERS: how many recent partners an all-conversations socket hears come and go. */
+  presencePartners: number;
+  /** Who of these users is online now (they have a counted socket); null: nobody is counted. */
+  online: ((usernames: readonly string[]) => Promise<Set<string>>) | null;
   maxMessageLength: number;
   /** Each user's send budget, cluster-wide; null when unlimited. */
   rateLimiter: RateLimiter | null;
@@ -77,6 +83,8 @@ export class GatewayCore {
   readonly history: History;
   readonly media: MediaReferences;
   readonly maxReplay: number;
+  readonly presencePartners: number;
+  readonly online: ((usernames: readonly string[]) => Promise<Set<string>>) | null;
   readonly rateLimiter: RateLimiter | null;
   readonly echoOnAccept: boolean;
   private readonly isRedisReady: () => boolean;
@@ -115,6 +123,8 @@ export class GatewayCore {
     this.history = options.history;
     this.media = options.media;
     this.maxReplay = options.maxReplay;
+    this.presencePartners = options.presencePartners;
+    this.online = options.online;
     this.rateLimiter = options.rateLimiter;
     this.echoOnAccept = options.echoOnAccept;
     this.isRedisReady = options.redisReady;

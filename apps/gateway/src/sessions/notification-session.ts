@@ -1,19 +1,31 @@
-import { ALL, conversationTarget } from "@chat/bus";
+import { ALL, conversationTarget, type Envelope } from "@chat/bus";
 import { CloseCode, ErrorCode, clientIdOf } from "@chat/protocol";
 import type { GatewayCore } from "./core.js";
 import type { SessionSocket } from "./socket.js";
 import { SubscribedSession } from "./subscribed-session.js";
+
+/** The envelope target prefix of one conversation's notifications (conversationTarget). */
+const CONVERSATION_TARGET = conversationTarget("");
 
 /**
  * `/ws/notifications/` (other undefined: every conversation) or `/ws/notifications/{other}/`
  * (one conversation). Both listen to the user's channel; the envelope target picks which.
  */
 export class NotificationSession extends SubscribedSession {
+  /**
+   * The partners whose online channel this socket listens to, most recent first (all-conversations
+   * only): the user's most recent conversations when it opened, then each new sender.
+   */
+  private readonly watched: string[] = [];
+  private watching = false;
+
   constructor(
     core: GatewayCore,
     socket: SessionSocket,
     username: string,
     private readonly other: string | undefined,
+    /** `?presence=1`: the partners' presence events (all-conversations only). */
+    private readonly presence = false,
   ) {
     super(core, socket, username, core.names.userChannel(username), other === undefined ? ALL : conversationTarget(other));
   }
@@ -32,16 +44,57 @@ export class NotificationSession extends SubscribedSession {
     // Listed before the counts are read: a resync that comes meanwhile closes this socket too.
     this.core.notificationSessions.add(this);
     if (this.other === undefined) {
-      const total = await this.core.unread.total(this.username);
+      const partners = await this.watchPartners();
+      const [total, online] = await Promise.all([this.core.unread.total(this.username), this.core.online?.(partners) ?? new Set<string>()]);
       this.socket.send(JSON.stringify({ type: "unread_count", unread_count: total }));
+      // Their state now; a change since the subscription comes after it, among the held frames.
+      for (const user of partners) this.socket.send(JSON.stringify({ type: "presence", user, online: online.has(user) }));
+      // From now on a new sender is watched too (after the first events, which come first).
+      this.watching = this.presence && this.core.presencePartners > 0 && this.core.online !== null;
     } else {
       const count = await this.core.unread.from(this.username, this.other);
       this.socket.send(JSON.stringify({ type: "single_conversation_unread_count", unread_count: count }));
     }
   }
 
+  /**
+   * Subscribes this socket to the online channels of the partners of the user's most recent
+   * conversations (CHAT_PRESENCE_PARTNERS of them): bounded work per socket whatever the number of
+   * conversations, and one announcement per change of a user whatever the number of listeners.
+   */
+  private async watchPartners(): Promise<string[]> {
+    const limit = this.core.presencePartners;
+    if (!this.presence || limit === 0 || this.core.online === null) return [];
+    const partners = await this.core.history.recentPartners(this.username, limit);
+    if (this.closed) return [];
+    this.watched.push(...partners);
+    await Promise.all(partners.map((user) => this.core.router.add(this.core.names.onlineChannel(user), this)));
+    return partners;
+  }
+
+  override deliver(envelope: Envelope): void {
+    // A message's notifications name its sender: one not watched yet (a conversation newer than this
+    // socket) is watched from now on, in place of the least recent.
+    if (this.watching && envelope.target.startsWith(CONVERSATION_TARGET)) this.watchNewPartner(envelope.target.slice(CONVERSATION_TARGET.length));
+    super.deliver(envelope);
+  }
+
+  private watchNewPartner(user: string): void {
+    if (this.closed || this.watched.includes(user)) return;
+    this.watched.unshift(user);
+    const added = this.core.router.add(this.core.names.onlineChannel(user), this);
+    if (this.watched.length > this.core.presencePartners) this.core.router.remove(this.core.names.onlineChannel(this.watched.pop()!), this);
+    void (async () => {
+      await added;
+      const online = (await this.core.online?.([user])) ?? new Set<string>();
+      if (!this.closed && this.watched.includes(user)) this.socket.send(JSON.stringify({ type: "presence", user, online: online.has(user) }));
+    })().catch((err: unknown) => this.core.log.warn({ err, user: this.username, partner: user }, "watching a new partner's presence failed"));
+  }
+
   protected release(): void {
     this.core.notificationSessions.delete(this);
+    this.watching = false;
+    for (const user of this.watched.splice(0)) this.core.router.remove(this.core.names.onlineChannel(user), this);
   }
 
   receive(text: string): void {

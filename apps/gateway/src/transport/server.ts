@@ -24,6 +24,8 @@ interface SocketData {
   username: string;
   endpoint: Endpoint;
   since: string | undefined;
+  /** `?presence=1` on /ws/notifications/: the client wants its partners' presence events. */
+  presence: boolean;
   /** When the token expires (epoch ms), or 0 for a token without `exp`. */
   expiresAtMs: number;
   /** This socket's entry in its user's cluster-wide socket count, once taken (when that limit is on). */
@@ -301,10 +303,17 @@ export class GatewayServer {
     }
     const route = parseWebSocketPath(url);
     if (!route.ok) return refuseWith(UpgradeRefusal.bad_request, "bad_path", route.reason);
-    const since = new URLSearchParams(query).get("since") || undefined;
+    const params = new URLSearchParams(query);
+    const since = params.get("since") || undefined;
     if (since !== undefined && (route.endpoint.kind !== "chat" || !/^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$/.test(since))) {
       return refuseWith(UpgradeRefusal.bad_request, "bad_since", "since must be a message id, on a chat socket");
     }
+    // Opt-in: clients written against the seed protocol see on this socket only the events they know.
+    const presenceParam = params.get("presence");
+    if (presenceParam !== null && (route.endpoint.kind !== "notifications" || presenceParam !== "1")) {
+      return refuseWith(UpgradeRefusal.bad_request, "bad_presence", "presence=1 is the only value, on /ws/notifications/ only");
+    }
+    const presence = presenceParam === "1";
     // Nothing here waits for I/O, so that the upgrade happens inside this handler's call, corked by
     // uWebSockets.js itself. The token check is a promise that settles in the same microtask drain
     // (HMAC only), which node runs before this callback returns to uWebSockets.js. An upgrade after
@@ -316,7 +325,7 @@ export class GatewayServer {
     // loses the 101 and crashes the process. Fixed upstream (uWebSockets "Fix cork() closing a
     // WebSocket that was upgraded asynchronously"), in no build for this glibc. So the cluster-wide
     // socket count, a Redis call, is taken once the socket is open (open below).
-    void this.authorize(query, authorization, route.endpoint, since, url).then((outcome) => {
+    void this.authorize(query, authorization, route.endpoint, since, presence, url).then((outcome) => {
       if (aborted) return;
       if ("refusal" in outcome) return refuseWith(outcome.refusal[0], outcome.refusal[1], outcome.refusal[2]);
       res.cork(() => res.upgrade(outcome.data, key, protocol, extensions, context));
@@ -329,6 +338,7 @@ export class GatewayServer {
     authorization: string,
     endpoint: Endpoint,
     since: string | undefined,
+    presence: boolean,
     url: string,
   ): Promise<{ data: SocketData } | { refusal: [number, string, string] }> {
     let token: VerifiedToken;
@@ -348,7 +358,7 @@ export class GatewayServer {
       return { refusal: [UpgradeRefusal.too_many, "too_many_connections", `at most ${this.connections.limit} open sockets per user`] };
     }
     if (!this.readiness.ready()) return { refusal: [UpgradeRefusal.unavailable, "unavailable", "node not ready; try another"] };
-    return { data: { username, endpoint, since, expiresAtMs: token.expiresAt?.getTime() ?? 0, counted: null, session: null, closed: false } };
+    return { data: { username, endpoint, since, presence, expiresAtMs: token.expiresAt?.getTime() ?? 0, counted: null, session: null, closed: false } };
   }
 
   private open(ws: WebSocket<SocketData>): void {
@@ -361,7 +371,7 @@ export class GatewayServer {
     data.session =
       endpoint.kind === "chat"
         ? new ChatSession(this.core, socket, data.username, endpoint.other, data.since)
-        : new NotificationSession(this.core, socket, data.username, endpoint.kind === "notifications" ? undefined : endpoint.other);
+        : new NotificationSession(this.core, socket, data.username, endpoint.kind === "notifications" ? undefined : endpoint.other, data.presence);
     // Not inside this handler: uWebSockets.js calls it from within res.upgrade, and a session set-up
     // run there (a channel registered with the router, which subscribes on Redis) made the build we
     // use (20.30 unofficial) end the fresh socket at once without a close frame (1006), for some

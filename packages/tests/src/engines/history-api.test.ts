@@ -104,6 +104,8 @@ describe.each(engines)("history and conversations over HTTP (%s engine)", (kind)
           other_user: { username: other },
           last_message: asStoredMessage(last[other]!),
           unread_count: unread[other],
+          // Bob and carol have a socket open; dave never had one.
+          online: other !== dave,
         });
       }
     };
@@ -117,7 +119,7 @@ describe.each(engines)("history and conversations over HTTP (%s engine)", (kind)
 
     // Bob and carol see their side: alice sent bob nothing, so nothing unread for him.
     expect(await conversations(http0, tb)).toEqual([
-      { id: roomId(alice, bob), name: roomId(alice, bob), other_user: { username: alice }, last_message: asStoredMessage(last[bob]!), unread_count: 0 },
+      { id: roomId(alice, bob), name: roomId(alice, bob), other_user: { username: alice }, last_message: asStoredMessage(last[bob]!), unread_count: 0, online: true },
     ]);
     expect((await conversations(http1, tc)).map((c: Json) => [c.other_user.username, c.unread_count])).toEqual([[alice, 0]]);
 
