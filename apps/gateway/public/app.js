@@ -361,6 +361,8 @@ function renderConversations() {
   );
   el("conversations-more").hidden = !list.nextCursor;
   el("conversations-empty").hidden = !list.loaded || items.length > 0;
+  // The header says "online" from what the list knows.
+  showPresence();
 }
 
 function setTotalUnread(n) {
@@ -702,10 +704,25 @@ class Conversation {
   }
 }
 
-function setPresence(online) {
+/** Whether the open conversation's partner has it open too (its chat socket's online_user_list and joins). */
+let partnerHere = false;
+
+function setPresence(here) {
+  partnerHere = here;
+  showPresence();
+}
+
+/**
+ * The header's presence: "in this chat" while the partner has the conversation open, else "online"
+ * while they are signed in anywhere (the list's presence, from ?presence=1), else "offline".
+ */
+function showPresence() {
+  const other = view.current?.other;
+  const online = other !== undefined && (list.presence.get(other) ?? list.entries.get(other)?.online === true);
+  const state = partnerHere ? "here" : online ? "online" : "offline";
   const p = el("presence");
-  p.dataset.state = online ? "online" : "offline";
-  p.textContent = online ? "online" : "offline";
+  p.dataset.state = state;
+  p.textContent = state === "here" ? "in this chat" : state;
 }
 
 /**

@@ -104,9 +104,9 @@ describe.skipIf(CHROMIUM_MISSING)(`browser client${CHROMIUM_MISSING ? ` (skipped
       expect(await byTestId(b.page, "unread-total").textContent()).toBe(String(all.length));
       savePng(join(SCREENSHOTS, "conversation-list-unread.png"), await b.page.screenshot());
 
-      // Bob opens it: alice is online (her page has it open), the newest page is shown in order.
+      // Bob opens it: alice is in this chat (her page has it open), the newest page is shown in order.
       await bobsItem.click();
-      await expect.poll(() => presence(b.page), POLL).toBe("online");
+      await expect.poll(() => presence(b.page), POLL).toBe("here");
       await expect.poll(async () => (await shownTexts(b.page)).at(-1), POLL).toBe(all.at(-1));
       const firstPage = await shownTexts(b.page);
       expect(firstPage.length).toBeLessThan(all.length);
@@ -182,11 +182,13 @@ describe.skipIf(CHROMIUM_MISSING)(`browser client${CHROMIUM_MISSING ? ` (skipped
 
       // Presence follows alice's page: closing the conversation, reopening it, navigating away.
       await byTestId(a.page, "close-conversation").click();
-      await expect.poll(() => presence(b.page), POLL).toBe("offline");
-      // In the conversation she is gone, but she is still signed in: online in bob's list.
+      // Out of the conversation but still signed in: online, in bob's header and list.
+      await expect.poll(() => presence(b.page), POLL).toBe("online");
+      expect(await byTestId(b.page, "presence").textContent()).toBe("online");
       expect(await bobsItem.getAttribute("data-online")).toBe("true");
       await conversationItem(a.page, bob).click();
-      await expect.poll(() => presence(b.page), POLL).toBe("online");
+      await expect.poll(() => presence(b.page), POLL).toBe("here");
+      expect(await byTestId(b.page, "presence").textContent()).toBe("in this chat");
       // A reopened conversation shows its history again, "Seen" included.
       await expect.poll(async () => (await shownTexts(a.page)).at(-1), POLL).toBe("a picture");
       await expect.poll(() => seenUnder(a.page), POLL).toEqual(["a picture"]);
