@@ -75,6 +75,20 @@ async function expectExactlyOnce(prefix: string, users: string[], flows: Flow[])
   await waitFor(async () => (await conversationsBacklog(redis, names, conversations)).pending === 0, 10000);
 }
 
+/** Entries of the prefix's partitions delivered to consumer `name` and not acknowledged. */
+async function pendingOf(prefix: string, name: string): Promise<number> {
+  const names = redisNames(prefix);
+  let n = 0;
+  for (let p = 0; p < names.partitions; p++) {
+    try {
+      n += ((await testRedis().xpending(names.stream(p), names.group, "-", "+", 10000, name)) as unknown[]).length;
+    } catch {
+      // A partition nothing was written to has no stream or group.
+    }
+  }
+  return n;
+}
+
 const claims = (workers: RunningProcess[]) =>
   workers.flatMap((w) => w.logs).filter((l) => l["msg"] === "claimed pending entries").reduce((n, l) => n + Number(l["count"]), 0);
 
@@ -102,15 +116,19 @@ describe("worker crash and concurrent workers", () => {
     })();
 
     const workers: RunningProcess[] = [];
+    /** Entries each killed worker left pending (read, not yet acknowledged), as Redis says right after the kill. */
+    const leftPending: number[] = [];
     let kills = 0;
     try {
       while (kills < 5 && (sending || kills < 3)) {
         const before = await persistedFrom(users);
-        const worker = await startWorker(prefix, env);
+        const name = `${prefix}w${kills}`;
+        const worker = await startWorker(prefix, { ...env, CHAT_WORKER_NAME: name });
         workers.push(worker);
         // Kill it as soon as it has written something: it is in the middle of the stream.
         await waitFor(async () => (await persistedFrom(users)) > before, 10000, 10);
         expect(await worker.stop("SIGKILL")).toBeNull();
+        leftPending.push(await pendingOf(prefix, name));
         kills++;
       }
     } finally {
@@ -119,8 +137,11 @@ describe("worker crash and concurrent workers", () => {
     expect(kills).toBeGreaterThanOrEqual(3);
     workers.push(await startWorker(prefix, env));
     await expectExactlyOnce(prefix, users, flows);
-    // The kills left entries pending that later workers had to take over.
-    expect(claims(workers)).toBeGreaterThan(0);
+    // The kills left entries pending that later workers had to take over (and did: nothing is
+    // pending any more, every message is stored once). Counted in Redis: the log line a worker
+    // writes when it claims can die with it, unflushed, when it is killed right after.
+    console.log(`[reliability] worker crash: entries left pending by each of the ${kills} kills: ${leftPending.join(", ")}; claims logged: ${claims(workers)}`);
+    expect(Math.max(...leftPending)).toBeGreaterThan(0);
   });
 
   it.each([2, 3])("keeps every message exactly once and every counter exact with %i workers sharing the partitions", async (n) => {
