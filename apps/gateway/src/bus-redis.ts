@@ -12,6 +12,7 @@ import {
   parseRedisTarget,
   redisNames,
   slotOf,
+  socketLimit,
   type RedisClient,
 } from "@chat/bus";
 import type { Logger } from "@chat/log";
@@ -138,8 +139,7 @@ export async function openRedisBus(config: Readonly<GatewayConfig>, log: Logger)
     echoOnAccept: replicated !== null,
     rateLimiter: rate && !inAccept ? new RedisRateLimiter(redis, names, rate.perSecond, rate.burst) : null,
     presence: new RedisPresence(redis, names, config.presenceTtlMs),
-    // Counted also without a limit: the count is who is online (presence in the conversation list).
-    connections: new RedisConnectionLimit(redis, names, config.maxConnectionsPerUser > 0 ? config.maxConnectionsPerUser : Number.MAX_SAFE_INTEGER, config.presenceTtlMs, config.nodeId),
+    connections: new RedisConnectionLimit(redis, names, socketLimit(config.maxConnectionsPerUser), config.presenceTtlMs, config.nodeId),
     busReady: () => redis.status === "ready" && subscriber.status === "ready" && subscriberSynced && (replicated === null || replicated.status === "ready"),
     setRecovery: (r) => {
       recovery = r;

@@ -32,8 +32,8 @@ export interface GatewayParts {
   /** Each user's send budget; null when CHAT_RATE_MESSAGES_PER_SECOND is 0. */
   rateLimiter: RateLimiter | null;
   presence: Presence;
-  /** Sockets-per-user limit; null when off. */
-  connections: ConnectionCounter | null;
+  /** Open sockets per user: the per-user limit, and who is online. */
+  connections: ConnectionCounter;
   db: DbClient;
   /** Whether the bus serves: commands go through and every channel is subscribed. */
   busReady: () => boolean;
@@ -120,15 +120,13 @@ export async function startGateway(config: Readonly<GatewayConfig>, parts: Gatew
     },
     maxReplay: config.maxReplay,
     presencePartners: config.presencePartners,
-    online: parts.connections ? (users) => parts.connections!.online(users) : null,
+    connections: parts.connections,
     redisReady: parts.busReady,
     rateLimiter: parts.rateLimiter,
     echoOnAccept: parts.echoOnAccept ?? false,
     maxMessageLength: config.maxMessageLength,
     log: log.child({ component: "gateway:sessions" }),
   });
-  const connections = parts.connections;
-  if (connections) core.refreshConnections = (entries) => connections.refresh(entries);
   core.startPresenceUpkeep();
   let lastResubscribe = 0;
   const resubscribe = (why: string) => {
@@ -187,7 +185,7 @@ export async function startGateway(config: Readonly<GatewayConfig>, parts: Gatew
     signer,
     upload: { maxBytes: config.uploadMaxBytes, contentTypes: config.uploadContentTypes, quotaBytesPerHour: config.uploadQuotaBytesPerHour },
     roomId: names.roomId,
-    online: parts.connections ? (users) => parts.connections!.online(users) : null,
+    online: (users) => parts.connections.online(users),
     log: log.child({ component: "gateway:api" }),
     development: config.devSignIn,
     devTokenSigning: { secret: config.jwtSecret, audience: config.jwtAudience, issuer: config.jwtIssuer },
@@ -206,7 +204,7 @@ export async function startGateway(config: Readonly<GatewayConfig>, parts: Gatew
     log.child({ component: "gateway:uws" }),
     metrics,
     api,
-    connections,
+    parts.connections,
   );
   const port = await server.listen();
   const idleHeap = new IdleHeapCollector(

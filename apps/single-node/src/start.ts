@@ -1,4 +1,4 @@
-import { MemoryConnectionLimit, MemoryPresence, MemoryPubSub, MemoryRateLimiter, onlineEnvelope, redisNames } from "@chat/bus";
+import { MemoryConnectionLimit, MemoryPresence, MemoryPubSub, MemoryRateLimiter, onlineEnvelope, redisNames, socketLimit } from "@chat/bus";
 import { StartupError, exitOnStartupFailure, portProblem } from "@chat/config";
 import { DatabaseStartupError, checkDatabase, createDb, redactUrl, runMigrations, schemaStatus, survivePostgresClosedSocketWrites, warnIfSchemaAhead, type DbClient } from "@chat/db";
 import { DataDirInUseError, PostgresMessageLog, openEmbeddedPostgres, type EmbeddedPostgres } from "@chat/embedded";
@@ -86,8 +86,7 @@ try {
         stream,
         rateLimiter: gatewayConfig.rateMessagesPerSecond > 0 ? new MemoryRateLimiter(gatewayConfig.rateMessagesPerSecond, gatewayConfig.rateMessagesBurst) : null,
         presence: new MemoryPresence(presenceTtlMs),
-        // Counted also without a limit: the count is who is online (presence in the conversation list).
-        connections: new MemoryConnectionLimit(maxConnectionsPerUser > 0 ? maxConnectionsPerUser : Number.MAX_SAFE_INTEGER, presenceTtlMs, (user, online) => {
+        connections: new MemoryConnectionLimit(socketLimit(maxConnectionsPerUser), presenceTtlMs, (user, online) => {
           void bus.publish(names.onlineChannel(user), onlineEnvelope(gatewayConfig.nodeId, user, online));
         }),
         db,

@@ -77,6 +77,12 @@ export interface CountedConnection {
  * last one offline, in the order the counter took them, so that concurrent opens and closes on
  * different nodes cannot leave a listener with the wrong state.
  */
+/**
+ * The limit a ConnectionCounter enforces for CHAT_MAX_CONNECTIONS_PER_USER: 0 turns the refusal off,
+ * never the count, which is who is online.
+ */
+export const socketLimit = (configured: number): number => (configured > 0 ? configured : Number.MAX_SAFE_INTEGER);
+
 export interface ConnectionCounter {
   readonly limit: number;
   /** Counts the socket; null when the user already has `limit` open. */

@@ -31,9 +31,14 @@ export function encodeEnvelope(origin: string, target: string, frames: readonly 
   return `${origin}\t${target}\t${Date.now()}\n${frames.join("\n")}`;
 }
 
+/** The `presence` event: whether `username` has a socket open now. */
+export function presenceFrame(username: string, online: boolean): string {
+  return JSON.stringify({ type: "presence", user: username, online });
+}
+
 /** What a user's online channel carries when they come online or go offline (ConnectionCounter). */
 export function onlineEnvelope(origin: string, username: string, online: boolean): string {
-  return encodeEnvelope(origin, ALL, [JSON.stringify({ type: "presence", user: username, online })]);
+  return encodeEnvelope(origin, ALL, [presenceFrame(username, online)]);
 }
 
 export class EnvelopeDecodeError extends Error {

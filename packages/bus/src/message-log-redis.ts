@@ -100,7 +100,7 @@ export class RedisMessageLog implements MessageLog {
     private readonly options: RedisMessageLogOptions,
   ) {
     this.partitions = names.partitions;
-    if (options.rate && "isCluster" in redis && redis.isCluster) {
+    if (options.rate && isCluster(redis)) {
       throw new TypeError("RedisMessageLog: the rate option needs a single Redis; on a cluster, use RedisRateLimiter");
     }
     defineScripts(redis);

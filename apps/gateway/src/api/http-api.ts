@@ -64,8 +64,8 @@ export interface HttpApiOptions {
   signer: MediaUrlSigner;
   upload: UploadPolicy;
   roomId: (a: string, b: string) => string;
-  /** Who of these users is online now; null: nobody is counted, and `online` is false. */
-  online: ((usernames: readonly string[]) => Promise<Set<string>>) | null;
+  /** Who of these users is online now. */
+  online: (usernames: readonly string[]) => Promise<Set<string>>;
   log: Logger;
   now?: () => Date;
   /** Development mode (config.development): turns on POST /api/dev/token. @default false */
@@ -140,7 +140,7 @@ export class HttpApi {
     if (after === null) throw new ApiError(400, "invalid_cursor", "cursor is not one this API returned");
     const rows = await listConversations(this.o.db, username, { limit: limit + 1, after });
     const page = rows.slice(0, limit);
-    const online = (await this.o.online?.(page.map((r) => r.otherUsername))) ?? new Set<string>();
+    const online = await this.o.online(page.map((r) => r.otherUsername));
     return json(200, {
       conversations: page.map((r) => ({
         id: this.o.roomId(username, r.otherUsername),

@@ -2,6 +2,7 @@ import {
   ALL,
   SubscriptionRouter,
   encodeEnvelope,
+  type ConnectionCounter,
   type CountedConnection,
   type MessageLog,
   type Presence,
@@ -55,8 +56,8 @@ export interface CoreOptions {
   maxReplay: number;
   /** CHAT_PRESENCE_PARTNERS: how many recent partners an all-conversations socket hears come and go. */
   presencePartners: number;
-  /** Who of these users is online now (they have a counted socket); null: nobody is counted. */
-  online: ((usernames: readonly string[]) => Promise<Set<string>>) | null;
+  /** Open sockets per user, cluster-wide: counted here, refreshed with presence; who is online. */
+  connections: ConnectionCounter;
   maxMessageLength: number;
   /** Each user's send budget, cluster-wide; null when unlimited. */
   rateLimiter: RateLimiter | null;
@@ -84,7 +85,7 @@ export class GatewayCore {
   readonly media: MediaReferences;
   readonly maxReplay: number;
   readonly presencePartners: number;
-  readonly online: ((usernames: readonly string[]) => Promise<Set<string>>) | null;
+  readonly connections: ConnectionCounter;
   readonly rateLimiter: RateLimiter | null;
   readonly echoOnAccept: boolean;
   private readonly isRedisReady: () => boolean;
@@ -101,8 +102,6 @@ export class GatewayCore {
   readonly notificationSessions = new Set<{ readonly userChannel: string; resync(): void }>();
   /** This node's chat sessions by partition of their conversation, for resyncPartition. */
   private readonly chatSessions = new Map<number, Set<{ resync(): void }>>();
-  /** Refreshes the counted sockets' entries; set when the per-user limit is on. */
-  refreshConnections: ((entries: Iterable<CountedConnection>) => Promise<void>) | null = null;
   /** Chat sessions with accepted sends whose echo has not arrived over the channel yet. */
   readonly awaitingEcho = new Set<{ flushEchoes(): void; flushOverdue(acceptedBefore: number): number }>();
   /** Presence removals in flight, awaited before a draining node disconnects from Redis. */
@@ -124,7 +123,7 @@ export class GatewayCore {
     this.media = options.media;
     this.maxReplay = options.maxReplay;
     this.presencePartners = options.presencePartners;
-    this.online = options.online;
+    this.connections = options.connections;
     this.rateLimiter = options.rateLimiter;
     this.echoOnAccept = options.echoOnAccept;
     this.isRedisReady = options.redisReady;
@@ -212,8 +211,8 @@ export class GatewayCore {
       if (this.presenceEntries.size > 0) {
         this.presence.refresh([...this.presenceEntries]).catch((err: unknown) => this.log.warn({ err }, "presence refresh failed"));
       }
-      if (this.refreshConnections && this.countedConnections.size > 0) {
-        this.refreshConnections(this.countedConnections).catch((err: unknown) => this.log.warn({ err }, "connection count refresh failed"));
+      if (this.countedConnections.size > 0) {
+        this.connections.refresh(this.countedConnections).catch((err: unknown) => this.log.warn({ err }, "connection count refresh failed"));
       }
     }, Math.floor(ttl / 3));
     const sweep = setInterval(() => {

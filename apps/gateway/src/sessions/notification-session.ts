@@ -1,4 +1,4 @@
-import { ALL, conversationTarget, type Envelope } from "@chat/bus";
+import { ALL, conversationTarget, presenceFrame, type Envelope } from "@chat/bus";
 import { CloseCode, ErrorCode, clientIdOf } from "@chat/protocol";
 import type { GatewayCore } from "./core.js";
 import type { SessionSocket } from "./socket.js";
@@ -14,10 +14,13 @@ const CONVERSATION_TARGET = conversationTarget("");
 export class NotificationSession extends SubscribedSession {
   /**
    * The partners whose online channel this socket listens to, most recent first (all-conversations
-   * only): the user's most recent conversations when it opened, then each new sender.
+   * only): the user's most recent conversations when it opened, then each new sender. Null on the
+   * sockets without presence, most of them: nothing allocated per idle socket.
    */
-  private readonly watched: string[] = [];
+  private watched: string[] | null = null;
   private watching = false;
+  /** Whether this socket tells its partners' presence: `?presence=1` on /ws/notifications/, and partners to watch. */
+  private readonly presence: boolean;
 
   constructor(
     core: GatewayCore,
@@ -25,14 +28,15 @@ export class NotificationSession extends SubscribedSession {
     username: string,
     private readonly other: string | undefined,
     /** `?presence=1`: the partners' presence events (all-conversations only). */
-    private readonly presence = false,
+    presence = false,
   ) {
     super(core, socket, username, core.names.userChannel(username), other === undefined ? ALL : conversationTarget(other));
+    this.presence = presence && other === undefined && core.presencePartners > 0;
   }
 
   /** The user's channel, which GatewayCore.resyncNotifications goes by. */
   get userChannel(): string {
-    return this.core.names.userChannel(this.username);
+    return this.channel;
   }
 
   /** See GatewayCore.resyncNotifications: the client reconnects and gets the counts as they are. */
@@ -45,12 +49,12 @@ export class NotificationSession extends SubscribedSession {
     this.core.notificationSessions.add(this);
     if (this.other === undefined) {
       const partners = await this.watchPartners();
-      const [total, online] = await Promise.all([this.core.unread.total(this.username), this.core.online?.(partners) ?? new Set<string>()]);
+      const [total, online] = await Promise.all([this.core.unread.total(this.username), this.core.connections.online(partners)]);
       this.socket.send(JSON.stringify({ type: "unread_count", unread_count: total }));
       // Their state now; a change since the subscription comes after it, among the held frames.
-      for (const user of partners) this.socket.send(JSON.stringify({ type: "presence", user, online: online.has(user) }));
+      for (const user of partners) this.socket.send(presenceFrame(user, online.has(user)));
       // From now on a new sender is watched too (after the first events, which come first).
-      this.watching = this.presence && this.core.presencePartners > 0 && this.core.online !== null;
+      this.watching = this.presence;
     } else {
       const count = await this.core.unread.from(this.username, this.other);
       this.socket.send(JSON.stringify({ type: "single_conversation_unread_count", unread_count: count }));
@@ -63,11 +67,10 @@ export class NotificationSession extends SubscribedSession {
    * conversations, and one announcement per change of a user whatever the number of listeners.
    */
   private async watchPartners(): Promise<string[]> {
-    const limit = this.core.presencePartners;
-    if (!this.presence || limit === 0 || this.core.online === null) return [];
-    const partners = await this.core.history.recentPartners(this.username, limit);
+    if (!this.presence) return [];
+    const partners = await this.core.history.recentPartners(this.username, this.core.presencePartners);
     if (this.closed) return [];
-    this.watched.push(...partners);
+    this.watched = [...partners];
     await Promise.all(partners.map((user) => this.core.router.add(this.core.names.onlineChannel(user), this)));
     return partners;
   }
@@ -80,21 +83,22 @@ export class NotificationSession extends SubscribedSession {
   }
 
   private watchNewPartner(user: string): void {
-    if (this.closed || this.watched.includes(user)) return;
-    this.watched.unshift(user);
+    const watched = this.watched;
+    if (this.closed || watched === null || watched.includes(user)) return;
+    watched.unshift(user);
     const added = this.core.router.add(this.core.names.onlineChannel(user), this);
-    if (this.watched.length > this.core.presencePartners) this.core.router.remove(this.core.names.onlineChannel(this.watched.pop()!), this);
+    if (watched.length > this.core.presencePartners) this.core.router.remove(this.core.names.onlineChannel(watched.pop()!), this);
     void (async () => {
       await added;
-      const online = (await this.core.online?.([user])) ?? new Set<string>();
-      if (!this.closed && this.watched.includes(user)) this.socket.send(JSON.stringify({ type: "presence", user, online: online.has(user) }));
+      const online = await this.core.connections.online([user]);
+      if (!this.closed && watched.includes(user)) this.socket.send(presenceFrame(user, online.has(user)));
     })().catch((err: unknown) => this.core.log.warn({ err, user: this.username, partner: user }, "watching a new partner's presence failed"));
   }
 
   protected release(): void {
     this.core.notificationSessions.delete(this);
-    this.watching = false;
-    for (const user of this.watched.splice(0)) this.core.router.remove(this.core.names.onlineChannel(user), this);
+    for (const user of this.watched ?? []) this.core.router.remove(this.core.names.onlineChannel(user), this);
+    this.watched = null;
   }
 
   receive(text: string): void {

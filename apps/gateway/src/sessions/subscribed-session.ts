@@ -46,7 +46,7 @@ export abstract class SubscribedSession implements Session, ChannelListener {
     protected readonly core: GatewayCore,
     protected readonly socket: SessionSocket,
     protected readonly username: string,
-    private readonly channel: string,
+    protected readonly channel: string,
     /** Envelope target this socket wants (see @chat/bus ALL / conversationTarget). */
     private readonly target: string,
   ) {}

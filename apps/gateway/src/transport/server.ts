@@ -28,7 +28,7 @@ interface SocketData {
   presence: boolean;
   /** When the token expires (epoch ms), or 0 for a token without `exp`. */
   expiresAtMs: number;
-  /** This socket's entry in its user's cluster-wide socket count, once taken (when that limit is on). */
+  /** This socket's entry in its user's cluster-wide socket count, once taken. */
   counted: CountedConnection | null;
   session: Session | null;
   closed: boolean;
@@ -159,8 +159,8 @@ export class GatewayServer {
     private readonly log: Logger,
     private readonly metrics: GatewayMetrics,
     api: HttpApi,
-    /** Cluster-wide sockets-per-user limit; null when off. */
-    private readonly connections: ConnectionCounter | null,
+    /** Cluster-wide sockets per user: the limit, and who is online. */
+    private readonly connections: ConnectionCounter,
   ) {
     this.upgradeLimiter = options.upgradesPerIpPerSecond > 0 ? new UpgradeLimiter(options.upgradesPerIpPerSecond) : null;
     this.app = uws.App();
@@ -353,7 +353,7 @@ export class GatewayServer {
     if (endpoint.kind !== "notifications" && endpoint.other === username) {
       return { refusal: [UpgradeRefusal.bad_request, "bad_path", "cannot open a conversation with yourself"] };
     }
-    if (this.connections && (this.localSockets.get(username) ?? 0) >= this.connections.limit) {
+    if ((this.localSockets.get(username) ?? 0) >= this.connections.limit) {
       this.log.info({ user: username, limit: this.connections.limit }, "upgrade refused: too many sockets");
       return { refusal: [UpgradeRefusal.too_many, "too_many_connections", `at most ${this.connections.limit} open sockets per user`] };
     }
@@ -379,17 +379,17 @@ export class GatewayServer {
     // users, and gone when the set-up runs after the handler returned. A microtask runs before any
     // frame of the socket can arrive (uWebSockets.js callbacks are macrotasks).
     const session = data.session;
-    const connections = this.connections;
     queueMicrotask(() => {
       // The cluster-wide count runs beside the subscription; the session shows nothing (no presence,
       // no event) before it: a socket over the limit is closed with 4029 before it shows anywhere.
-      const admitted = connections && !data.closed ? this.countConnection(ws, data, connections) : undefined;
+      const admitted = data.closed ? undefined : this.countConnection(ws, data);
       void session.start(admitted);
     });
   }
 
   /** Takes the socket's place in its user's cluster-wide count; false when it was refused (the socket is closed). */
-  private countConnection(ws: WebSocket<SocketData>, data: SocketData, connections: ConnectionCounter): Promise<boolean> {
+  private countConnection(ws: WebSocket<SocketData>, data: SocketData): Promise<boolean> {
+    const connections = this.connections;
     return connections.acquire(data.username, `${this.core.nodeId}:${this.core.nextSocketSeq()}`).then(
       (counted) => {
         if (data.closed) {
@@ -455,7 +455,7 @@ export class GatewayServer {
     }
     if (data.counted) {
       this.core.countedConnections.delete(data.counted);
-      this.core.track(this.connections!.release(data.counted).catch((err: unknown) => this.log.warn({ err }, "connection release failed")));
+      this.core.track(this.connections.release(data.counted).catch((err: unknown) => this.log.warn({ err }, "connection release failed")));
     }
     this.sockets.delete(ws);
     const local = (this.localSockets.get(data.username) ?? 1) - 1;
