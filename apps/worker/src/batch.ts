@@ -1,4 +1,4 @@
-import { ALL, conversationTarget, encodeEnvelope, exceptUserTarget, streamPosition, type RedisNames, type ReceivedEntry } from "@chat/bus";
+import { ALL, conversationTarget, encodeEnvelope, exceptUserTarget, positionTimeMs, streamPosition, type RedisNames, type ReceivedEntry } from "@chat/bus";
 import { pairKey, type BatchOutcome, type NewMessage, type ReadReceipt } from "@chat/db";
 
 /** Stream entries split by kind, in stream order, ready for persistBatch. */
@@ -81,7 +81,7 @@ export function notificationsFor(batch: PreparedBatch, outcome: BatchOutcome, na
       user: r.reader,
       room: r.otherUser,
       last_read_id: outcome.lastRead.get(key) ?? null,
-      read_at: new Date(Number(r.streamPosition / 1_000_000n)).toISOString(),
+      read_at: new Date(positionTimeMs(r.streamPosition)).toISOString(),
     };
     items.push({
       position: r.streamPosition,

@@ -107,6 +107,11 @@ export function streamIdOf(position: bigint): string {
   return `${position / 1_000_000n}-${position % 1_000_000n}`;
 }
 
+/** When the entry at a position was appended (epoch ms): a stream id's time part. */
+export function positionTimeMs(position: bigint): number {
+  return Number(position / 1_000_000n);
+}
+
 /** An entry as read from a log, decoded; a poison entry (undecodable) keeps only its raw text. */
 export function receivedEntry(streamId: string, raw: string): ReceivedEntry {
   let entry: StreamEntry | undefined;
