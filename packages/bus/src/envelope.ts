@@ -23,6 +23,12 @@ export const ALL = "*";
 export const conversationTarget = (other: string): string => `c:${other}`;
 export const EXCEPT_USER = "x:";
 export const exceptUserTarget = (user: string): string => `${EXCEPT_USER}${user}`;
+/**
+ * Closes sockets instead of reaching them: on a group's channel, `removedTarget(user)` closes that
+ * user's chat sockets of the group; on a user's channel, `removedTarget(<group conversation>)` their
+ * notification sockets of the group (a member removed while connected).
+ */
+export const removedTarget = (who: string): string => `k:${who}`;
 
 const NL = 0x0a;
 const TAB = 0x09;

@@ -10,6 +10,7 @@ export interface MessageEntry {
   /** UUIDv7, assigned by the gateway; the idempotency key of the write. */
   id: string;
   from: string;
+  /** The recipient: a username, or a group's conversation id (`#<group id>`, see groupConversation). */
   to: string;
   message: string;
   multimedia_url: string | null;
@@ -20,7 +21,10 @@ export interface MessageEntry {
   date_added: string;
 }
 
-/** `reader` read every message `other` sent them that is earlier in the stream than this entry. */
+/**
+ * `reader` read every message `other` sent them that is earlier in the stream than this entry; with
+ * a group's conversation id as `other`, every message of the group's.
+ */
 export interface ReadEntry {
   kind: "read";
   reader: string;

@@ -38,6 +38,11 @@ export interface RedisNames {
   readonly partitionsKey: string;
   /** Identifies a conversation independently of who addresses whom: the two usernames in order. */
   roomId(a: string, b: string): string;
+  /**
+   * The conversation of an entry from `from` to `to`: `to` itself when it is a group's
+   * (`#<group id>`, see groupConversation), else the pair's roomId.
+   */
+  conversationOf(from: string, to: string): string;
   /** Shard channel carrying a conversation's chat events (chat_message, user_join, user_leave). */
   roomChannel(roomId: string): string;
   /** Shard channel carrying one user's notification events. */
@@ -56,7 +61,7 @@ export interface RedisNames {
   /** Token bucket of a user's sends (messages and reads), shared by every node. */
   rateBucket(username: string): string;
   /**
-   * The chat_message frame of a sender's client_id in one conversation (from `from` to `to`), so a
+   * The chat_message frame of a sender's client_id in one conversation (from `from` to `to`, a user or a group), so a
    * retried send is not accepted twice. Scoped to the conversation: the same client_id sent to
    * another partner is another message.
    */
@@ -66,6 +71,17 @@ export interface RedisNames {
 }
 
 const roomIdOf = (a: string, b: string): string => (a < b ? `${a}:${b}` : `${b}:${a}`);
+
+/**
+ * A group's conversation id: what its entries carry as recipient (`to`), and its messages as room and
+ * recipient in Postgres. No username starts with '#', so it never collides with a user or a pair.
+ */
+export const groupConversation = (groupId: string): string => `#${groupId}`;
+
+/** Whether a recipient or conversation id is a group's (see groupConversation). */
+export const isGroupConversation = (id: string): boolean => id.startsWith("#");
+
+const conversationOf = (from: string, to: string): string => (isGroupConversation(to) ? to : roomIdOf(from, to));
 
 export function redisNames(prefix: string, partitions: number = DEFAULT_PARTITIONS): RedisNames {
   const tags = partitionTags(partitions).map((tag) => `${prefix}{${tag}}:`);
@@ -87,6 +103,7 @@ export function redisNames(prefix: string, partitions: number = DEFAULT_PARTITIO
     workers: `${prefix}{meta}:workers`,
     partitionsKey: `${prefix}{meta}:partitions`,
     roomId: roomIdOf,
+    conversationOf,
     roomChannel: (roomId) => `${ofRoom(roomId)}room:${roomId}`,
     userChannel: (username) => `${ofUser(username)}user`,
     onlineChannel: (username) => `${ofUser(username)}online`,
@@ -96,7 +113,7 @@ export function redisNames(prefix: string, partitions: number = DEFAULT_PARTITIO
     rateBucket: (username) => `${ofUser(username)}rate`,
     // The client_id is the client's: hashed so no byte of it reaches a key name.
     clientMessage: (from, to, clientId) =>
-      `${ofRoom(roomIdOf(from, to))}client-msg:${from}:${to}:${createHash("sha256").update(clientId).digest("base64url")}`,
+      `${ofRoom(conversationOf(from, to))}client-msg:${from}:${to}:${createHash("sha256").update(clientId).digest("base64url")}`,
     userConnections: (username) => `${ofUser(username)}connections`,
   };
 }

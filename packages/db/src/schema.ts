@@ -8,9 +8,10 @@ export const messages = pgTable(
     id: uuid("id").primaryKey(),
     /** The entry's position in the Redis stream (see @chat/bus streamPosition); orders reads against messages. */
     streamPosition: bigint("stream_position", { mode: "bigint" }).notNull(),
-    /** The conversation: the two usernames in order, `a:b`. */
+    /** The conversation: the two usernames in order, `a:b`; for a group, `#<group id>`. */
     roomId: text("room_id").notNull(),
     fromUser: text("from_user").notNull(),
+    /** The recipient; for a group, `#<group id>` (no username starts with '#'). */
     toUser: text("to_user").notNull(),
     content: text("content").notNull(),
     multimediaUrl: text("multimedia_url"),
@@ -18,6 +19,11 @@ export const messages = pgTable(
     multimediaUrlExpiration: timestamp("multimedia_url_expiration", { withTimezone: true, mode: "string" }),
     clientId: text("client_id"),
     dateAdded: timestamp("date_added", { withTimezone: true, mode: "string" }).notNull(),
+    /**
+     * A group's system event (who created it, added or removed whom, renamed it) as JSON; null for a
+     * chat message. Written by the API with the membership change, never counted as unread.
+     */
+    event: text("event"),
   },
   (t) => [
     // Unread recount after a read: only the messages past the reader's watermark are visited.
@@ -30,8 +36,11 @@ export const messages = pgTable(
 );
 
 /**
- * One row per user and conversation partner: the unread counter and the read watermark.
- * unread_count = messages from other_username to username with stream_position > read_position.
+ * One row per user and conversation: the unread counter and the read watermark. For a 1:1
+ * conversation `other_username` is the partner and unread_count = messages from other_username to
+ * username with stream_position > read_position. For a group it is `#<group id>`, the row is the
+ * membership itself (`role` says admin or member), and unread_count = the group's chat messages from
+ * anyone else past read_position.
  */
 export const conversationMembers = pgTable(
   "conversation_members",
@@ -42,13 +51,26 @@ export const conversationMembers = pgTable(
     readPosition: bigint("read_position", { mode: "bigint" }).notNull().default(sql`0`),
     lastMessageId: uuid("last_message_id"),
     lastActivityAt: timestamp("last_activity_at", { withTimezone: true, mode: "string" }),
+    /** A group member's role, `admin` or `member`; null for a 1:1 conversation. */
+    role: text("role"),
   },
   (t) => [
     primaryKey({ columns: [t.username, t.otherUsername] }),
+    // A group's members (fan-out, member list, limit). Partial: 1:1 rows (most) have no role.
+    index("conversation_members_group_idx").on(t.otherUsername, t.username).where(sql`${t.role} IS NOT NULL`),
     // The conversation list's keyset order, whole: no sort of a user's conversations per page.
     index("conversation_members_activity_idx").on(t.username, t.lastActivityAt.desc(), t.otherUsername.desc()),
   ],
 );
+
+/** Group conversations: their members are conversation_members rows with other_username `#<id>`. */
+export const chatGroups = pgTable("chat_groups", {
+  /** UUIDv7; the public id of /api/groups/{id} and /ws/groups/{id}/. */
+  id: uuid("id").primaryKey(),
+  name: text("name").notNull(),
+  createdBy: text("created_by").notNull(),
+  createdAt: timestamp("created_at", { withTimezone: true, mode: "string" }).notNull(),
+});
 
 /** Files uploaded through POST /api/rooms/upload; who may read one is decided from this and messages. */
 export const uploads = pgTable(

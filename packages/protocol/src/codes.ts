@@ -64,6 +64,15 @@ export const CloseCode = {
    * node's subscription there was lost for a while): reconnect with `?since=` to get them.
    */
   resync: 4002,
+  /** You were removed from the group (or left it, from another socket) while this socket was open: do not reconnect. */
+  removed_from_group: 4003,
+  /**
+   * No such group among yours: sent before any event on /ws/groups/{id}/ and
+   * /ws/notifications/groups/{id}/ to anyone who is not a member, whether the group exists or not.
+   * (Membership is a database read, which this uWebSockets.js build cannot wait for before the
+   * upgrade: see docs/protocol.md.)
+   */
+  not_a_member: 4004,
   /**
    * The user already has CHAT_MAX_CONNECTIONS_PER_USER sockets open across the cluster (the count is
    * taken once the socket is open; a node refuses the upgrade with 429 when it alone holds that many).

@@ -15,8 +15,9 @@ export interface ChatMessageEvent {
   /** ISO 8601 UTC. */
   date_added: string;
   from_user: UserRef;
-  to_user: UserRef;
-  /** The recipient's username, as the sender addressed it. */
+  /** The recipient; null in a group. */
+  to_user: UserRef | null;
+  /** The recipient's username, as the sender addressed it; in a group, the group's id. */
   room: string;
   /** Echoed when the sender gave one. */
   client_id?: string;
@@ -100,6 +101,27 @@ export interface PresenceEvent {
   online: boolean;
 }
 
+/** A group's membership or name changed (also in its history, as a system event). */
+export interface GroupEventEvent {
+  type: "group_event";
+  /** The event's id in the group's history. */
+  id: string;
+  /** The group's id. */
+  room: string;
+  event: "created" | "renamed" | "member_added" | "member_removed" | "member_left";
+  /** Who made the change. */
+  by: string;
+  /** Who was added, removed or left. */
+  user?: string;
+  /** The group's name (created, renamed). */
+  name?: string;
+  /** Everyone in it (created). */
+  members?: string[];
+  /** A line to show ("alice added carol"). */
+  text: string;
+  date_added: string;
+}
+
 export interface ErrorEvent {
   type: "error";
   code: string;
@@ -121,6 +143,7 @@ export type ServerEvent =
   | TypingEvent
   | ReadReceiptEvent
   | PresenceEvent
+  | GroupEventEvent
   | ErrorEvent;
 
 /** Events a client sends, on the chat socket `/ws/{other}/` only. */

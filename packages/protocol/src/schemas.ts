@@ -55,6 +55,8 @@ function event(type: string, properties: Record<string, unknown>, required: stri
 }
 
 const messageId = { type: "string", pattern: "^[0-9a-f]{8}-[0-9a-f]{4}-7[0-9a-f]{3}-[89ab][0-9a-f]{3}-[0-9a-f]{12}$" } as const;
+/** A conversation as its frames name it: the partner's username (1:1) or the group's id. */
+const room = { anyOf: [username, messageId] } as const;
 
 export const serverEventSchemas = {
   chat_message: event(
@@ -65,8 +67,9 @@ export const serverEventSchemas = {
       multimedia_url: { type: ["string", "null"] },
       date_added: isoDate,
       from_user: userRef,
-      to_user: userRef,
-      room: username,
+      // null in a group
+      to_user: { anyOf: [userRef, { type: "null" }] },
+      room,
       client_id: clientId,
     },
     ["id", "message", "multimedia_url", "date_added", "from_user", "to_user", "room"],
@@ -86,12 +89,27 @@ export const serverEventSchemas = {
     ["last_message", "last_datetime"],
   ),
   catch_up_end: event("catch_up_end", { recovered: { type: "boolean" }, count: count }, ["recovered", "count"]),
-  typing: event("typing", { user: username, room: username }, ["user", "room"]),
+  typing: event("typing", { user: username, room }, ["user", "room"]),
   presence: event("presence", { user: username, online: { type: "boolean" } }, ["user", "online"]),
   read_receipt: event(
     "read_receipt",
-    { user: username, room: username, last_read_id: { anyOf: [messageId, { type: "null" }] }, read_at: isoDate },
+    { user: username, room, last_read_id: { anyOf: [messageId, { type: "null" }] }, read_at: isoDate },
     ["user", "room", "last_read_id", "read_at"],
+  ),
+  group_event: event(
+    "group_event",
+    {
+      id: messageId,
+      room: messageId,
+      event: { enum: ["created", "renamed", "member_added", "member_removed", "member_left"] },
+      by: username,
+      user: username,
+      name: { type: "string" },
+      members: { type: "array", items: username },
+      text: { type: "string" },
+      date_added: isoDate,
+    },
+    ["id", "room", "event", "by", "text", "date_added"],
   ),
   error: event(
     "error",

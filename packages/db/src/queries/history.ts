@@ -21,8 +21,8 @@ export function encodeConversationCursor(row: ConversationRow): string {
  * four-digit year, optional fraction (microseconds at most), an explicit zone.
  */
 const CURSOR_TIME = /^(\d{4})-(\d{2})-(\d{2})[ T](\d{2}):(\d{2}):(\d{2})(?:\.\d{1,6})?(?:Z|[+-](\d{2})(?::?(\d{2}))?)$/;
-/** Usernames as @chat/protocol defines them (db does not depend on protocol). */
-const CURSOR_USER = /^[A-Za-z0-9@.+\-_]{1,150}$/;
+/** Usernames as @chat/protocol defines them (db does not depend on protocol), or a group's `#<id>`. */
+const CURSOR_USER = /^(?:[A-Za-z0-9@.+\-_]{1,150}|#[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12})$/;
 
 /** Whether a cursor's time is a real instant Postgres accepts (no year 10000, no 30 February, no bare number). */
 function validCursorTime(text: string): boolean {
@@ -54,11 +54,14 @@ export function decodeConversationCursor(cursor: string): { at: string; other: s
   return { at, other };
 }
 
-/** A user's conversations, most recent activity first (index conversation_members_activity_idx). */
+/**
+ * A user's conversations, most recent activity first (index conversation_members_activity_idx). A
+ * group's row has `otherUsername` `#<group id>`; `directOnly` leaves groups out.
+ */
 export async function listConversations(
   db: Db,
   username: string,
-  page: { limit: number; after?: { at: string; other: string } | undefined },
+  page: { limit: number; after?: { at: string; other: string } | undefined; directOnly?: boolean },
 ): Promise<ConversationRow[]> {
   const rows = await db
     .select({ member: conversationMembers, message: messages })
@@ -68,6 +71,7 @@ export async function listConversations(
       and(
         eq(conversationMembers.username, username),
         sql`${conversationMembers.lastActivityAt} IS NOT NULL`,
+        page.directOnly ? sql`${conversationMembers.role} IS NULL` : undefined,
         page.after
           ? sql`(${conversationMembers.lastActivityAt}, ${conversationMembers.otherUsername}) < (${page.after.at}::timestamptz, ${page.after.other})`
           : undefined,
@@ -134,12 +138,24 @@ export async function readPositions(db: Db, a: string, b: string): Promise<Map<s
   return out;
 }
 
-/** The newest `limit` messages of a conversation after a position, returned oldest first. */
+/**
+ * Every member's read position in a group (see readPositions), by username: a message is read by
+ * the members whose position reached its own.
+ */
+export async function groupReadPositions(db: Db, conversation: string): Promise<Map<string, bigint>> {
+  const rows = await db
+    .select({ username: conversationMembers.username, readPosition: conversationMembers.readPosition })
+    .from(conversationMembers)
+    .where(and(eq(conversationMembers.otherUsername, conversation), sql`${conversationMembers.role} IS NOT NULL`));
+  return new Map(rows.map((r) => [r.username, BigInt(r.readPosition)]));
+}
+
+/** The newest `limit` chat messages of a conversation after a position, returned oldest first (a group's system events are not among them). */
 export async function latestMessagesAfter(db: Db, roomId: string, after: bigint, limit: number): Promise<MessageRow[]> {
   const rows = await db
     .select()
     .from(messages)
-    .where(and(eq(messages.roomId, roomId), gt(messages.streamPosition, after)))
+    .where(and(eq(messages.roomId, roomId), gt(messages.streamPosition, after), sql`${messages.event} IS NULL`))
     .orderBy(desc(messages.streamPosition))
     .limit(limit);
   return rows.reverse();
@@ -152,15 +168,23 @@ export async function updateMessageMedia(db: Db, id: string, url: string, expira
 
 /**
  * Whether `username` may read an uploaded file: its uploader, or the other participant of a
- * conversation where the uploader sent it. A message quoting someone else's file_identifier
- * grants nothing.
+ * conversation where the uploader sent it, or a member of a group where the uploader sent it. A
+ * message quoting someone else's file_identifier grants nothing.
  */
 export async function canReadUpload(db: Db, identifier: string, uploader: string, username: string): Promise<boolean> {
   if (uploader === username) return true;
   const [row] = await db
     .select({ id: messages.id })
     .from(messages)
-    .where(and(eq(messages.fileIdentifier, identifier), eq(messages.fromUser, uploader), eq(messages.toUser, username)))
+    .where(
+      and(
+        eq(messages.fileIdentifier, identifier),
+        eq(messages.fromUser, uploader),
+        sql`(${messages.toUser} = ${username} OR ${messages.toUser} IN (
+          SELECT ${conversationMembers.otherUsername} FROM ${conversationMembers}
+          WHERE ${conversationMembers.username} = ${username} AND ${conversationMembers.role} IS NOT NULL))`,
+      ),
+    )
     .limit(1);
   return row !== undefined;
 }

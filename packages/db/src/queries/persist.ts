@@ -44,7 +44,7 @@ export interface BatchOutcome {
 export const pairKey = (username: string, other: string): string => `${username}\n${other}`;
 
 /** How long a batch waits for a connection before giving up (see ReserveTimeoutError). */
-const RESERVE_TIMEOUT_MS = 10_000;
+export const RESERVE_TIMEOUT_MS = 10_000;
 
 /**
  * No connection could be reserved in time. postgres.js 3.4 can leave reserve() waiting forever
@@ -78,7 +78,7 @@ function within<T>(work: Promise<T>, ms: number, timeoutError: () => Error): Pro
   return Promise.race([work, timeout]).finally(() => clearTimeout(timer));
 }
 
-async function reserveWithin(client: DbClient, ms: number): Promise<postgres.ReservedSql> {
+export async function reserveWithin(client: DbClient, ms: number): Promise<postgres.ReservedSql> {
   const reserving = client.sql.reserve();
   try {
     return await within(reserving, ms, () => new ReserveTimeoutError(`no Postgres connection within ${ms} ms`));
@@ -101,7 +101,9 @@ export class ConnectionLostError extends Error {
 
 
 /** Namespace of the per-user advisory locks (pg_advisory_lock(int, int)); arbitrary constant. */
-const USER_LOCK_SPACE = 72_026;
+export const USER_LOCK_SPACE = 72_026;
+/** Namespace of the per-group advisory locks: always taken before any user's (see chat_persist_batch). */
+export const GROUP_LOCK_SPACE = USER_LOCK_SPACE + 1;
 
 /**
  * Persists a batch of stream entries in one transaction, idempotently: a message id already present
