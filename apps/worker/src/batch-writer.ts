@@ -258,21 +258,21 @@ export class BatchWriter {
    */
   private publishNotifications(batch: PreparedBatch, givenUp: () => boolean): (outcome: BatchOutcome) => Promise<void> {
     return async (outcome) => {
-      const notifications = notificationsFor(batch, outcome, this.names, this.options.consumerName);
-      if (notifications.length === 0) return;
+      const { publishes, notifications } = notificationsFor(batch, outcome, this.names, this.options.consumerName);
+      if (publishes.length === 0) return;
       for (let attempt = 1; ; attempt++) {
         try {
-          await this.publisher.publishAll(notifications);
+          await this.publisher.publishAll(publishes);
           break;
         } catch (err) {
           if (attempt >= 5 || givenUp()) {
-            this.log.error({ err, notifications: notifications.length }, "notifications not published after commit");
+            this.log.error({ err, notifications, envelopes: publishes.length }, "notifications not published after commit");
             return;
           }
         }
         await sleep(100 * attempt);
       }
-      this.metrics.notificationsPublished.inc(notifications.length);
+      this.metrics.notificationsPublished.inc(notifications);
     };
   }
 

@@ -1,4 +1,14 @@
-import { ALL, conversationTarget, encodeEnvelope, exceptUserTarget, positionTimeMs, streamPosition, type RedisNames, type ReceivedEntry } from "@chat/bus";
+import {
+  ALL,
+  conversationTarget,
+  encodeEnvelope,
+  exceptUserTarget,
+  isGroupConversation,
+  positionTimeMs,
+  streamPosition,
+  type RedisNames,
+  type ReceivedEntry,
+} from "@chat/bus";
 import { pairKey, type BatchOutcome, type NewMessage, type ReadReceipt } from "@chat/db";
 
 /** Stream entries split by kind, in stream order, ready for persistBatch. */
@@ -24,7 +34,7 @@ export function prepareBatch(entries: readonly ReceivedEntry[], names: RedisName
         streamPosition: position,
         fromUser: entry.from,
         toUser: entry.to,
-        roomId: names.roomId(entry.from, entry.to),
+        roomId: names.conversationOf(entry.from, entry.to),
         content: entry.message,
         multimediaUrl: entry.multimedia_url,
         fileIdentifier: entry.file_identifier ?? null,
@@ -42,35 +52,71 @@ export function prepareBatch(entries: readonly ReceivedEntry[], names: RedisName
 /** A publish to a user channel, or a read receipt to a conversation's channel: [channel, envelope]. */
 export type Notification = [channel: string, payload: string];
 
+/** Frames for the sockets of one target on one channel. */
+interface Delivery {
+  channel: string;
+  target: string;
+  frames: string[];
+}
+
+/** How a conversation is named in the frames its members get: the group's id, or (1:1) the partner's username. */
+const roomLabel = (other: string): string => (isGroupConversation(other) ? other.slice(1) : other);
+
 /**
- * The notification events of a committed batch, in stream order, with the counts as committed.
+ * The notification events of a committed batch, with the counts as committed, in stream order for
+ * each socket: one envelope per channel and target, however many messages and members the batch
+ * holds (a group message's notifications go to each member's channel, batched there).
  * Messages that an earlier attempt already persisted are absent from `outcome.inserted` and get none.
- * Each reader's last read of the batch also gets a read_receipt on the conversation's channel, for the
- * other side's chat sockets (never the reader's); one an earlier attempt already sent is sent again,
- * which changes nothing for a client.
+ * A group message's recipients are the members the batch counted it for (outcome.pairUnread): the
+ * membership as committed when it was written. Each reader's last read of the batch also gets a
+ * read_receipt on the conversation's channel, for the other members' chat sockets (never the
+ * reader's); one an earlier attempt already sent is sent again, which changes nothing for a client.
  */
-export function notificationsFor(batch: PreparedBatch, outcome: BatchOutcome, names: RedisNames, origin: string): Notification[] {
-  type Item = { position: bigint; publish: Notification[] };
+export function notificationsFor(
+  batch: PreparedBatch,
+  outcome: BatchOutcome,
+  names: RedisNames,
+  origin: string,
+): { publishes: Notification[]; notifications: number } {
+  type Item = { position: bigint; deliveries: Delivery[] };
   const items: Item[] = [];
   const total = (u: string) => outcome.totalUnread.get(u) ?? 0;
   const pair = (u: string, o: string) => outcome.pairUnread.get(pairKey(u, o)) ?? 0;
+  let members: Map<string, string[]> | null = null;
+  const membersOf = (group: string): string[] => {
+    if (members === null) {
+      members = new Map();
+      for (const key of outcome.pairUnread.keys()) {
+        const [user, other] = key.split("\n") as [string, string];
+        if (!isGroupConversation(other)) continue;
+        const list = members.get(other);
+        if (list) list.push(user);
+        else members.set(other, [user]);
+      }
+    }
+    return members.get(group) ?? [];
+  };
   for (const m of batch.messages) {
     if (!outcome.inserted.has(m.id)) continue;
-    const channel = names.userChannel(m.toUser);
-    items.push({
-      position: m.streamPosition,
-      publish: [
-        [channel, encodeEnvelope(origin, ALL, [JSON.stringify({ type: "new_message_notification", unread_count: total(m.toUser) })])],
-        [
+    const deliveries: Delivery[] = [];
+    const recipients = isGroupConversation(m.toUser) ? membersOf(m.toUser).filter((u) => u !== m.fromUser) : [m.toUser];
+    for (const user of recipients) {
+      const channel = names.userChannel(user);
+      const other = isGroupConversation(m.toUser) ? m.toUser : m.fromUser;
+      deliveries.push(
+        { channel, target: ALL, frames: [JSON.stringify({ type: "new_message_notification", unread_count: total(user) })] },
+        {
           channel,
-          encodeEnvelope(origin, conversationTarget(m.fromUser), [
+          target: conversationTarget(other),
+          frames: [
             JSON.stringify({ type: "single_conversation_new_message_notification" }),
-            JSON.stringify({ type: "single_conversation_unread_count", unread_count: pair(m.toUser, m.fromUser) }),
+            JSON.stringify({ type: "single_conversation_unread_count", unread_count: pair(user, other) }),
             JSON.stringify({ type: "single_conversation_last_message", last_message: m.content, last_datetime: m.dateAdded }),
-          ]),
-        ],
-      ],
-    });
+          ],
+        },
+      );
+    }
+    items.push({ position: m.streamPosition, deliveries });
   }
   const lastReadOf = new Map<string, (typeof batch.reads)[number]>();
   for (const r of batch.reads) lastReadOf.set(pairKey(r.reader, r.otherUser), r);
@@ -79,32 +125,41 @@ export function notificationsFor(batch: PreparedBatch, outcome: BatchOutcome, na
     const receipt = {
       type: "read_receipt",
       user: r.reader,
-      room: r.otherUser,
+      room: roomLabel(r.otherUser),
       last_read_id: outcome.lastRead.get(key) ?? null,
       read_at: new Date(positionTimeMs(r.streamPosition)).toISOString(),
     };
     items.push({
       position: r.streamPosition,
-      publish: [[names.roomChannel(names.roomId(r.reader, r.otherUser)), encodeEnvelope(origin, exceptUserTarget(r.reader), [JSON.stringify(receipt)])]],
+      deliveries: [{ channel: names.roomChannel(names.conversationOf(r.reader, r.otherUser)), target: exceptUserTarget(r.reader), frames: [JSON.stringify(receipt)] }],
     });
   }
   for (const r of batch.reads) {
+    // A reader no longer in the group has no counts to tell.
+    if (!outcome.pairUnread.has(pairKey(r.reader, r.otherUser))) continue;
     const channel = names.userChannel(r.reader);
     items.push({
       position: r.streamPosition,
-      publish: [
-        [channel, encodeEnvelope(origin, ALL, [JSON.stringify({ type: "unread_count", unread_count: total(r.reader) })])],
-        [
-          channel,
-          encodeEnvelope(origin, conversationTarget(r.otherUser), [
-            JSON.stringify({ type: "single_conversation_unread_count", unread_count: pair(r.reader, r.otherUser) }),
-          ]),
-        ],
+      deliveries: [
+        { channel, target: ALL, frames: [JSON.stringify({ type: "unread_count", unread_count: total(r.reader) })] },
+        { channel, target: conversationTarget(r.otherUser), frames: [JSON.stringify({ type: "single_conversation_unread_count", unread_count: pair(r.reader, r.otherUser) })] },
       ],
     });
   }
   items.sort((a, b) => (a.position < b.position ? -1 : a.position > b.position ? 1 : 0));
-  return items.flatMap((i) => i.publish);
+  // One envelope per channel and target: each socket gets its frames in the order above.
+  const merged = new Map<string, Delivery>();
+  let notifications = 0;
+  for (const item of items) {
+    for (const d of item.deliveries) {
+      notifications++;
+      const key = `${d.channel}\t${d.target}`;
+      const into = merged.get(key);
+      if (into) into.frames.push(...d.frames);
+      else merged.set(key, { ...d, frames: [...d.frames] });
+    }
+  }
+  return { publishes: [...merged.values()].map((d) => [d.channel, encodeEnvelope(origin, d.target, d.frames)]), notifications };
 }
 
 /** The two users whose counters and notifications an entry touches; undefined for a poison entry. */

@@ -50,7 +50,7 @@ export class WorkerMetrics {
   });
   readonly notificationsPublished = new Counter({
     name: "chat_worker_notifications_published_total",
-    help: "Notification envelopes published on user channels",
+    help: "Notifications published after commits: one per recipient and socket kind of each message and read (batched into one envelope per channel and target)",
     registers: [this.registry],
   });
   readonly partitionsOwned = new Gauge({
