@@ -52,6 +52,12 @@ export const GATEWAY_SETTINGS = {
     description: "An all-conversations notifications socket is told when the partners of the user's this many most recent conversations come online or go offline (one subscription each, per socket's node)",
     parse: integer(0, 1000),
   },
+  groupMaxMembers: {
+    env: "CHAT_GROUP_MAX_MEMBERS",
+    default: "256",
+    description: "Most members a group conversation may have; adding or creating beyond it is refused with 409 `group_full`",
+    parse: integer(2, 10000),
+  },
   maxReplay: { env: "CHAT_MAX_REPLAY", default: "500", description: "Most missed messages replayed to a chat socket opened with ?since=", parse: integer(0, 10000) },
   rateMessagesPerSecond: { env: "CHAT_RATE_MESSAGES_PER_SECOND", default: "100", description: "Sends (messages and reads) per second per user, cluster-wide; more get error `rate_limited`; 0 disables", parse: integer(0, 1_000_000) },
   rateMessagesBurst: { env: "CHAT_RATE_MESSAGES_BURST", default: "200", description: "Burst allowance of that limit", parse: integer(1, 1_000_000) },
@@ -131,6 +137,7 @@ export interface GatewayConfig {
   drainWindowMs: number;
   idleGcGrowthMb: number;
   presencePartners: number;
+  groupMaxMembers: number;
   maxReplay: number;
   rateMessagesPerSecond: number;
   rateMessagesBurst: number;

@@ -8,7 +8,7 @@ import {
   type Publisher,
   type RateLimiter,
 } from "@chat/bus";
-import { latestMessagesAfter, listConversations, messageById, totalUnread, unreadFrom, uploadById, type DbClient } from "@chat/db";
+import { groupRole, latestMessagesAfter, listConversations, messageById, totalUnread, unreadFrom, uploadById, type DbClient } from "@chat/db";
 import { CloseCode } from "@chat/protocol";
 import type { Logger } from "@chat/log";
 import { HttpApi } from "./api/http-api.js";
@@ -22,6 +22,7 @@ import type { MediaStorage } from "./media/storage.js";
 import { IDLE_HEAP_DEFAULTS, IdleHeapCollector } from "./idle-heap.js";
 import { GatewayMetrics } from "./metrics.js";
 import { GatewayCore } from "./sessions/core.js";
+import { announceGroupChange } from "./group-announcer.js";
 import { PartitionProbe, PROBE_TARGET, type ProbePublish } from "./partition-probe.js";
 
 /** What a gateway runs on: the bus of one engine (Redis, or memory in one process) and its database. */
@@ -111,8 +112,9 @@ export async function startGateway(config: Readonly<GatewayConfig>, parts: Gatew
       },
       latestAfter: async (roomId, position, limit) =>
         (await latestMessagesAfter(db.db, roomId, position, limit)).map((row) => ({ position: row.streamPosition, event: messageEvent(row) })),
-      recentPartners: async (username, limit) => (await listConversations(db.db, username, { limit })).map((row) => row.otherUsername),
+      recentPartners: async (username, limit) => (await listConversations(db.db, username, { limit, directOnly: true })).map((row) => row.otherUsername),
     },
+    groups: { isMember: async (groupId, username) => (await groupRole(db, groupId, username)) !== null },
     media: {
       uploaderOf: async (identifier) => (await uploadById(db.db, identifier))?.uploader ?? null,
       // `storage` is set below, before the first socket can send.
@@ -180,6 +182,8 @@ export async function startGateway(config: Readonly<GatewayConfig>, parts: Gatew
       : new LocalMediaStorage(config.mediaDir, signer);
   const api = new HttpApi({
     db: db.db,
+    client: db,
+    groups: { maxMembers: config.groupMaxMembers, announce: (change) => announceGroupChange(names, (channel, frames, target) => core.publish(channel, frames, target), change) },
     verifier,
     storage,
     signer,

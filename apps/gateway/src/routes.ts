@@ -4,7 +4,12 @@ import { isValidUsername } from "@chat/protocol";
 export type Endpoint =
   | { kind: "chat"; other: string }
   | { kind: "notifications" }
-  | { kind: "conversation-notifications"; other: string };
+  | { kind: "conversation-notifications"; other: string }
+  | { kind: "group-chat"; group: string }
+  | { kind: "group-notifications"; group: string };
+
+/** A group's id as paths carry it: a UUID in lower case (the gateway makes UUIDv7s). */
+export const GROUP_ID_PATTERN = /^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$/;
 
 export type RouteResult = { ok: true; endpoint: Endpoint } | { ok: false; reason: string };
 
@@ -23,6 +28,14 @@ export function parseWebSocketPath(path: string): RouteResult {
   const rest = parts.slice(2).map(decode);
   if (rest.some((p) => p === undefined)) return { ok: false, reason: "malformed path encoding" };
   if (rest.length === 1 && rest[0] === "notifications") return { ok: true, endpoint: { kind: "notifications" } };
+  if (rest.length === 2 && rest[0] === "groups") {
+    const group = rest[1]!;
+    return GROUP_ID_PATTERN.test(group) ? { ok: true, endpoint: { kind: "group-chat", group } } : { ok: false, reason: "invalid group id in path" };
+  }
+  if (rest.length === 3 && rest[0] === "notifications" && rest[1] === "groups") {
+    const group = rest[2]!;
+    return GROUP_ID_PATTERN.test(group) ? { ok: true, endpoint: { kind: "group-notifications", group } } : { ok: false, reason: "invalid group id in path" };
+  }
   if (rest.length === 2 && rest[0] === "notifications") {
     const other = rest[1]!;
     return isValidUsername(other)

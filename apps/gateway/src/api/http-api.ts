@@ -5,6 +5,8 @@ import { v7 as uuidv7 } from "uuid";
 import {
   canReadUpload,
   decodeConversationCursor,
+  groupNames,
+  groupRole,
   encodeConversationCursor,
   insertUpload,
   listConversations,
@@ -17,6 +19,7 @@ import {
   uploadById,
   isDatabaseUnavailable,
   type Db,
+  type DbClient,
 } from "@chat/db";
 import { isValidUsername } from "@chat/protocol";
 import type { Logger } from "@chat/log";
@@ -26,6 +29,7 @@ import { SERVABLE_TYPES } from "../media/sniff.js";
 import { contentDisposition, IDENTIFIER_PATTERN, needsRefresh, REFRESH_MARGIN_MS, type MediaStorage } from "../media/storage.js";
 import { UploadGuard, UploadTooLargeError } from "../media/upload-guard.js";
 import { devTokenHandler, type DevTokenSigning } from "./dev-token.js";
+import { GroupsApi, type GroupsApiOptions } from "./groups-api.js";
 import { historyItem, messageResource } from "./serialize.js";
 import { ApiError, errorResponse, json, parseLimit, type ApiRequest, type ApiResponse } from "./types.js";
 
@@ -58,6 +62,10 @@ const MEDIA_HEADERS = {
 
 export interface HttpApiOptions {
   db: Db;
+  /** The same database, for what needs a transaction of its own (group changes). */
+  client: DbClient;
+  /** CHAT_GROUP_MAX_MEMBERS, and how a committed group change is announced. */
+  groups: Pick<GroupsApiOptions, "maxMembers" | "announce">;
   verifier: TokenVerifier;
   storage: MediaStorage;
   /** Signs and checks the /chat-media/ URLs of local storage. */
@@ -84,10 +92,13 @@ export class HttpApi {
 
   /** POST /api/dev/token (no bearer token: run it with handleAnonymous); 404 unless development. */
   readonly devToken: (req: ApiRequest) => Promise<ApiResponse>;
+  /** /api/groups and below. */
+  readonly groups: GroupsApi;
 
   constructor(private readonly o: HttpApiOptions) {
     this.now = o.now ?? (() => new Date());
     this.devToken = devTokenHandler(o.development ?? false, o.devTokenSigning);
+    this.groups = new GroupsApi({ client: o.client, ...o.groups, log: o.log, now: this.now });
   }
 
   /** Runs a handler with the caller's username; maps refusals and failures to responses. */
@@ -140,16 +151,26 @@ export class HttpApi {
     if (after === null) throw new ApiError(400, "invalid_cursor", "cursor is not one this API returned");
     const rows = await listConversations(this.o.db, username, { limit: limit + 1, after });
     const page = rows.slice(0, limit);
-    const online = await this.o.online(page.map((r) => r.otherUsername));
+    const partners = page.filter((r) => !r.otherUsername.startsWith("#")).map((r) => r.otherUsername);
+    const groups = page.filter((r) => r.otherUsername.startsWith("#")).map((r) => r.otherUsername.slice(1));
+    const [online, names] = await Promise.all([this.o.online(partners), groupNames(this.o.client, groups)]);
     return json(200, {
-      conversations: page.map((r) => ({
-        id: this.o.roomId(username, r.otherUsername),
-        name: this.o.roomId(username, r.otherUsername),
-        other_user: { username: r.otherUsername },
-        last_message: r.lastMessage ? messageResource(r.lastMessage) : null,
-        unread_count: r.unreadCount,
-        online: online.has(r.otherUsername),
-      })),
+      conversations: page.map((r) => {
+        const last_message = r.lastMessage ? messageResource(r.lastMessage) : null;
+        if (r.otherUsername.startsWith("#")) {
+          const id = r.otherUsername.slice(1);
+          return { kind: "group", id, name: names.get(id) ?? "", other_user: null, last_message, unread_count: r.unreadCount };
+        }
+        return {
+          kind: "direct",
+          id: this.o.roomId(username, r.otherUsername),
+          name: this.o.roomId(username, r.otherUsername),
+          other_user: { username: r.otherUsername },
+          last_message,
+          unread_count: r.unreadCount,
+          online: online.has(r.otherUsername),
+        };
+      }),
       next_cursor: rows.length > limit ? encodeConversationCursor(page.at(-1)!) : null,
     });
   };
@@ -187,9 +208,10 @@ export class HttpApi {
     const id = req.query.get("message_id") ?? "";
     if (!UUID.test(id)) throw new ApiError(400, "invalid_message_id", "message_id (a message id) is required");
     const row = await messageById(this.o.db, id);
-    if (!row || (row.fromUser !== username && row.toUser !== username)) {
-      throw new ApiError(404, "message_not_found", "no such message in your conversations");
-    }
+    const participant =
+      row !== undefined &&
+      (row.toUser.startsWith("#") ? (await groupRole(this.o.client, row.toUser.slice(1), username)) !== null : row.fromUser === username || row.toUser === username);
+    if (!row || !participant) throw new ApiError(404, "message_not_found", "no such message in your conversations");
     return row;
   }
 

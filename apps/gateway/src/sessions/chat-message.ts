@@ -1,4 +1,4 @@
-import type { MessageEntry } from "@chat/bus";
+import { isGroupConversation, type MessageEntry } from "@chat/bus";
 import type { ChatMessageEvent } from "@chat/protocol";
 
 /** A live chat_message frame starts with `{"type":"chat_message","id":"` then the 36-character id (see chatMessageEvent). */
@@ -18,8 +18,9 @@ export function chatMessageEvent(entry: MessageEntry): ChatMessageEvent {
     multimedia_url: entry.multimedia_url,
     date_added: entry.date_added,
     from_user: { username: entry.from },
-    to_user: { username: entry.to },
-    room: entry.to,
+    // A group's message names the group (its id) as room, and nobody as recipient.
+    to_user: isGroupConversation(entry.to) ? null : { username: entry.to },
+    room: isGroupConversation(entry.to) ? entry.to.slice(1) : entry.to,
   };
   if (entry.client_id !== undefined) event.client_id = entry.client_id;
   return event;

@@ -2,7 +2,9 @@ import {
   ALL,
   encodeEnvelope,
   exceptUserTarget,
+  groupConversation,
   presenceMember,
+  removedTarget,
   streamIdOf,
   streamPosition,
   uuidv7Time,
@@ -34,15 +36,33 @@ const SINCE_SCAN = 1_000;
 /** How long an echo sent directly is remembered, so a late copy from the channel is dropped. */
 const SENT_DIRECTLY_KEPT_MS = 60_000;
 
+/**
+ * How long a group socket's membership, checked at set-up, is trusted for its sends: a removal
+ * closes the socket at once over the group's channel, and a send after this long checks again, in
+ * case that close was lost (pub/sub is at most once).
+ */
+const MEMBERSHIP_RECHECK_MS = 10_000;
+
+/** The other side of a chat socket: a user (`/ws/{other}/`) or a group (`/ws/groups/{id}/`). */
+export type ChatPeer = { kind: "direct"; other: string } | { kind: "group"; id: string };
+
 /** A message to replay, at its position in the conversation's order. */
 interface ReplayMessage {
   position: bigint;
   event: ChatMessageEvent;
 }
 
-/** `/ws/{other}/`: the conversation between `username` and `other`. */
+/** `/ws/{other}/`: the conversation between `username` and `other`; `/ws/groups/{id}/`: a group's. */
 export class ChatSession extends SubscribedSession {
   private readonly roomId: string;
+  /** The entries' recipient: the other user, or the group's conversation id. */
+  private readonly to: string;
+  /** How frames of this socket name the conversation (`room`): the other user, or the group's id. */
+  private readonly room: string;
+  /** The group's id; null in a 1:1 conversation. */
+  private readonly group: string | null;
+  /** When this user's membership of the group was last confirmed (group sockets only). */
+  private memberCheckedAt = 0;
   private readonly roomChannel: string;
   /** The message-log partition of the conversation: its shard's health decides whether sends are taken. */
   private readonly partition: number;
@@ -72,16 +92,28 @@ export class ChatSession extends SubscribedSession {
     core: GatewayCore,
     socket: SessionSocket,
     username: string,
-    private readonly other: string,
+    peer: ChatPeer,
     /** Last message id the client saw, from `?since=`: replay what it missed. */
     private readonly since?: string,
   ) {
-    const roomId = core.names.roomId(username, other);
+    const to = peer.kind === "direct" ? peer.other : groupConversation(peer.id);
+    const roomId = core.names.conversationOf(username, to);
     const roomChannel = core.names.roomChannel(roomId);
     super(core, socket, username, roomChannel, ALL);
+    this.to = to;
+    this.room = peer.kind === "direct" ? peer.other : peer.id;
+    this.group = peer.kind === "group" ? peer.id : null;
     this.roomId = roomId;
     this.roomChannel = roomChannel;
     this.partition = core.stream.partitionOf(roomId);
+    if (this.group !== null) this.removedTarget = removedTarget(username);
+  }
+
+  protected override async admit(): Promise<boolean> {
+    if (this.group === null) return true;
+    const member = await this.core.groups.isMember(this.group, this.username);
+    this.memberCheckedAt = Date.now();
+    return member;
   }
 
   protected async greet(): Promise<void> {
@@ -156,7 +188,7 @@ export class ChatSession extends SubscribedSession {
     const found = await this.core.stream.findMessage(this.roomId, since, { fromMs: at - SINCE_WINDOW_MS, toMs: at + SINCE_WINDOW_MS, maxEntries: SINCE_SCAN });
     const entry = found?.entry;
     if (found && entry?.kind === "message" && entry.id === since) {
-      return this.core.names.roomId(entry.from, entry.to) === this.roomId ? streamPosition(found.streamId) : null;
+      return this.core.names.conversationOf(entry.from, entry.to) === this.roomId ? streamPosition(found.streamId) : null;
     }
     // Persisted and trimmed from the log between the two lookups: it is in Postgres now.
     return this.core.history.positionOf(since, this.roomId);
@@ -175,7 +207,7 @@ export class ChatSession extends SubscribedSession {
       const page = await this.core.stream.rangeBetween(this.roomId, after, before, REPLAY_PAGE);
       scanned += page.length;
       for (const { streamId, entry } of page) {
-        if (entry?.kind !== "message" || this.core.names.roomId(entry.from, entry.to) !== this.roomId) continue;
+        if (entry?.kind !== "message" || this.core.names.conversationOf(entry.from, entry.to) !== this.roomId) continue;
         newestFirst.push({ position: streamPosition(streamId), event: chatMessageEvent(entry) });
         if (newestFirst.length >= keep) return { messages: newestFirst.reverse(), complete: true };
       }
@@ -298,7 +330,7 @@ export class ChatSession extends SubscribedSession {
    */
   private typing(): void {
     if (this.closed || !this.core.typing.allow(this.username, Date.now())) return;
-    const frame = JSON.stringify({ type: "typing", user: this.username, room: this.other });
+    const frame = JSON.stringify({ type: "typing", user: this.username, room: this.room });
     this.core.publish(this.roomChannel, [frame], exceptUserTarget(this.username)).catch((err: unknown) => {
       // A hint that the next one replaces: nothing to tell the client.
       this.core.log.debug({ err, user: this.username, roomId: this.roomId }, "typing publish failed");
@@ -316,12 +348,14 @@ export class ChatSession extends SubscribedSession {
   private sendMessage(frame: AcceptedChatMessage): void {
     const url = frame.multimedia_url;
     const kind = url === undefined ? null : classifyMediaUrl(url);
-    const lookup = frame.file_identifier !== undefined || kind?.kind === "own";
+    const recheck = this.group !== null && Date.now() - this.memberCheckedAt > MEMBERSHIP_RECHECK_MS;
+    const lookup = frame.file_identifier !== undefined || kind?.kind === "own" || recheck;
     if (!lookup && this.checking === null) {
       if (kind?.kind === "refused") return this.refuseMedia(kind.reason, frame);
       return this.acceptMessage(frame);
     }
     const run = async () => {
+      if (recheck && !(await this.stillMember())) return;
       const refusal = await mediaRefusal(this.core.media, this.username, url, frame.file_identifier);
       if (this.closed) return;
       if (refusal !== null) return this.refuseMedia(refusal, frame);
@@ -335,6 +369,22 @@ export class ChatSession extends SubscribedSession {
     void next.finally(() => {
       if (this.checking === next) this.checking = null;
     });
+  }
+
+  /**
+   * Whether this user is still in the group, read again (see MEMBERSHIP_RECHECK_MS); when not, the
+   * socket is closed with 4003 as the removal's own close would have.
+   */
+  private async stillMember(): Promise<boolean> {
+    if (this.group === null) return true;
+    if (Date.now() - this.memberCheckedAt <= MEMBERSHIP_RECHECK_MS) return !this.closed;
+    const member = await this.core.groups.isMember(this.group, this.username);
+    this.memberCheckedAt = Date.now();
+    if (!member && !this.closed) {
+      this.core.log.info({ user: this.username, group: this.group }, "send from a removed member: socket closed");
+      this.socket.close(CloseCode.removed_from_group, "removed_from_group: you are no longer a member of this group");
+    }
+    return member && !this.closed;
   }
 
   private refuseMedia(reason: string, frame: AcceptedChatMessage): void {
@@ -353,7 +403,7 @@ export class ChatSession extends SubscribedSession {
       kind: "message",
       id: uuidv7(),
       from: this.username,
-      to: this.other,
+      to: this.to,
       message: frame.message,
       multimedia_url: frame.multimedia_url ?? null,
       date_added: new Date().toISOString(),
@@ -432,7 +482,7 @@ export class ChatSession extends SubscribedSession {
   private markRead(): void {
     if (!this.core.redisReady) return this.sendError(ErrorCode.unavailable, "read not recorded: the cluster's Redis is unreachable");
     if (!this.core.partitionAvailable(this.partition)) return this.sendError(ErrorCode.unavailable, "read not recorded: this conversation's Redis shard is failing over; send it again");
-    this.accept({ kind: "read", reader: this.username, other: this.other }).then(
+    this.accept({ kind: "read", reader: this.username, other: this.to }).then(
       (result) => {
         if (result.kind === "accepted") this.core.metrics.readsReceived.inc();
         else if (result.kind === "rate_limited") this.rateLimited(result.retryAfterMs);

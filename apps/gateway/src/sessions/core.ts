@@ -39,6 +39,11 @@ export interface History {
   recentPartners(username: string, limit: number): Promise<string[]>;
 }
 
+/** Who is in which group (read at a group socket's set-up, and now and then while it sends). */
+export interface GroupMembership {
+  isMember(groupId: string, username: string): Promise<boolean>;
+}
+
 export interface CoreOptions {
   nodeId: string;
   names: RedisNames;
@@ -50,6 +55,7 @@ export interface CoreOptions {
   presence: Presence;
   unread: UnreadCounts;
   history: History;
+  groups: GroupMembership;
   /** Uploads a chat_message may reference (checked before it is accepted). */
   media: MediaReferences;
   /** Most messages a reconnecting socket is replayed. */
@@ -82,6 +88,7 @@ export class GatewayCore {
   readonly stream: MessageLog;
   readonly unread: UnreadCounts;
   readonly history: History;
+  readonly groups: GroupMembership;
   readonly media: MediaReferences;
   readonly maxReplay: number;
   readonly presencePartners: number;
@@ -120,6 +127,7 @@ export class GatewayCore {
     this.stream = options.stream;
     this.unread = options.unread;
     this.history = options.history;
+    this.groups = options.groups;
     this.media = options.media;
     this.maxReplay = options.maxReplay;
     this.presencePartners = options.presencePartners;

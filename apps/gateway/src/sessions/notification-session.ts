@@ -1,4 +1,4 @@
-import { ALL, conversationTarget, presenceFrame, type Envelope } from "@chat/bus";
+import { ALL, conversationTarget, groupConversation, isGroupConversation, presenceFrame, removedTarget, type Envelope } from "@chat/bus";
 import { CloseCode, ErrorCode, clientIdOf } from "@chat/protocol";
 import type { GatewayCore } from "./core.js";
 import type { SessionSocket } from "./socket.js";
@@ -8,8 +8,9 @@ import { SubscribedSession } from "./subscribed-session.js";
 const CONVERSATION_TARGET = conversationTarget("");
 
 /**
- * `/ws/notifications/` (other undefined: every conversation) or `/ws/notifications/{other}/`
- * (one conversation). Both listen to the user's channel; the envelope target picks which.
+ * `/ws/notifications/` (other undefined: every conversation), `/ws/notifications/{other}/` (one
+ * conversation) or `/ws/notifications/groups/{id}/` (one group: other is its conversation id). All
+ * listen to the user's channel; the envelope target picks which.
  */
 export class NotificationSession extends SubscribedSession {
   /**
@@ -32,6 +33,18 @@ export class NotificationSession extends SubscribedSession {
   ) {
     super(core, socket, username, core.names.userChannel(username), other === undefined ? ALL : conversationTarget(other));
     this.presence = presence && other === undefined && core.presencePartners > 0;
+    if (other !== undefined && isGroupConversation(other)) this.removedTarget = removedTarget(other);
+  }
+
+  /** `/ws/notifications/groups/{id}/`. */
+  static forGroup(core: GatewayCore, socket: SessionSocket, username: string, groupId: string): NotificationSession {
+    return new NotificationSession(core, socket, username, groupConversation(groupId));
+  }
+
+  protected override admit(): Promise<boolean> {
+    const other = this.other;
+    if (other === undefined || !isGroupConversation(other)) return super.admit();
+    return this.core.groups.isMember(other.slice(1), this.username);
   }
 
   /** The user's channel, which GatewayCore.resyncNotifications goes by. */
@@ -78,7 +91,11 @@ export class NotificationSession extends SubscribedSession {
   override deliver(envelope: Envelope): void {
     // A message's notifications name its sender: one not watched yet (a conversation newer than this
     // socket) is watched from now on, in place of the least recent.
-    if (this.watching && envelope.target.startsWith(CONVERSATION_TARGET)) this.watchNewPartner(envelope.target.slice(CONVERSATION_TARGET.length));
+    if (this.watching && envelope.target.startsWith(CONVERSATION_TARGET)) {
+      const other = envelope.target.slice(CONVERSATION_TARGET.length);
+      // A group's members are not partners whose presence the list shows.
+      if (!isGroupConversation(other)) this.watchNewPartner(other);
+    }
     super.deliver(envelope);
   }
 

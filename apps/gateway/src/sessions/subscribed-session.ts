@@ -33,6 +33,8 @@ async function withinSetupTime<T>(work: Promise<T>, stage: string, deadlineMs: n
   }
 }
 
+const ADMITTED = Promise.resolve(true);
+
 /**
  * A socket that listens to one channel. Until its first event is sent, channel frames are held
  * back, so that first event is first; once it is sent the socket is fully subscribed.
@@ -54,6 +56,18 @@ export abstract class SubscribedSession implements Session, ChannelListener {
   /** Sends the endpoint's first event; runs after the subscription is in place. */
   protected abstract greet(): Promise<void>;
 
+  /**
+   * Whether the user may have this socket at all (a group's member): checked once subscribed, so a
+   * removal committed after the check reaches the socket (removedTarget). False closes the socket
+   * with 4004 before anything shows.
+   */
+  protected admit(): Promise<boolean> {
+    return ADMITTED;
+  }
+
+  /** The envelope target on this socket's channel that closes it with 4003 (see @chat/bus removedTarget); null: none. */
+  protected removedTarget: string | null = null;
+
   /** Releases what the endpoint holds beyond its subscription. */
   protected abstract release(): void;
 
@@ -67,6 +81,13 @@ export abstract class SubscribedSession implements Session, ChannelListener {
       await withinSetupTime(this.core.router.add(this.channel, this), stage, deadlineMs);
       this.subscribed = true;
       if (this.closed) return this.stop();
+      stage = "membership";
+      if (!(await withinSetupTime(this.admit(), stage, deadlineMs))) {
+        this.core.log.info({ user: this.username, channel: this.channel }, "socket refused: not a member");
+        this.socket.close(CloseCode.not_a_member, "not_a_member: no such group among yours");
+        return;
+      }
+      if (this.closed) return;
       if (admitted) {
         stage = "connection count";
         if (!(await withinSetupTime(admitted, stage, deadlineMs)) || this.closed) return;
@@ -98,7 +119,9 @@ export abstract class SubscribedSession implements Session, ChannelListener {
   }
 
   deliver(envelope: Envelope): void {
-    if (this.closed || !this.wants(envelope.target)) return;
+    if (this.closed) return;
+    if (envelope.target === this.removedTarget) return this.socket.close(CloseCode.removed_from_group, "removed_from_group: you are no longer a member of this group");
+    if (!this.wants(envelope.target)) return;
     const frames = this.skips() ? envelope.frames.filter((f) => !this.skip(f)) : envelope.frames;
     if (this.held) for (const frame of frames) this.held.push(frame);
     else this.socket.sendAll(frames);

@@ -6,7 +6,7 @@ import type { ApiRequest, ApiResponse } from "../api/types.js";
 type Handler = Parameters<HttpApi["handle"]>[1];
 
 const STATUS: Record<number, string> = {
-  200: "200 OK", 400: "400 Bad Request", 401: "401 Unauthorized", 403: "403 Forbidden", 404: "404 Not Found", 413: "413 Payload Too Large",
+  200: "200 OK", 201: "201 Created", 400: "400 Bad Request", 401: "401 Unauthorized", 403: "403 Forbidden", 404: "404 Not Found", 409: "409 Conflict", 413: "413 Payload Too Large",
   415: "415 Unsupported Media Type", 429: "429 Too Many Requests", 500: "500 Internal Server Error", 503: "503 Service Unavailable",
 };
 
@@ -194,7 +194,7 @@ function streamFile(res: HttpResponse, state: RequestState, status: string, out:
 /** Registers the API routes of docs/openapi.yaml on the uWebSockets.js app. */
 export function registerApiRoutes(app: TemplatedApp, api: HttpApi): void {
   const serve = (
-    method: "get" | "post",
+    method: "get" | "post" | "patch" | "del",
     pattern: string,
     paramNames: readonly string[],
     run: (request: ApiRequest) => Promise<ApiResponse>,
@@ -202,8 +202,9 @@ export function registerApiRoutes(app: TemplatedApp, api: HttpApi): void {
     maxBody?: () => number,
   ) => {
     app[method](pattern, (res, req) => {
-      const request = copyRequest(req, method.toUpperCase(), paramNames);
-      const state: RequestState = { aborted: false, responded: false, bodyDone: method !== "post", paused: false };
+      const request = copyRequest(req, method === "del" ? "DELETE" : method.toUpperCase(), paramNames);
+      const hasBody = method === "post" || method === "patch";
+      const state: RequestState = { aborted: false, responded: false, bodyDone: !hasBody, paused: false };
       res.onAborted(() => {
         state.aborted = true;
         state.onAbort?.();
@@ -211,7 +212,7 @@ export function registerApiRoutes(app: TemplatedApp, api: HttpApi): void {
         // file and descriptor; a plain destroy left them waiting forever.
         request.body?.destroy(new RequestAbortedError(request.path));
       });
-      if (method === "post") request.body = bodyStream(res, state);
+      if (hasBody) request.body = bodyStream(res, state);
       const declared = Number(request.headers["content-length"] ?? "0");
       if (maxBody && declared > maxBody()) {
         // Whatever the connection header says: we will not read this body, so we close after lingering.
@@ -222,8 +223,19 @@ export function registerApiRoutes(app: TemplatedApp, api: HttpApi): void {
       void run(request).then((out) => send(res, state, out, request));
     });
   };
-  const route = (method: "get" | "post", pattern: string, paramNames: readonly string[], handler: Handler) =>
+  const route = (method: "get" | "post" | "patch" | "del", pattern: string, paramNames: readonly string[], handler: Handler) =>
     serve(method, pattern, paramNames, (request) => api.handle(request, handler));
+  /** A route with and without its trailing slash. */
+  const both = (method: "get" | "post" | "patch" | "del", pattern: string, paramNames: readonly string[], handler: Handler) => {
+    route(method, pattern, paramNames, handler);
+    route(method, `${pattern}/`, paramNames, handler);
+  };
+  both("post", "/api/groups", [], api.groups.create);
+  both("get", "/api/groups/:id", ["id"], api.groups.get);
+  both("patch", "/api/groups/:id", ["id"], api.groups.rename);
+  both("post", "/api/groups/:id/members", ["id"], api.groups.addMember);
+  both("del", "/api/groups/:id/members/:username", ["id", "username"], api.groups.removeMember);
+  both("get", "/api/groups/:id/messages", ["id"], api.groups.messages);
   route("get", "/api/conversations", [], api.conversations);
   route("get", "/api/conversations/", [], api.conversations);
   route("get", "/api/rooms/check-url", [], api.checkUrl);

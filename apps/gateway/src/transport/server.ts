@@ -305,7 +305,7 @@ export class GatewayServer {
     if (!route.ok) return refuseWith(UpgradeRefusal.bad_request, "bad_path", route.reason);
     const params = new URLSearchParams(query);
     const since = params.get("since") || undefined;
-    if (since !== undefined && (route.endpoint.kind !== "chat" || !/^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$/.test(since))) {
+    if (since !== undefined && ((route.endpoint.kind !== "chat" && route.endpoint.kind !== "group-chat") || !/^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$/.test(since))) {
       return refuseWith(UpgradeRefusal.bad_request, "bad_since", "since must be a message id, on a chat socket");
     }
     // Opt-in: clients written against the seed protocol see on this socket only the events they know.
@@ -350,7 +350,7 @@ export class GatewayServer {
       return { refusal: [UpgradeRefusal.unauthorized, code, err instanceof AuthError ? err.message : "invalid token"] };
     }
     const { username } = token;
-    if (endpoint.kind !== "notifications" && endpoint.other === username) {
+    if ((endpoint.kind === "chat" || endpoint.kind === "conversation-notifications") && endpoint.other === username) {
       return { refusal: [UpgradeRefusal.bad_request, "bad_path", "cannot open a conversation with yourself"] };
     }
     if ((this.localSockets.get(username) ?? 0) >= this.connections.limit) {
@@ -368,10 +368,7 @@ export class GatewayServer {
     this.metrics.openSockets.inc({ endpoint: data.endpoint.kind });
     const socket = new UwsSessionSocket(ws, data);
     const endpoint = data.endpoint;
-    data.session =
-      endpoint.kind === "chat"
-        ? new ChatSession(this.core, socket, data.username, endpoint.other, data.since)
-        : new NotificationSession(this.core, socket, data.username, endpoint.kind === "notifications" ? undefined : endpoint.other, data.presence);
+    data.session = this.session(endpoint, socket, data);
     // Not inside this handler: uWebSockets.js calls it from within res.upgrade, and a session set-up
     // run there (a channel registered with the router, which subscribes on Redis) made the build we
     // use (20.30 unofficial) end the fresh socket at once without a close frame (1006), for some
@@ -385,6 +382,21 @@ export class GatewayServer {
       const admitted = data.closed ? undefined : this.countConnection(ws, data);
       void session.start(admitted);
     });
+  }
+
+  private session(endpoint: Endpoint, socket: SessionSocket, data: SocketData): Session {
+    switch (endpoint.kind) {
+      case "chat":
+        return new ChatSession(this.core, socket, data.username, { kind: "direct", other: endpoint.other }, data.since);
+      case "group-chat":
+        return new ChatSession(this.core, socket, data.username, { kind: "group", id: endpoint.group }, data.since);
+      case "notifications":
+        return new NotificationSession(this.core, socket, data.username, undefined, data.presence);
+      case "conversation-notifications":
+        return new NotificationSession(this.core, socket, data.username, endpoint.other);
+      case "group-notifications":
+        return NotificationSession.forGroup(this.core, socket, data.username, endpoint.group);
+    }
   }
 
   /** Takes the socket's place in its user's cluster-wide count; false when it was refused (the socket is closed). */
