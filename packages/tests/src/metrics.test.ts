@@ -48,7 +48,9 @@ describe("metrics", () => {
   it("reports exact gateway and worker series after a known workload, and both answer /healthz and /readyz", async () => {
     const prefix = freshPrefix("metrics");
     const [g1, g2] = await Promise.all([startGateway(prefix), startGateway(prefix)]);
-    const worker = await startWorker(prefix);
+    // One entry per batch: a batch sends one envelope per channel and target, so the envelope counts
+    // below are those of one message (or read) at a time.
+    const worker = await startWorker(prefix, { CHAT_WORKER_BATCH_SIZE: "1" });
     const wPort = workerHttpPort(worker);
 
     for (const port of [g1.port, g2.port, wPort]) {

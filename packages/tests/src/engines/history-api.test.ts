@@ -99,6 +99,7 @@ describe.each(engines)("history and conversations over HTTP (%s engine)", (kind)
       for (const c of list) {
         const other = c.other_user.username as string;
         expect(c).toEqual({
+          kind: "direct",
           id: roomId(alice, other),
           name: roomId(alice, other),
           other_user: { username: other },
@@ -119,7 +120,7 @@ describe.each(engines)("history and conversations over HTTP (%s engine)", (kind)
 
     // Bob and carol see their side: alice sent bob nothing, so nothing unread for him.
     expect(await conversations(http0, tb)).toEqual([
-      { id: roomId(alice, bob), name: roomId(alice, bob), other_user: { username: alice }, last_message: asStoredMessage(last[bob]!), unread_count: 0, online: true },
+      { kind: "direct", id: roomId(alice, bob), name: roomId(alice, bob), other_user: { username: alice }, last_message: asStoredMessage(last[bob]!), unread_count: 0, online: true },
     ]);
     expect((await conversations(http1, tc)).map((c: Json) => [c.other_user.username, c.unread_count])).toEqual([[alice, 0]]);
 

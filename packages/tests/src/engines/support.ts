@@ -1,5 +1,6 @@
 import { expect } from "vitest";
 import type { Frame, TestClient } from "../helpers/index.js";
+import { checkAgainstSpec } from "../helpers/openapi.js";
 
 /**
  * What the engine suites share. Everything here goes through the public surface (the WebSocket
@@ -24,9 +25,13 @@ export interface ApiResult {
   body: Json;
 }
 
-/** GET on the HTTP API with a bearer token (none when `token` is undefined). */
+/** GET on the HTTP API with a bearer token (none when `token` is undefined); the answer is checked against docs/openapi.yaml. */
 export async function api(base: string, path: string, token: string | undefined): Promise<ApiResult> {
   const res = await fetch(`${base}${path}`, { headers: token === undefined ? {} : { authorization: `Bearer ${token}` } });
+  return answer("GET", path, res);
+}
+
+async function answer(method: string, path: string, res: Response): Promise<ApiResult> {
   const text = await res.text();
   let body: Json;
   try {
@@ -34,6 +39,7 @@ export async function api(base: string, path: string, token: string | undefined)
   } catch {
     body = { raw: text };
   }
+  if ((res.headers.get("content-type") ?? "").startsWith("application/json")) checkAgainstSpec(method, path, res.status, body);
   return { status: res.status, body };
 }
 
@@ -125,3 +131,38 @@ export function noSchemaViolations(...clients: TestClient[]): void {
 
 /** Skips presence frames (they may interleave anywhere after the greeting). */
 export const withoutPresence = (frames: Frame[]): Frame[] => frames.filter((f) => f.type !== "user_join" && f.type !== "user_leave");
+
+/** A request with a JSON body (or none) on the HTTP API, with a bearer token. */
+export async function apiSend(base: string, method: "POST" | "PATCH" | "DELETE", path: string, token: string, body?: unknown): Promise<ApiResult> {
+  const res = await fetch(`${base}${path}`, {
+    method,
+    headers: { authorization: `Bearer ${token}`, ...(body === undefined ? {} : { "content-type": "application/json" }) },
+    ...(body === undefined ? {} : { body: JSON.stringify(body) }),
+  });
+  return answer(method, path, res);
+}
+
+/** Group socket paths. */
+export const groupChatPath = (id: string, since?: string) => `/ws/groups/${id}/${since === undefined ? "" : `?since=${since}`}`;
+export const groupNotificationsPath = (id: string) => `/ws/notifications/groups/${id}/`;
+
+/** Creates a group as `token`'s user; resolves to its id. */
+export async function createGroup(base: string, token: string, name: string, members: string[]): Promise<string> {
+  const r = await apiSend(base, "POST", "/api/groups", token, { name, members });
+  expect(r.status, JSON.stringify(r.body)).toBe(201);
+  return r.body.id;
+}
+
+/** Every item of a group's history, newest first, following `before` pages of `limit`. */
+export async function groupHistory(base: string, id: string, token: string, limit = 50): Promise<Json[]> {
+  const all: Json[] = [];
+  let before: string | null = null;
+  for (let pages = 0; ; pages++) {
+    expect(pages, "history pages").toBeLessThan(1000);
+    const r: ApiResult = await api(base, `/api/groups/${id}/messages?limit=${limit}${before === null ? "" : `&before=${before}`}`, token);
+    expect(r.status, JSON.stringify(r.body)).toBe(200);
+    all.push(...r.body.messages);
+    before = r.body.next_cursor;
+    if (before === null) return all;
+  }
+}
