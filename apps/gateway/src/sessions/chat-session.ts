@@ -13,7 +13,7 @@ import {
   type PresenceEntry,
   type ReadEntry,
 } from "@chat/bus";
-import { CloseCode, ErrorCode, type AcceptedChatMessage, type ChatMessageEvent } from "@chat/protocol";
+import { CloseCode, ErrorCode, type AcceptedChatMessage, type ChatMessageEvent, type ParsedClientFrame } from "@chat/protocol";
 import { v7 as uuidv7 } from "uuid";
 import { chatMessageEvent, chatMessageIdOf } from "./chat-message.js";
 import { classifyMediaUrl, mediaRefusal } from "./media-reference.js";
@@ -45,6 +45,12 @@ const MEMBERSHIP_RECHECK_MS = 10_000;
 
 /** The other side of a chat socket: a user (`/ws/{other}/`) or a group (`/ws/groups/{id}/`). */
 export type ChatPeer = { kind: "direct"; other: string } | { kind: "group"; id: string };
+
+/**
+ * What a chat socket does with each client frame type, one entry per type of the protocol's parser:
+ * a frame type added there does not compile until it has its handler here, and nothing else changes.
+ */
+type FrameHandlers = { [T in ParsedClientFrame["type"]]: (session: ChatSession, frame: Extract<ParsedClientFrame, { type: T }>) => void };
 
 /** A message to replay, at its position in the conversation's order. */
 interface ReplayMessage {
@@ -316,12 +322,18 @@ export class ChatSession extends SubscribedSession {
     this.core.track(leaving);
   }
 
+  /** Static, not per socket: idle sockets are most of a node's memory. */
+  private static readonly handlers: FrameHandlers = {
+    chat_message: (session, frame) => session.sendMessage(frame),
+    read_messages: (session) => session.markRead(),
+    typing: (session) => session.typing(),
+  };
+
   receive(text: string): void {
     const parsed = this.core.parseFrame(text);
     if (!parsed.ok) return this.sendError(parsed.code, parsed.message, parsed.clientId);
-    if (parsed.frame.type === "read_messages") return this.markRead();
-    if (parsed.frame.type === "typing") return this.typing();
-    this.sendMessage(parsed.frame);
+    const handle = ChatSession.handlers[parsed.frame.type] as (session: ChatSession, frame: ParsedClientFrame) => void;
+    handle(this, parsed.frame);
   }
 
   /**
