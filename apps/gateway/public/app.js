@@ -1,5 +1,5 @@
 // Reference browser client of the chat cluster. It uses only the public protocol (docs/protocol.md:
-// the chat socket /ws/{other}/ and the notifications socket /ws/notifications/) and the HTTP API
+// the chat sockets /ws/{other}/ and /ws/groups/{id}/ and the notifications socket /ws/notifications/) and the HTTP API
 // (docs/openapi.yaml, bearer tokens). User text only ever goes through textContent and attribute
 // setters, never parsed as markup.
 //
@@ -14,6 +14,15 @@ const CONVERSATION_PAGE = 50;
 const BACKOFF_FIRST_MS = 500;
 const BACKOFF_MAX_MS = 10_000;
 const USERNAME = /^[A-Za-z0-9@.+\-_]{1,150}$/;
+const GROUP_ID = /^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$/;
+
+/**
+ * A conversation's key in this client: the partner's username, or `#<group id>` for a group (no
+ * username starts with '#').
+ */
+const groupKey = (id) => `#${id}`;
+const groupOf = (key) => (key.startsWith("#") ? key.slice(1) : null);
+const keyOf = (c) => (c.kind === "group" ? groupKey(c.id) : c.other_user.username);
 const STORAGE_TOKEN = "chat.token";
 const STORAGE_USER = "chat.username";
 /** The tab's title; `(N) chat-cluster` while N messages are unread. */
@@ -178,6 +187,11 @@ class ReconnectingSocket {
       if (this.ws !== ws) return;
       this.ws = null;
       if (this.stopped) return;
+      // Removed from the group (4003), or not a member (4004): reconnecting cannot help.
+      if ((e.code === 4003 || e.code === 4004) && this.handlers.onGone) {
+        this.stopped = true;
+        return this.handlers.onGone(e.code);
+      }
       this.handlers.onStatus("closed");
       void this.retry(e.code);
     };
@@ -256,7 +270,7 @@ function reconnectAll() {
 // ---------------------------------------------------------------------------------------------
 
 const list = {
-  /** other username → { other, unread, last: { content, multimedia_url, date_added, from } | null } */
+  /** conversation key → { other (the key), name, group (id or null), unread, last: { content, multimedia_url, date_added, from } | null } */
   entries: new Map(),
   nextCursor: null,
   socket: null,
@@ -283,7 +297,7 @@ async function refreshConversations() {
       const limit = Math.min(100, Math.max(CONVERSATION_PAGE, list.entries.size));
       try {
         const page = await api(`/api/conversations?limit=${limit}`);
-        const local = [...list.entries.values()].filter((e) => e.localOnly && !page.conversations.some((c) => c.other_user.username === e.other));
+        const local = [...list.entries.values()].filter((e) => e.localOnly && !page.conversations.some((c) => keyOf(c) === e.other));
         list.entries = new Map();
         for (const e of local) list.entries.set(e.other, e);
         addConversations(page.conversations);
@@ -302,8 +316,11 @@ async function refreshConversations() {
 function addConversations(conversations) {
   for (const c of conversations) {
     const m = c.last_message;
-    list.entries.set(c.other_user.username, {
-      other: c.other_user.username,
+    const key = keyOf(c);
+    list.entries.set(key, {
+      other: key,
+      name: c.kind === "group" ? c.name : key,
+      group: c.kind === "group" ? c.id : null,
       online: c.online === true,
       unread: c.unread_count,
       last: m ? { content: m.content, multimedia_url: m.multimedia_url, date_added: m.date_added, from: m.from_user.username } : null,
@@ -337,10 +354,11 @@ function renderConversations() {
       li.tabIndex = 0;
       li.setAttribute("role", "button");
       if (view.current?.other === entry.other) li.classList.add("active");
-      const online = list.presence.get(entry.other) ?? entry.online === true;
+      const online = !entry.group && (list.presence.get(entry.other) ?? entry.online === true);
       const dot = make("span", { cls: "online-dot", testid: "online-dot" });
       dot.title = "online";
       dot.hidden = !online;
+      li.dataset.kind = entry.group ? "group" : "direct";
       li.dataset.online = String(online);
       const badge = make("span", { cls: "badge", testid: "unread-badge", text: String(entry.unread) });
       badge.hidden = entry.unread === 0;
@@ -350,7 +368,7 @@ function renderConversations() {
         last = `${entry.last.from === session.username ? "You: " : ""}${what} · ${formatTime(entry.last.date_added)}`;
       }
       const name = make("span", { cls: "name", testid: "conversation-name" });
-      name.append(dot, entry.other);
+      name.append(dot, entry.name ?? entry.other);
       li.append(name, badge, make("span", { cls: "last", testid: "last-message", text: last }));
       li.addEventListener("click", () => openConversation(entry.other));
       li.addEventListener("keydown", (e) => {
@@ -375,7 +393,7 @@ function setTotalUnread(n) {
 
 /** The locally known last message of a conversation (our own sends get no notification). */
 function noteLastMessage(other, m) {
-  const entry = list.entries.get(other) ?? { other, unread: 0, last: null, localOnly: false };
+  const entry = list.entries.get(other) ?? { other, name: other, group: groupOf(other), unread: 0, last: null, localOnly: false };
   if (!entry.last || entry.last.date_added <= m.date_added) {
     entry.last = { content: m.message, multimedia_url: m.multimedia_url, date_added: m.date_added, from: m.from_user.username };
   }
@@ -424,8 +442,15 @@ const view = {
 };
 
 class Conversation {
+  /** @param {string} other the conversation's key: the partner's username, or `#<group id>` */
   constructor(other) {
     this.other = other;
+    /** The group's id; null in a 1:1 conversation. */
+    this.group = groupOf(other);
+    /** Group: who has the conversation open (its online_user_list and joins). */
+    this.here = new Set();
+    /** Group: each other member's newest read message id (read receipts, history read_by). */
+    this.readers = new Map();
     /** id → <li> of every message shown. */
     this.shown = new Map();
     /** client_id → { frame, li } of sends not yet echoed; resent (idempotently) after a reconnect. */
@@ -448,13 +473,29 @@ class Conversation {
     this.socket = new ReconnectingSocket(() => this.socketPath(), {
       onStatus: (s) => this.onStatus(s),
       onEvent: (e) => this.onEvent(e),
+      onGone: (code) => this.gone(code),
     });
   }
 
   socketPath() {
     const q = new URLSearchParams({ token: session.token ?? "" });
     if (this.newestId) q.set("since", this.newestId);
-    return `/ws/${encodeURIComponent(this.other)}/?${q}`;
+    return this.group ? `/ws/groups/${this.group}/?${q}` : `/ws/${encodeURIComponent(this.other)}/?${q}`;
+  }
+
+  historyPath() {
+    return this.group ? `/api/groups/${this.group}/messages` : `/api/rooms/${encodeURIComponent(this.other)}/messages`;
+  }
+
+  /** Removed from the group, or not in it: the view closes, and the list no longer shows it. */
+  gone(code) {
+    if (view.current !== this) return;
+    list.entries.delete(this.other);
+    closeConversation();
+    // After the list is read again, which clears the list's error line.
+    void refreshConversations().then(() => {
+      el("list-error").textContent = code === 4003 ? "You are no longer a member of that group." : "No such group among yours.";
+    });
   }
 
   start() {
@@ -481,25 +522,43 @@ class Conversation {
   onEvent(e) {
     switch (e.type) {
       case "online_user_list":
+        this.here = new Set(e.users);
         setPresence(e.users.includes(this.other));
         this.markRead();
         for (const { frame } of this.pending.values()) this.socket.send(frame);
         break;
       case "user_join":
+        this.here.add(e.user);
         if (e.user === this.other) setPresence(true);
+        else showPresence();
         break;
       case "user_leave":
+        this.here.delete(e.user);
         if (e.user === this.other) setPresence(false);
+        else showPresence();
         break;
       case "chat_message":
-        if (e.from_user?.username === this.other) this.showTyping(false);
+        if (e.from_user?.username !== session.username && this.typist === e.from_user?.username) this.showTyping(false);
         this.receive(e);
         break;
       case "typing":
-        if (e.user === this.other) this.showTyping(true);
+        if (e.user !== session.username && (this.group || e.user === this.other)) this.showTyping(true, e.user);
         break;
       case "read_receipt":
-        if (e.user === this.other) this.markSeen(e.last_read_id);
+        if (this.group) {
+          if (e.last_read_id) this.readers.set(e.user, e.last_read_id);
+          this.showGroupSeen();
+        } else if (e.user === this.other) this.markSeen(e.last_read_id);
+        break;
+      case "group_event":
+        this.system(e.id, e.text);
+        if (e.event === "renamed") {
+          el("conversation-title").textContent = e.name;
+          const entry = list.entries.get(this.other);
+          if (entry) entry.name = e.name;
+          renderConversations();
+        }
+        if (!el("group-panel").hidden) void showGroupPanel();
         break;
       case "catch_up_end":
         // Incomplete replay (too many missed, or an unknown since id): read the history again.
@@ -536,13 +595,47 @@ class Conversation {
     li.append(this.seenMark);
   }
 
-  /** "… is typing" under the header, for a few seconds after each typing event of the other user. */
-  showTyping(on) {
+  /** "… is typing" under the header, for a few seconds after each typing event of another member. */
+  showTyping(on, user = this.other) {
     clearTimeout(this.typingTimer);
+    this.typist = on ? user : null;
     const line = el("typing-indicator");
     line.hidden = !on;
-    line.textContent = on ? `${this.other} is typing…` : "";
+    line.textContent = on ? `${user} is typing…` : "";
     if (on) this.typingTimer = setTimeout(() => this.showTyping(false), TYPING_SHOWN_MS);
+  }
+
+  /**
+   * Group: "Seen by …" under the newest of this user's messages that another member has read, naming
+   * every member who read that far (a receipt names the newest message of the others they read: the
+   * mark goes under the last of this user's messages at or before it).
+   */
+  showGroupSeen() {
+    let target = null;
+    const reached = new Map();
+    for (const [user, id] of this.readers) {
+      let li = this.shown.get(id) ?? null;
+      while (li && !(li.classList.contains("mine") && li.dataset.id)) li = li.previousElementSibling;
+      if (!li) continue;
+      reached.set(user, li);
+      if (!target || target.compareDocumentPosition(li) & Node.DOCUMENT_POSITION_FOLLOWING) target = li;
+    }
+    if (!target) return;
+    const names = [...reached].filter(([, li]) => li === target || target.compareDocumentPosition(li) & Node.DOCUMENT_POSITION_FOLLOWING).map(([u]) => u).sort();
+    this.seenMark.textContent = `Seen by ${names.join(", ")}`;
+    this.seenId = target.dataset.id;
+    target.append(this.seenMark);
+  }
+
+  /** A group's system event (someone added, removed, left; renamed), as a line of the history. */
+  system(id, text) {
+    if (this.shown.has(id)) return;
+    const li = make("li", { cls: "system", testid: "system-event", text });
+    li.dataset.id = id;
+    this.shown.set(id, li);
+    el("message-list").append(li);
+    const scroller = el("message-scroller");
+    scroller.scrollTop = scroller.scrollHeight;
   }
 
   /** Called on every edit of the message box: tells the other user, at most every TYPING_EVERY_MS. */
@@ -607,11 +700,11 @@ class Conversation {
     if (this.shown.has(m.id)) return;
     const scroller = el("message-scroller");
     const atBottom = scroller.scrollHeight - scroller.scrollTop - scroller.clientHeight < 60;
-    const li = renderMessage({ id: m.id, from: m.from_user.username, content: m.message, multimedia_url: m.multimedia_url, date_added: m.date_added });
+    const li = renderMessage({ id: m.id, from: m.from_user.username, content: m.message, multimedia_url: m.multimedia_url, date_added: m.date_added, group: this.group !== null });
     this.shown.set(m.id, li);
     el("message-list").append(li);
     if (atBottom || m.from_user.username === session.username) scroller.scrollTop = scroller.scrollHeight;
-    if (m.from_user.username === this.other) this.scheduleRead();
+    if (m.from_user.username !== session.username) this.scheduleRead();
   }
 
   /** One more page of history, older than what is shown; the first call loads the newest page. */
@@ -621,7 +714,7 @@ class Conversation {
       const q = new URLSearchParams({ limit: String(PAGE_SIZE) });
       if (this.olderCursor) q.set("before", this.olderCursor);
       try {
-        const page = await api(`/api/rooms/${encodeURIComponent(this.other)}/messages?${q}`);
+        const page = await api(`${this.historyPath()}?${q}`);
         if (this.closed) return;
         this.prepend(page.messages);
         this.olderCursor = page.next_cursor;
@@ -647,15 +740,24 @@ class Conversation {
     const fragment = document.createDocumentFragment();
     for (const m of [...messages].reverse()) {
       if (this.shown.has(m.id)) continue;
-      const li = renderMessage({ id: m.id, from: m.from_user.username, content: m.content, multimedia_url: m.multimedia_url, date_added: m.date_added });
+      const li = m.event
+        ? make("li", { cls: "system", testid: "system-event", text: m.content })
+        : renderMessage({ id: m.id, from: m.from_user.username, content: m.content, multimedia_url: m.multimedia_url, date_added: m.date_added, group: this.group !== null });
+      li.dataset.id = m.id;
       this.shown.set(m.id, li);
       fragment.append(li);
     }
     el("message-list").prepend(fragment);
     if (!this.newestId && messages[0]) this.newestId = messages[0].id;
-    // The page is newest first: the first of this user's messages the other has read gets "Seen".
-    const read = messages.find((m) => m.from_user.username === session.username && m.read_by?.includes(this.other));
-    if (read) this.markSeen(read.id);
+    if (this.group) {
+      // Newest first: the first message each member read is their newest read (unless a receipt said more).
+      for (const m of messages) for (const user of m.read_by ?? []) if (!this.readers.has(user)) this.readers.set(user, m.id);
+      this.showGroupSeen();
+    } else {
+      // The page is newest first: the first of this user's messages the other has read gets "Seen".
+      const read = messages.find((m) => m.from_user.username === session.username && m.read_by?.includes(this.other));
+      if (read) this.markSeen(read.id);
+    }
     if (first) scroller.scrollTop = scroller.scrollHeight;
     else scroller.scrollTop += scroller.scrollHeight - heightBefore;
   }
@@ -663,6 +765,7 @@ class Conversation {
   reloadHistory() {
     this.shown.clear();
     this.seenId = null;
+    this.readers.clear();
     el("message-list").replaceChildren();
     this.olderCursor = null;
     this.historyDone = false;
@@ -717,7 +820,15 @@ function setPresence(here) {
  * while they are signed in anywhere (the list's presence, from ?presence=1), else "offline".
  */
 function showPresence() {
-  const other = view.current?.other;
+  const current = view.current;
+  if (current?.group) {
+    const others = [...current.here].filter((u) => u !== session.username).length;
+    const p = el("presence");
+    p.dataset.state = others > 0 ? "here" : "offline";
+    p.textContent = `${others} other${others === 1 ? "" : "s"} in this chat`;
+    return;
+  }
+  const other = current?.other;
   const online = other !== undefined && (list.presence.get(other) ?? list.entries.get(other)?.online === true);
   const state = partnerHere ? "here" : online ? "online" : "offline";
   const p = el("presence");
@@ -760,6 +871,7 @@ function renderMessage(m) {
   const li = make("li", { cls: mine ? "message mine" : "message theirs", testid: "message" });
   if (m.id) li.dataset.id = m.id;
   li.dataset.from = m.from;
+  if (m.group && !mine) li.append(make("span", { cls: "author", testid: "message-author", text: m.from }));
   if (m.content) li.append(make("span", { cls: "text", testid: "message-text", text: m.content }));
   if (m.multimedia_url) {
     const href = mediaHref(m.multimedia_url);
@@ -827,11 +939,14 @@ function watchImage(messageId, img, a) {
   });
 }
 
-function openConversation(other) {
+function openConversation(other, name) {
   if (view.current?.other === other) return;
   closeConversation(false);
+  const group = groupOf(other);
   el("chat-error").textContent = "";
-  el("conversation-title").textContent = other;
+  el("conversation-title").textContent = name ?? list.entries.get(other)?.name ?? (group ? "Group" : other);
+  el("group-members-toggle").hidden = !group;
+  el("group-panel").hidden = true;
   el("message-list").replaceChildren();
   el("load-older").hidden = true;
   el("history-start").hidden = true;
@@ -839,11 +954,11 @@ function openConversation(other) {
   el("no-conversation").hidden = true;
   el("conversation-view").hidden = false;
   el("app").classList.add("has-conversation");
-  if (!list.entries.has(other)) list.entries.set(other, { other, unread: 0, last: null, localOnly: true });
+  if (!list.entries.has(other)) list.entries.set(other, { other, name: name ?? other, group, unread: 0, last: null, localOnly: true });
   view.current = new Conversation(other);
   view.current.start();
   renderConversations();
-  const hash = `#/${encodeURIComponent(other)}`;
+  const hash = group ? `#/groups/${group}` : `#/${encodeURIComponent(other)}`;
   if (location.hash !== hash) history.replaceState(null, "", hash);
   el("message-input").focus();
 }
@@ -958,8 +1073,10 @@ function removeAttachment() {
 // Wiring
 // ---------------------------------------------------------------------------------------------
 
-/** The conversation named by the location hash (`#/bob`), or null. */
+/** The conversation named by the location hash (`#/bob`, `#/groups/<id>`), as its key, or null. */
 function hashUser() {
+  const group = /^#\/groups\/(.+)$/.exec(location.hash)?.[1];
+  if (group !== undefined) return GROUP_ID.test(group) ? groupKey(group) : null;
   let other;
   try {
     other = decodeURIComponent(location.hash.replace(/^#\//, ""));
@@ -982,7 +1099,7 @@ function showDeepLink() {
   const other = hashUser();
   const note = el("signin-deep-link");
   note.hidden = !other;
-  note.textContent = other ? `Sign in to open your conversation with ${other}.` : "";
+  note.textContent = other ? (groupOf(other) ? "Sign in to open your group conversation." : `Sign in to open your conversation with ${other}.`) : "";
 }
 
 function showApp() {
@@ -1052,6 +1169,103 @@ el("new-conversation").addEventListener("submit", (e) => {
   el("list-error").textContent = "";
   input.value = "";
   openConversation(other);
+});
+
+/** Usernames typed as a list ("bob, carol dave"). */
+const usernamesIn = (text) => text.split(/[\s,]+/).filter((u) => u !== "");
+
+el("new-group").addEventListener("submit", async (e) => {
+  e.preventDefault();
+  const name = el("new-group-name").value.trim();
+  const members = usernamesIn(el("new-group-members").value);
+  const bad = members.find((u) => !USERNAME.test(u));
+  if (!name || bad !== undefined) {
+    el("list-error").textContent = !name ? "a group needs a name" : `not a valid username: ${bad}`;
+    return;
+  }
+  el("new-group-submit").disabled = true;
+  try {
+    const group = await api("/api/groups", { method: "POST", json: { name, members } });
+    el("list-error").textContent = "";
+    el("new-group-name").value = "";
+    el("new-group-members").value = "";
+    el("new-group-details").open = false;
+    openConversation(groupKey(group.id), group.name);
+    void refreshConversations();
+  } catch (err) {
+    el("list-error").textContent = `group not created: ${err.message}`;
+  } finally {
+    el("new-group-submit").disabled = false;
+  }
+});
+
+/** The open group's members, with what this user may do about them (admins add and remove; anyone leaves). */
+async function showGroupPanel() {
+  const group = view.current?.group;
+  if (!group) return;
+  const panel = el("group-panel");
+  panel.hidden = false;
+  el("group-error").textContent = "";
+  let g;
+  try {
+    g = await api(`/api/groups/${group}`);
+  } catch (err) {
+    el("group-error").textContent = `members: ${err.message}`;
+    return;
+  }
+  if (view.current?.group !== group) return;
+  const admin = g.admins.includes(session.username);
+  el("group-members").replaceChildren(
+    ...g.members.map((u) => {
+      const li = make("li", { testid: "group-member" });
+      li.dataset.username = u;
+      li.append(make("span", { text: u === session.username ? `${u} (you)` : u }));
+      if (g.admins.includes(u)) li.append(make("span", { cls: "role", text: "admin" }));
+      if (admin && u !== session.username) {
+        const remove = make("button", { cls: "link", testid: "group-member-remove", text: "Remove" });
+        remove.type = "button";
+        remove.addEventListener("click", () => void changeMembers("DELETE", `/api/groups/${group}/members/${encodeURIComponent(u)}`));
+        li.append(remove);
+      }
+      return li;
+    }),
+  );
+  el("group-add").hidden = !admin;
+}
+
+async function changeMembers(method, path, json) {
+  try {
+    await api(path, { method, json });
+    await showGroupPanel();
+  } catch (err) {
+    el("group-error").textContent = err.message;
+  }
+}
+
+el("group-members-toggle").addEventListener("click", () => {
+  if (el("group-panel").hidden) void showGroupPanel();
+  else el("group-panel").hidden = true;
+});
+el("group-add").addEventListener("submit", (e) => {
+  e.preventDefault();
+  const group = view.current?.group;
+  const username = el("group-add-input").value.trim();
+  if (!group) return;
+  if (!USERNAME.test(username)) {
+    el("group-error").textContent = "not a valid username";
+    return;
+  }
+  el("group-add-input").value = "";
+  void changeMembers("POST", `/api/groups/${group}/members`, { username });
+});
+el("group-leave").addEventListener("click", async () => {
+  const group = view.current?.group;
+  if (!group) return;
+  try {
+    await api(`/api/groups/${group}/members/${encodeURIComponent(session.username)}`, { method: "DELETE" });
+  } catch (err) {
+    el("group-error").textContent = err.message;
+  }
 });
 
 el("attach-input").addEventListener("change", () => showAttachment());

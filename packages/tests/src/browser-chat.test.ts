@@ -5,7 +5,7 @@ import { decodeJwt } from "jose";
 import type { Page } from "playwright-core";
 import { describe, expect, it, onTestFinished } from "vitest";
 import { DEVELOPMENT_JWT_SECRET, connectReady, dropPrefixAtEnd, freshPrefix, REPO_ROOT, startGateway, startWorker, tokenFor, uniqueUser, type Gateway } from "./helpers/index.js";
-import { CHROMIUM_MISSING, CHROMIUM_PATH, openBrowser, savePng, sideBySide } from "./helpers/browser.js";
+import { CHROMIUM_MISSING, CHROMIUM_PATH, POLL, byTestId, openBrowser, savePng, sendFromPage as send, shownTexts, sideBySide, signIn } from "./helpers/browser.js";
 
 // The browser client of apps/gateway/public, driven in two real Chromium sessions (alice and bob)
 // on two gateway nodes, with a worker persisting. Every wait polls (locators, expect.poll).
@@ -16,28 +16,16 @@ const SCREENSHOTS = join(REPO_ROOT, process.env["UPDATE_SCREENSHOTS"] === "1" ? 
 /** More than one history page of the client (25), so that scrolling back has something to load. */
 const EARLIER = 40;
 
-const POLL = { timeout: 15_000, interval: 100 };
 
 function pageUrl(g: Gateway): string {
   return `http://127.0.0.1:${g.port}/`;
 }
 
-const byTestId = (page: Page, id: string) => page.locator(`[data-testid="${id}"]`);
-
-async function signIn(page: Page, username: string): Promise<void> {
-  await byTestId(page, "signin-username").fill(username);
-  await byTestId(page, "signin-submit").click();
-  await expect.poll(() => byTestId(page, "current-user").textContent(), POLL).toBe(username);
-}
 
 function conversationItem(page: Page, other: string) {
   return page.locator(`[data-testid="conversation-item"][data-username="${other}"]`);
 }
 
-/** The texts of the messages shown in the open conversation, top to bottom (echoed ones only). */
-function shownTexts(page: Page): Promise<string[]> {
-  return page.locator(`[data-testid="message"][data-id] [data-testid="message-text"]`).allTextContents();
-}
 
 /** The text of each message that shows "Seen" (read receipts), top to bottom. */
 function seenUnder(page: Page): Promise<(string | null)[]> {
@@ -46,10 +34,6 @@ function seenUnder(page: Page): Promise<(string | null)[]> {
     .evaluateAll((marks) => marks.map((m) => m.closest(`[data-testid="message"]`)?.querySelector(`[data-testid="message-text"]`)?.textContent ?? null));
 }
 
-async function send(page: Page, text: string): Promise<void> {
-  await byTestId(page, "message-input").fill(text);
-  await byTestId(page, "send-button").click();
-}
 
 async function presence(page: Page): Promise<string | null> {
   return byTestId(page, "presence").getAttribute("data-state");

@@ -5,13 +5,11 @@ import type { BrowserContext, Page } from "playwright-core";
 import { v7 as uuidv7 } from "uuid";
 import { describe, expect, it, onTestFinished } from "vitest";
 import { connectReady, dropPrefixAtEnd, freshPrefix, messagesBetween, startGateway, startWorker, testSql, uniqueUser, waitFor } from "./helpers/index.js";
-import { CHROMIUM_MISSING, CHROMIUM_PATH, openBrowser } from "./helpers/browser.js";
+import { CHROMIUM_MISSING, CHROMIUM_PATH, POLL, byTestId, openBrowser } from "./helpers/browser.js";
 
 // Issue 13.1 in a real browser: an SVG with a script, uploaded by one user, never runs in the app's
 // origin, whatever way it comes back; and no URL the client renders or loads carries the bearer token.
 
-const POLL = { timeout: 15_000, interval: 100 };
-const byTestId = (page: Page, id: string) => page.locator(`[data-testid="${id}"]`);
 
 /** The script's side effects, were it ever to run in the app's origin. */
 const SVG = Buffer.from(

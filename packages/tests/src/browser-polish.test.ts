@@ -3,7 +3,7 @@ import { join } from "node:path";
 import type { Page } from "playwright-core";
 import { describe, expect, it, onTestFinished } from "vitest";
 import { connectReady, dropPrefixAtEnd, freshPrefix, REPO_ROOT, startGateway, startWorker, uniqueUser, type Gateway } from "./helpers/index.js";
-import { CHROMIUM_MISSING, CHROMIUM_PATH, openBrowser, savePng } from "./helpers/browser.js";
+import { byTestId, CHROMIUM_MISSING, CHROMIUM_PATH, openBrowser, POLL, savePng, shownTexts, signIn } from "./helpers/browser.js";
 
 // The rough edges a new user found in the browser client (apps/gateway/public), each driven in a real
 // Chromium against real gateway processes: deep links through sign-in, the favicon, the length counter,
@@ -11,7 +11,6 @@ import { CHROMIUM_MISSING, CHROMIUM_PATH, openBrowser, savePng } from "./helpers
 // layout. Every wait polls (locators, expect.poll).
 
 const SCREENSHOTS = join(REPO_ROOT, process.env["UPDATE_SCREENSHOTS"] === "1" ? "docs/screenshots" : "test-results/screenshots");
-const POLL = { timeout: 15_000, interval: 100 };
 const PHONE = { width: 390, height: 740 };
 
 const pageUrl = (g: Gateway) => `http://127.0.0.1:${g.port}/`;
@@ -27,7 +26,6 @@ async function devToken(g: Gateway, username: string): Promise<string> {
   expect(res.status).toBe(200);
   return ((await res.json()) as { token: string }).token;
 }
-const byTestId = (page: Page, id: string) => page.locator(`[data-testid="${id}"]`);
 /** Digits only: the client formats numbers in the browser's locale (4,096 or 4.096). */
 const digits = (s: string | null) => (s ?? "").replace(/\D/g, "");
 
@@ -68,16 +66,7 @@ async function relay(target: Gateway) {
   return { url: `http://127.0.0.1:${port}/`, cut, restore: () => listen(port) };
 }
 
-async function signIn(page: Page, username: string): Promise<void> {
-  await byTestId(page, "signin-username").fill(username);
-  await byTestId(page, "signin-submit").click();
-  await expect.poll(() => byTestId(page, "current-user").textContent(), POLL).toBe(username);
-}
 
-/** Texts of the messages the server echoed (they carry an id), top to bottom. */
-function shownTexts(page: Page): Promise<string[]> {
-  return page.locator(`[data-testid="message"][data-id] [data-testid="message-text"]`).allTextContents();
-}
 
 /** Whether an element's own text is wider than its box (cut off or ellipsed). */
 function textCut(page: Page, testid: string): Promise<boolean> {

@@ -2,7 +2,7 @@ import { existsSync, mkdirSync, mkdtempSync, rmSync, writeFileSync } from "node:
 import { tmpdir } from "node:os";
 import { dirname, join } from "node:path";
 import { chromium, type BrowserContext, type Page } from "playwright-core";
-import { onTestFinished } from "vitest";
+import { expect, onTestFinished } from "vitest";
 
 /** Debian's chromium (`apt-get install -y chromium`); CI installs it. Without it the browser suites skip. */
 export const CHROMIUM_PATH = "/usr/bin/chromium";
@@ -91,4 +91,28 @@ export async function sideBySide(host: BrowserContext, shots: { label: string; p
   } finally {
     await page.close();
   }
+}
+
+/** How long and how often the browser suites poll a page for a state. */
+export const POLL = { timeout: 15_000, interval: 100 };
+
+/** An element of the client by its data-testid. */
+export const byTestId = (page: Page, id: string) => page.locator(`[data-testid="${id}"]`);
+
+/** Signs in through the page's form (a development gateway's token) and waits for the app. */
+export async function signIn(page: Page, username: string): Promise<void> {
+  await byTestId(page, "signin-username").fill(username);
+  await byTestId(page, "signin-submit").click();
+  await expect.poll(() => byTestId(page, "current-user").textContent(), POLL).toBe(username);
+}
+
+/** Types a message into the open conversation and sends it. */
+export async function sendFromPage(page: Page, text: string): Promise<void> {
+  await byTestId(page, "message-input").fill(text);
+  await byTestId(page, "send-button").click();
+}
+
+/** Texts of the messages the server echoed (they carry an id), top to bottom. */
+export function shownTexts(page: Page): Promise<string[]> {
+  return page.locator(`[data-testid="message"][data-id] [data-testid="message-text"]`).allTextContents();
 }
