@@ -55,6 +55,8 @@ export interface ChatClusterOptions {
   worker?: boolean;
   /** Extra node flags, e.g. --cpu-prof. */
   nodeArgs?: string[];
+  /** Extra gateway settings (e.g. CHAT_GROUP_MAX_MEMBERS). */
+  gatewaySettings?: Record<string, string>;
   /** REDIS_URL of the gateways and the worker (default: the bench's, env.redisUrl). */
   redisUrl?: string;
 }
@@ -108,7 +110,7 @@ export async function startChatCluster(benchEnv: BenchEnv, o: ChatClusterOptions
         script: "apps/gateway/dist/main.js",
         nodeArgs: o.nodeArgs,
         readyMessage: "listening",
-        env: gatewayEnv(env, o.prefix, `bench-gateway-${i + 1}`),
+        env: { ...gatewayEnv(env, o.prefix, `bench-gateway-${i + 1}`), ...o.gatewaySettings },
       }),
     ),
     ...(o.worker === false ? [] : [startWorker(env, o.prefix, "bench-worker-1", o.nodeArgs)]),

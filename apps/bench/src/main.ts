@@ -23,6 +23,7 @@ import { summarizeProfile, summarizeProfiles, type CpuProfile } from "./profile.
 import { redisCpuUs, resultStamp, writeReports, type BenchResults, type LoadResults } from "./report.js";
 import { connectionRate, idleMemory } from "./scenarios/connections.js";
 import { workerDrain } from "./scenarios/drain.js";
+import { groupLoad } from "./scenarios/groups.js";
 import { measuredLoad, measuredLoadWithNoise, waitForQuiet } from "./scenarios/load.js";
 import { findMax } from "./scenarios/throughput.js";
 import { threadsFor } from "./plan.js";
@@ -298,6 +299,35 @@ if (results.errors.length === 0) {
         }),
       );
     }
+  }
+
+  if (wants("groups")) {
+    await scenario(results.systems.chat, "groups", () =>
+      withCluster(
+        () => startChatCluster(env, { prefix: `${redisPrefix}groups:`, gatewaySettings: { CHAT_GROUP_MAX_MEMBERS: "1000", CHAT_RATE_MESSAGES_PER_SECOND: "0" } }),
+        async (cluster) => {
+          const out: NonNullable<BenchResults["groups"]> = { loads: [] };
+          results.groups = out;
+          log("groups: warming up");
+          await warm(ctx, cluster);
+          const d = plan.groups.direct;
+          await waitForQuiet(plan.noise.quietWaitMs);
+          log(`groups: 1:1 beside them, ${d.rate} msg/s, ${d.pairs} pairs`);
+          out.direct = await measuredLoad(ctx, cluster, d, "gd", { verifyPersistence: true });
+          log(`  p99 ${out.direct.load.latencyMs.p99.toFixed(2)} ms${out.direct.cpu ? `, ${out.direct.cpu.perDeliveredUs.toFixed(0)} µs CPU per delivered message` : ""}`);
+          for (const [i, shape] of plan.groups.shapes.entries()) {
+            await waitForQuiet(plan.noise.quietWaitMs);
+            log(`groups: ${shape.members} members, ${shape.connected} connected, ${shape.rate.toFixed(1)} msg/s`);
+            const g = await groupLoad(ctx, cluster, shape, `g${i}`);
+            out.loads.push(g);
+            log(
+              `  ${g.framesPerS.toFixed(0)} frames/s (${g.delivered} of ${g.expected}), p99 ${g.latencyMs.p99.toFixed(2)} ms, ${g.cpuPerFrameUs.toFixed(1)} µs CPU per frame, ` +
+                `persisted ${g.persisted} of ${g.sent - g.refused}, ${g.wrongCounts} counts wrong`,
+            );
+          }
+        },
+      ),
+    );
   }
 
   if (wants("worker-drain")) {

@@ -1,7 +1,8 @@
+import type { GroupShape } from "./scenarios/groups.js";
 import type { LoadShape, NoisePolicy } from "./scenarios/load.js";
 import type { FindMaxPlan } from "./scenarios/throughput.js";
 
-export const SCENARIOS = ["fixed", "find-max", "idle-memory", "connection-rate", "worker-drain", "profile", "redis-cluster"] as const;
+export const SCENARIOS = ["fixed", "find-max", "idle-memory", "connection-rate", "worker-drain", "profile", "redis-cluster", "groups"] as const;
 export type ScenarioName = (typeof SCENARIOS)[number];
 
 /**
@@ -26,6 +27,12 @@ export interface Plan {
   profile: LoadShape;
   /** Then a worker drain of this many entries with --cpu-prof on the worker. */
   profileDrainEntries: number;
+  /**
+   * Group conversations of 10, 100 and 1,000 members, 90 % connected, at rates that deliver about
+   * the same frames per second (2,000, the fixed load's rate: a message in a group of 100 is 89 frames), and a 1:1 load
+   * delivering as many beside them on the same cluster.
+   */
+  groups: { shapes: GroupShape[]; direct: LoadShape };
 }
 
 /**
@@ -36,6 +43,15 @@ export interface Plan {
 export function threadsFor(rate: number): number {
   return rate > 6000 ? 2 : 1;
 }
+
+/** Frames per second each group load delivers, about (rate x (connected - 1)). */
+const GROUP_FRAMES_PER_S = 2000;
+
+const groupShapes = (warmupMs: number, durationMs: number, drainMs: number): GroupShape[] =>
+  [10, 100, 1000].map((members) => {
+    const connected = Math.round(members * 0.9);
+    return { members, connected, senders: Math.min(10, connected), rate: GROUP_FRAMES_PER_S / (connected - 1), warmupMs, durationMs, drainMs };
+  });
 
 const shape = (rate: number, pairs: number, warmupMs: number, durationMs: number, drainMs: number): LoadShape => ({
   rate,
@@ -57,6 +73,7 @@ export const FULL: Plan = {
   workerDrain: { entries: 100000, pairs: 1000 },
   profile: shape(2000, 200, 1000, 10000, 3000),
   profileDrainEntries: 20000,
+  groups: { shapes: groupShapes(2000, 20000, 5000), direct: shape(GROUP_FRAMES_PER_S, 200, 2000, 20000, 5000) },
 };
 
 export const QUICK: Plan = {
@@ -70,4 +87,5 @@ export const QUICK: Plan = {
   workerDrain: { entries: 10000, pairs: 200 },
   profile: shape(2000, 100, 500, 3000, 2000),
   profileDrainEntries: 5000,
+  groups: { shapes: groupShapes(1000, 4000, 3000), direct: shape(GROUP_FRAMES_PER_S, 100, 1000, 4000, 3000) },
 };
