@@ -8,8 +8,6 @@ import {
   groupFor,
   groupReadPositions,
   groupRole,
-  listMessages,
-  messageById,
   removeGroupMember,
   renameGroup,
   type ChangeContext,
@@ -19,15 +17,14 @@ import {
 import { isValidUsername } from "@chat/protocol";
 import type { Logger } from "@chat/log";
 import { GROUP_ID_PATTERN } from "../routes.js";
-import { groupResource, historyItem } from "./serialize.js";
-import { ApiError, json, parseLimit, type ApiRequest, type ApiResponse } from "./types.js";
+import { historyPage } from "./history-page.js";
+import { groupResource } from "./serialize.js";
+import { ApiError, json, type ApiRequest, type ApiResponse } from "./types.js";
 
 /** The largest JSON body a group request may have: a name and up to 10,000 usernames of 150 characters. */
 const MAX_JSON_BODY_BYTES = 2 * 1024 * 1024;
 /** Longest group name, in characters. */
 const MAX_NAME_LENGTH = 100;
-
-const UUID = /^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$/;
 
 export interface GroupsApiOptions {
   client: DbClient;
@@ -176,23 +173,6 @@ export class GroupsApi {
     const groupId = this.groupId(req);
     if ((await groupRole(this.o.client, groupId, username)) === null) throw new ApiError(404, "not_found", "no such group");
     const conversation = groupConversation(groupId);
-    const limit = parseLimit(req.query, 50, 200);
-    const before = req.query.get("before");
-    const after = req.query.get("after");
-    if (before && after) throw new ApiError(400, "invalid_cursor", "give before or after, not both");
-    const pivotId = before || after;
-    let pivot: bigint | undefined;
-    if (pivotId) {
-      if (!UUID.test(pivotId)) throw new ApiError(400, "invalid_cursor", `${before ? "before" : "after"} must be a message id`);
-      const row = await messageById(this.o.client.db, pivotId);
-      if (!row || row.roomId !== conversation) throw new ApiError(404, "cursor_not_found", "no such message in this conversation");
-      pivot = row.streamPosition;
-    }
-    const [rows, reads] = await Promise.all([
-      listMessages(this.o.client.db, conversation, { limit: limit + 1, before: before ? pivot : undefined, after: after ? pivot : undefined }),
-      groupReadPositions(this.o.client.db, conversation),
-    ]);
-    const page = rows.slice(0, limit);
-    return json(200, { messages: page.map((row) => historyItem(row, reads)), next_cursor: rows.length > limit ? page.at(-1)!.id : null });
+    return historyPage(this.o.client.db, conversation, req, groupReadPositions(this.o.client.db, conversation));
   };
 }

@@ -10,7 +10,6 @@ import {
   encodeConversationCursor,
   insertUpload,
   listConversations,
-  listMessages,
   readPositions,
   messageById,
   reserveUploadBytes,
@@ -30,7 +29,8 @@ import { contentDisposition, IDENTIFIER_PATTERN, needsRefresh, REFRESH_MARGIN_MS
 import { UploadGuard, UploadTooLargeError } from "../media/upload-guard.js";
 import { devTokenHandler, type DevTokenSigning } from "./dev-token.js";
 import { GroupsApi, type GroupsApiOptions } from "./groups-api.js";
-import { historyItem, messageResource } from "./serialize.js";
+import { historyPage } from "./history-page.js";
+import { messageResource } from "./serialize.js";
 import { ApiError, errorResponse, json, parseLimit, type ApiRequest, type ApiResponse } from "./types.js";
 
 /** Retry-After of a 503 while Postgres is unreachable: about one reconnect attempt of the pool. */
@@ -178,30 +178,7 @@ export class HttpApi {
   /** GET /api/rooms/{username}/messages */
   messages = async (req: ApiRequest, username: string): Promise<ApiResponse> => {
     const other = this.other(req, username);
-    const roomId = this.o.roomId(username, other);
-    const limit = parseLimit(req.query, 50, 200);
-    const before = req.query.get("before");
-    const after = req.query.get("after");
-    if (before && after) throw new ApiError(400, "invalid_cursor", "give before or after, not both");
-    const pivotId = before || after;
-    let pivot: bigint | undefined;
-    if (pivotId) {
-      if (!UUID.test(pivotId)) throw new ApiError(400, "invalid_cursor", `${before ? "before" : "after"} must be a message id`);
-      const row = await messageById(this.o.db, pivotId);
-      // Another conversation's message is "not found" here: its existence is not ours to reveal.
-      if (!row || row.roomId !== roomId) throw new ApiError(404, "cursor_not_found", "no such message in this conversation");
-      pivot = row.streamPosition;
-    }
-    const [rows, reads] = await Promise.all([
-      listMessages(this.o.db, roomId, {
-        limit: limit + 1,
-        before: before ? pivot : undefined,
-        after: after ? pivot : undefined,
-      }),
-      readPositions(this.o.db, username, other),
-    ]);
-    const page = rows.slice(0, limit);
-    return json(200, { messages: page.map((row) => historyItem(row, reads)), next_cursor: rows.length > limit ? page.at(-1)!.id : null });
+    return historyPage(this.o.db, this.o.roomId(username, other), req, readPositions(this.o.db, username, other));
   };
 
   private async participantMessage(req: ApiRequest, username: string) {
