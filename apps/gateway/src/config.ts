@@ -58,6 +58,12 @@ export const GATEWAY_SETTINGS = {
     description: "Most members a group conversation may have; adding or creating beyond it is refused with 409 `group_full`",
     parse: integer(2, 10000),
   },
+  groupMembershipRecheckMs: {
+    env: "CHAT_GROUP_MEMBERSHIP_RECHECK_MS",
+    default: "30000",
+    description: "How often a gateway reads again the membership of its open group sockets (one query for all), closing those of removed members with 4003 in case the removal's own close was lost (ms)",
+    parse: integer(100, 3_600_000),
+  },
   maxReplay: { env: "CHAT_MAX_REPLAY", default: "500", description: "Most missed messages replayed to a chat socket opened with ?since=", parse: integer(0, 10000) },
   rateMessagesPerSecond: { env: "CHAT_RATE_MESSAGES_PER_SECOND", default: "100", description: "Sends (messages and reads) per second per user, cluster-wide; more get error `rate_limited`; 0 disables", parse: integer(0, 1_000_000) },
   rateMessagesBurst: { env: "CHAT_RATE_MESSAGES_BURST", default: "200", description: "Burst allowance of that limit", parse: integer(1, 1_000_000) },
@@ -138,6 +144,7 @@ export interface GatewayConfig {
   idleGcGrowthMb: number;
   presencePartners: number;
   groupMaxMembers: number;
+  groupMembershipRecheckMs: number;
   maxReplay: number;
   rateMessagesPerSecond: number;
   rateMessagesBurst: number;

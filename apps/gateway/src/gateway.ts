@@ -8,7 +8,7 @@ import {
   type Publisher,
   type RateLimiter,
 } from "@chat/bus";
-import { groupRole, latestMessagesAfter, listConversations, messageById, totalUnread, unreadFrom, uploadById, type DbClient } from "@chat/db";
+import { currentMemberships, groupRole, latestMessagesAfter, listConversations, messageById, totalUnread, unreadFrom, uploadById, type DbClient } from "@chat/db";
 import { CloseCode } from "@chat/protocol";
 import type { Logger } from "@chat/log";
 import { HttpApi } from "./api/http-api.js";
@@ -114,7 +114,10 @@ export async function startGateway(config: Readonly<GatewayConfig>, parts: Gatew
         (await latestMessagesAfter(db.db, roomId, position, limit)).map((row) => ({ position: row.streamPosition, event: messageEvent(row) })),
       recentPartners: async (username, limit) => (await listConversations(db.db, username, { limit, directOnly: true })).map((row) => row.otherUsername),
     },
-    groups: { isMember: async (groupId, username) => (await groupRole(db, groupId, username)) !== null },
+    groups: {
+      isMember: async (groupId, username) => (await groupRole(db, groupId, username)) !== null,
+      current: (pairs) => currentMemberships(db, pairs),
+    },
     media: {
       uploaderOf: async (identifier) => (await uploadById(db.db, identifier))?.uploader ?? null,
       // `storage` is set below, before the first socket can send.
@@ -130,6 +133,7 @@ export async function startGateway(config: Readonly<GatewayConfig>, parts: Gatew
     log: log.child({ component: "gateway:sessions" }),
   });
   core.startPresenceUpkeep();
+  core.startMembershipSweep(config.groupMembershipRecheckMs);
   let lastResubscribe = 0;
   const resubscribe = (why: string) => {
     // At most once per second: a failover may report many partitions and echoes at once.

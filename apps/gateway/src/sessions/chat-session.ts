@@ -17,7 +17,7 @@ import { CloseCode, ErrorCode, type AcceptedChatMessage, type ChatMessageEvent, 
 import { v7 as uuidv7 } from "uuid";
 import { chatMessageEvent, chatMessageIdOf } from "./chat-message.js";
 import { classifyMediaUrl, mediaRefusal } from "./media-reference.js";
-import type { GatewayCore } from "./core.js";
+import type { GatewayCore, GroupSocket } from "./core.js";
 import type { SessionSocket } from "./socket.js";
 import { SubscribedSession } from "./subscribed-session.js";
 
@@ -116,11 +116,19 @@ export class ChatSession extends SubscribedSession {
   }
 
   protected override async admit(): Promise<boolean> {
-    if (this.group === null) return true;
-    const member = await this.core.groups.isMember(this.group, this.username);
+    const group = this.group;
+    if (group === null) return true;
+    const member = await this.core.groups.isMember(group, this.username);
     this.memberCheckedAt = Date.now();
+    if (member && !this.closed) {
+      this.groupSocket = { group, username: this.username, removed: () => this.removed() };
+      this.core.groupSockets.add(this.groupSocket);
+    }
     return member;
   }
+
+  /** This socket's entry in the node's membership re-check (group sockets only). */
+  private groupSocket: GroupSocket | null = null;
 
   protected async greet(): Promise<void> {
     const entry: PresenceEntry = {
@@ -304,6 +312,7 @@ export class ChatSession extends SubscribedSession {
 
   protected release(): void {
     this.core.removeChatSession(this.partition, this);
+    if (this.groupSocket) this.core.groupSockets.delete(this.groupSocket);
     this.pendingEchoes = null;
     this.core.awaitingEcho.delete(this);
     const entry = this.presence;
@@ -394,7 +403,7 @@ export class ChatSession extends SubscribedSession {
     this.memberCheckedAt = Date.now();
     if (!member && !this.closed) {
       this.core.log.info({ user: this.username, group: this.group }, "send from a removed member: socket closed");
-      this.socket.close(CloseCode.removed_from_group, "removed_from_group: you are no longer a member of this group");
+      this.removed();
     }
     return member && !this.closed;
   }

@@ -39,9 +39,19 @@ export interface History {
   recentPartners(username: string, limit: number): Promise<string[]>;
 }
 
-/** Who is in which group (read at a group socket's set-up, and now and then while it sends). */
+/** Who is in which group (read at a group socket's set-up, and again now and then). */
 export interface GroupMembership {
   isMember(groupId: string, username: string): Promise<boolean>;
+  /** Which of these pairs are memberships now, as `<group id>\n<username>`. */
+  current(pairs: readonly { group: string; user: string }[]): Promise<Set<string>>;
+}
+
+/** An open socket of a group (chat or notifications), for the membership re-check. */
+export interface GroupSocket {
+  readonly group: string;
+  readonly username: string;
+  /** The user is no longer a member: close with 4003. */
+  removed(): void;
 }
 
 export interface CoreOptions {
@@ -113,6 +123,8 @@ export class GatewayCore {
   readonly awaitingEcho = new Set<{ flushEchoes(): void; flushOverdue(acceptedBefore: number): number }>();
   /** Presence removals in flight, awaited before a draining node disconnects from Redis. */
   readonly pendingReleases = new Set<Promise<unknown>>();
+  /** This node's open group sockets, re-checked against the membership (startMembershipSweep). */
+  readonly groupSockets = new Set<GroupSocket>();
   /** Typing frames per user on this node (see typing.ts). */
   readonly typing = new TypingLimiter();
   private socketSeq = 0;
@@ -230,6 +242,33 @@ export class GatewayCore {
     refresh.unref();
     sweep.unref();
     this.timers.push(refresh, sweep);
+  }
+
+  /**
+   * Every `intervalMs`, one query for all of this node's group sockets: a socket whose user is no
+   * longer a member is closed with 4003. A removal closes its sockets at once over pub/sub, which is
+   * at most once (a Redis failover can lose it): this bounds how long such a socket keeps receiving.
+   */
+  startMembershipSweep(intervalMs: number): void {
+    let running = false;
+    const sweep = setInterval(() => {
+      if (running || this.groupSockets.size === 0) return;
+      running = true;
+      const sockets = [...this.groupSockets];
+      const pairs = new Map<string, { group: string; user: string }>();
+      for (const s of sockets) pairs.set(`${s.group}\n${s.username}`, { group: s.group, user: s.username });
+      this.groups
+        .current([...pairs.values()])
+        .then((members) => {
+          const gone = sockets.filter((s) => this.groupSockets.has(s) && !members.has(`${s.group}\n${s.username}`));
+          if (gone.length > 0) this.log.info({ sockets: gone.length }, "group sockets of removed members closed by the membership re-check");
+          for (const s of gone) s.removed();
+        })
+        .catch((err: unknown) => this.log.warn({ err }, "group membership re-check failed"))
+        .finally(() => (running = false));
+    }, intervalMs);
+    sweep.unref();
+    this.timers.push(sweep);
   }
 
   addChatSession(partition: number, session: { resync(): void }): void {

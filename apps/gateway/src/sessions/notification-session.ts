@@ -1,6 +1,6 @@
 import { ALL, conversationTarget, groupConversation, isGroupConversation, presenceFrame, removedTarget, type Envelope } from "@chat/bus";
 import { CloseCode, ErrorCode, clientIdOf } from "@chat/protocol";
-import type { GatewayCore } from "./core.js";
+import type { GatewayCore, GroupSocket } from "./core.js";
 import type { SessionSocket } from "./socket.js";
 import { SubscribedSession } from "./subscribed-session.js";
 
@@ -41,11 +41,20 @@ export class NotificationSession extends SubscribedSession {
     return new NotificationSession(core, socket, username, groupConversation(groupId));
   }
 
-  protected override admit(): Promise<boolean> {
+  protected override async admit(): Promise<boolean> {
     const other = this.other;
     if (other === undefined || !isGroupConversation(other)) return super.admit();
-    return this.core.groups.isMember(other.slice(1), this.username);
+    const group = other.slice(1);
+    const member = await this.core.groups.isMember(group, this.username);
+    if (member && !this.closed) {
+      this.groupSocket = { group, username: this.username, removed: () => this.removed() };
+      this.core.groupSockets.add(this.groupSocket);
+    }
+    return member;
   }
+
+  /** This socket's entry in the node's membership re-check (group notification sockets only). */
+  private groupSocket: GroupSocket | null = null;
 
   /** The user's channel, which GatewayCore.resyncNotifications goes by. */
   get userChannel(): string {
@@ -114,6 +123,7 @@ export class NotificationSession extends SubscribedSession {
 
   protected release(): void {
     this.core.notificationSessions.delete(this);
+    if (this.groupSocket) this.core.groupSockets.delete(this.groupSocket);
     for (const user of this.watched ?? []) this.core.router.remove(this.core.names.onlineChannel(user), this);
     this.watched = null;
   }

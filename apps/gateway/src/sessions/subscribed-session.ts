@@ -68,6 +68,11 @@ export abstract class SubscribedSession implements Session, ChannelListener {
   /** The envelope target on this socket's channel that closes it with 4003 (see @chat/bus removedTarget); null: none. */
   protected removedTarget: string | null = null;
 
+  /** Its user is no longer a member of the group this socket is about: closed with 4003. */
+  removed(): void {
+    if (!this.closed) this.socket.close(CloseCode.removed_from_group, "removed_from_group: you are no longer a member of this group");
+  }
+
   /** Releases what the endpoint holds beyond its subscription. */
   protected abstract release(): void;
 
@@ -120,7 +125,7 @@ export abstract class SubscribedSession implements Session, ChannelListener {
 
   deliver(envelope: Envelope): void {
     if (this.closed) return;
-    if (envelope.target === this.removedTarget) return this.socket.close(CloseCode.removed_from_group, "removed_from_group: you are no longer a member of this group");
+    if (envelope.target === this.removedTarget) return this.removed();
     if (!this.wants(envelope.target)) return;
     const frames = this.skips() ? envelope.frames.filter((f) => !this.skip(f)) : envelope.frames;
     if (this.held) for (const frame of frames) this.held.push(frame);

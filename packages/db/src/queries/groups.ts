@@ -69,6 +69,20 @@ export async function groupRole(client: DbClient, groupId: string, username: str
   return row ? (row.role as "admin" | "member") : null;
 }
 
+/**
+ * Which of these (group, user) pairs are memberships now, as `<group id>\n<username>`: one query for
+ * every group socket of a gateway (its periodic re-check).
+ */
+export async function currentMemberships(client: DbClient, pairs: readonly { group: string; user: string }[]): Promise<Set<string>> {
+  if (pairs.length === 0) return new Set();
+  const rows = await client.sql<{ other_username: string; username: string }[]>`
+    SELECT cm.other_username, cm.username FROM conversation_members AS cm
+    JOIN unnest(${pairs.map((p) => groupConversation(p.group))}::text[], ${pairs.map((p) => p.user)}::text[]) AS t(o, u)
+      ON cm.other_username = t.o AND cm.username = t.u
+    WHERE cm.role IS NOT NULL`;
+  return new Set(rows.map((r) => `${r.other_username.slice(1)}\n${r.username}`));
+}
+
 /** The group, when `username` is a member; null otherwise (no such group, or not theirs). */
 export async function groupFor(client: DbClient, groupId: string, username: string): Promise<Group | null> {
   return readGroup(client.sql, groupId, username);
