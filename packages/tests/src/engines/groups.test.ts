@@ -12,6 +12,7 @@ import {
   noSchemaViolations,
   notificationsPath,
   say,
+  uploadPng,
   type Json,
 } from "./support.js";
 
@@ -195,5 +196,41 @@ describe.each(engines)("group conversations (%s engine)", (kind) => {
 
     for (const s of [a, c, d, carolGroupNotes, carolAll]) expect(s.ofType("error")).toEqual([]);
     noSchemaViolations(a, c, d, carolGroupNotes, carolAll);
+  });
+
+  it("lets members, and only members, read a file sent in the group, and replays what a member missed with ?since=", async () => {
+    const engine = shared();
+    const [http0, http1] = engine.http as [string, string];
+    const [alice, bob, dave] = [uniqueUser("alice"), uniqueUser("bob"), uniqueUser("dave")];
+    const [ta, tb, td] = (await Promise.all([alice, bob, dave].map((u) => tokenFor(u)))) as [string, string, string];
+    const id = await createGroup(http0, ta, "files", [bob]);
+    const a = await connectReady(engine.nodes[0], groupChatPath(id), ta);
+    const b = await connectReady(engine.nodes[1], groupChatPath(id), tb);
+
+    const file = await uploadPng(http0, ta);
+    const withFile = await say(a, "a picture", { multimedia_url: file.file_location, file_identifier: file.file_identifier });
+    expect(await b.next("chat_message", 10_000)).toEqual(withFile);
+    const media = (token: string) => fetch(`${http1}/chat-media/${file.file_identifier}`, { headers: { authorization: `Bearer ${token}` } }).then((r) => r.status);
+    // Readable by the members once the message is persisted; never by anyone else.
+    await expect.poll(() => media(tb), { timeout: 10_000 }).toBe(200);
+    expect(await media(td)).toBe(404);
+    expect((await api(http1, `/api/rooms/check-url/?message_id=${withFile["id"]}`, tb)).status).toBe(200);
+    expect((await api(http1, `/api/rooms/check-url/?message_id=${withFile["id"]}`, td)).body.error).toBe("message_not_found");
+
+    // Bob goes away; alice sends three; bob comes back with the last id he saw.
+    await b.close();
+    const missed = [await say(a, "one"), await say(a, "two"), await say(a, "three")];
+    const back = await connectReady(engine.nodes[1], groupChatPath(id, String(withFile["id"])), tb);
+    await back.until((f) => f.some((x) => x.type === "catch_up_end"), 10_000, "catch_up_end");
+    expect(back.ofType("chat_message")).toEqual(missed);
+    expect(back.ofType("catch_up_end")).toEqual([{ type: "catch_up_end", recovered: true, count: 3 }]);
+    // A since of another conversation is no position in this one.
+    const elsewhere = await say(await connectReady(engine.nodes[0], `/ws/${bob}/`, ta), "1:1");
+    const wrong = await connectReady(engine.nodes[0], groupChatPath(id, String(elsewhere["id"])), tb);
+    await wrong.until((f) => f.some((x) => x.type === "catch_up_end"), 10_000, "catch_up_end");
+    expect(wrong.ofType("catch_up_end")).toEqual([{ type: "catch_up_end", recovered: false, count: 0 }]);
+
+    for (const s of [a, back, wrong]) expect(s.ofType("error")).toEqual([]);
+    noSchemaViolations(a, back, wrong);
   });
 });

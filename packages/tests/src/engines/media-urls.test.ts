@@ -1,19 +1,7 @@
 import { ErrorCode } from "@chat/protocol";
 import { describe, expect, it } from "vitest";
 import { connectReady, engines, sharedEngine, tokenFor, uniqueUser, waitFor, type Frame, type TestClient } from "../helpers/index.js";
-import { asHistoryMessage, chatMessages, chatPath, history, noSchemaViolations, say, type Json } from "./support.js";
-
-/** A real 1x1 PNG: the upload endpoint may look at the bytes, not only the declared type. */
-const PNG = Buffer.from("iVBORw0KGgoAAAANSUhEUgAAAAEAAAABCAYAAAAfFcSJAAAADUlEQVR42mNk+M9QDwADhgGAWjR9awAAAABJRU5ErkJggg==", "base64");
-
-async function uploadPng(base: string, token: string): Promise<{ file_location: string; file_identifier: string }> {
-  const form = new FormData();
-  form.append("myFile", new Blob([PNG], { type: "image/png" }), "pixel.png");
-  const res = await fetch(`${base}/api/rooms/upload`, { method: "POST", body: form, headers: { authorization: `Bearer ${token}` } });
-  const body = (await res.json()) as Json;
-  expect(res.status, JSON.stringify(body)).toBe(200);
-  return body;
-}
+import { asHistoryMessage, chatMessages, chatPath, history, noSchemaViolations, say, uploadPng, type Json } from "./support.js";
 
 /** Sends a chat_message and resolves to the error frame that refuses it (failing on an echo instead). */
 async function refused(chat: TestClient, frame: Record<string, unknown>): Promise<Frame> {

@@ -166,3 +166,16 @@ export async function groupHistory(base: string, id: string, token: string, limi
     if (before === null) return all;
   }
 }
+
+/** A real 1x1 PNG: the upload endpoint may look at the bytes, not only the declared type. */
+const PNG = Buffer.from("iVBORw0KGgoAAAANSUhEUgAAAAEAAAABCAYAAAAfFcSJAAAADUlEQVR42mNk+M9QDwADhgGAWjR9awAAAABJRU5ErkJggg==", "base64");
+
+/** Uploads a PNG as the token's user; resolves to the upload's answer. */
+export async function uploadPng(base: string, token: string): Promise<{ file_location: string; file_identifier: string }> {
+  const form = new FormData();
+  form.append("myFile", new Blob([PNG], { type: "image/png" }), "pixel.png");
+  const res = await fetch(`${base}/api/rooms/upload`, { method: "POST", body: form, headers: { authorization: `Bearer ${token}` } });
+  const body = (await res.json()) as Json;
+  expect(res.status, JSON.stringify(body)).toBe(200);
+  return body;
+}
