@@ -233,4 +233,36 @@ describe.each(engines)("group conversations (%s engine)", (kind) => {
     for (const s of [a, back, wrong]) expect(s.ofType("error")).toEqual([]);
     noSchemaViolations(a, back, wrong);
   });
+
+  it("refuses malformed and oversized group requests with a clear 4xx, and creates nothing", async () => {
+    const engine = shared();
+    const http0 = engine.http[0] as string;
+    const [alice, bob] = [uniqueUser("alice"), uniqueUser("bob")];
+    const [ta, tb] = (await Promise.all([tokenFor(alice), tokenFor(bob)])) as [string, string];
+    const raw = async (body: string, contentType = "application/json") => {
+      const res = await fetch(`${http0}/api/groups`, { method: "POST", headers: { authorization: `Bearer ${ta}`, "content-type": contentType }, body });
+      return { status: res.status, body: (await res.json()) as Json };
+    };
+    const refusals: [string, { status: number; body: Json }, number, string][] = [
+      ["not JSON", await raw("{name:"), 400, "bad_body"],
+      ["an array", await raw("[]"), 400, "bad_body"],
+      ["no name", await raw(JSON.stringify({ members: [bob] })), 400, "bad_name"],
+      ["a blank name", await raw(JSON.stringify({ name: "   " })), 400, "bad_name"],
+      ["a name of 101 characters", await raw(JSON.stringify({ name: "é".repeat(101) })), 400, "bad_name"],
+      ["a name with a control character", await raw(JSON.stringify({ name: "a\u001b[31mb" })), 400, "bad_name"],
+      ["members not an array", await raw(JSON.stringify({ name: "x", members: bob })), 400, "bad_members"],
+      ["a member that is no username", await raw(JSON.stringify({ name: "x", members: [bob, "a b"] })), 400, "bad_username"],
+      ["a reserved name as member", await raw(JSON.stringify({ name: "x", members: ["groups"] })), 400, "bad_username"],
+      ["a body over 2 MiB", await raw(JSON.stringify({ name: "x", members: Array.from({ length: 20_000 }, (_, i) => `${"u".repeat(100)}${i}`) })), 413, "body_too_large"],
+    ];
+    for (const [what, got, status, error] of refusals) {
+      expect(got.status, what).toBe(status);
+      expect(got.body.error, what).toBe(error);
+    }
+    // Nothing was created: bob, named in some of them, has no group.
+    expect((await conversations(http0, tb)).filter((c: Json) => c.kind === "group")).toEqual([]);
+    expect((await conversations(http0, ta)).filter((c: Json) => c.kind === "group")).toEqual([]);
+    // A valid one still works after all that.
+    expect((await apiSend(http0, "POST", "/api/groups", ta, { name: "fine", members: [bob] })).status).toBe(201);
+  });
 });
