@@ -5,6 +5,7 @@ import {
   exceptUserTarget,
   isGroupConversation,
   positionTimeMs,
+  roomLabel,
   streamPosition,
   type RedisNames,
   type ReceivedEntry,
@@ -58,9 +59,6 @@ interface Delivery {
   target: string;
   frames: string[];
 }
-
-/** How a conversation is named in the frames its members get: the group's id, or (1:1) the partner's username. */
-const roomLabel = (other: string): string => (isGroupConversation(other) ? other.slice(1) : other);
 
 /**
  * The notification events of a committed batch, with the counts as committed, in stream order for

@@ -81,6 +81,15 @@ export const groupConversation = (groupId: string): string => `#${groupId}`;
 /** Whether a recipient or conversation id is a group's (see groupConversation). */
 export const isGroupConversation = (id: string): boolean => id.startsWith("#");
 
+/** The group id of a group's conversation id; null for anything else (a username, a pair). */
+export const groupIdOf = (id: string): string | null => (isGroupConversation(id) ? id.slice(1) : null);
+
+/**
+ * How frames name the conversation of a recipient (`room`): the group's id for a group, else the
+ * username itself.
+ */
+export const roomLabel = (to: string): string => groupIdOf(to) ?? to;
+
 const conversationOf = (from: string, to: string): string => (isGroupConversation(to) ? to : roomIdOf(from, to));
 
 export function redisNames(prefix: string, partitions: number = DEFAULT_PARTITIONS): RedisNames {

@@ -20,6 +20,7 @@ import {
   type Db,
   type DbClient,
 } from "@chat/db";
+import { groupIdOf, isGroupConversation } from "@chat/bus";
 import { isValidUsername } from "@chat/protocol";
 import type { Logger } from "@chat/log";
 import { AuthError, extractToken, type TokenVerifier } from "../auth.js";
@@ -151,14 +152,14 @@ export class HttpApi {
     if (after === null) throw new ApiError(400, "invalid_cursor", "cursor is not one this API returned");
     const rows = await listConversations(this.o.db, username, { limit: limit + 1, after });
     const page = rows.slice(0, limit);
-    const partners = page.filter((r) => !r.otherUsername.startsWith("#")).map((r) => r.otherUsername);
-    const groups = page.filter((r) => r.otherUsername.startsWith("#")).map((r) => r.otherUsername.slice(1));
+    const partners = page.filter((r) => !isGroupConversation(r.otherUsername)).map((r) => r.otherUsername);
+    const groups = page.flatMap((r) => groupIdOf(r.otherUsername) ?? []);
     const [online, names] = await Promise.all([this.o.online(partners), groupNames(this.o.client, groups)]);
     return json(200, {
       conversations: page.map((r) => {
         const last_message = r.lastMessage ? messageResource(r.lastMessage) : null;
-        if (r.otherUsername.startsWith("#")) {
-          const id = r.otherUsername.slice(1);
+        const id = groupIdOf(r.otherUsername);
+        if (id !== null) {
           return { kind: "group", id, name: names.get(id) ?? "", other_user: null, last_message, unread_count: r.unreadCount };
         }
         return {
@@ -185,9 +186,9 @@ export class HttpApi {
     const id = req.query.get("message_id") ?? "";
     if (!UUID.test(id)) throw new ApiError(400, "invalid_message_id", "message_id (a message id) is required");
     const row = await messageById(this.o.db, id);
+    const group = row === undefined ? null : groupIdOf(row.toUser);
     const participant =
-      row !== undefined &&
-      (row.toUser.startsWith("#") ? (await groupRole(this.o.client, row.toUser.slice(1), username)) !== null : row.fromUser === username || row.toUser === username);
+      row !== undefined && (group !== null ? (await groupRole(this.o.client, group, username)) !== null : row.fromUser === username || row.toUser === username);
     if (!row || !participant) throw new ApiError(404, "message_not_found", "no such message in your conversations");
     return row;
   }

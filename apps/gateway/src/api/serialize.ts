@@ -1,7 +1,6 @@
+import { isGroupConversation as isGroup, roomLabel } from "@chat/bus";
 import type { Group, MessageRow, SystemEvent } from "@chat/db";
 import type { ChatMessageEvent } from "@chat/protocol";
-
-const isGroup = (to: string): boolean => to.startsWith("#");
 
 /** A group's system event as its row stores it (see @chat/db GroupEvent), or null for a chat message. */
 function systemEventOf(row: MessageRow): Record<string, unknown> | null {
@@ -70,7 +69,7 @@ export function messageEvent(row: MessageRow): ChatMessageEvent {
     date_added: new Date(row.dateAdded).toISOString(),
     from_user: { username: row.fromUser },
     to_user: group ? null : { username: row.toUser },
-    room: group ? row.toUser.slice(1) : row.toUser,
+    room: roomLabel(row.toUser),
   };
   if (row.clientId) event.client_id = row.clientId;
   return event;

@@ -1,4 +1,4 @@
-import { isGroupConversation, type MessageEntry } from "@chat/bus";
+import { isGroupConversation, roomLabel, type MessageEntry } from "@chat/bus";
 import type { ChatMessageEvent } from "@chat/protocol";
 
 /** A live chat_message frame starts with `{"type":"chat_message","id":"` then the 36-character id (see chatMessageEvent). */
@@ -20,7 +20,7 @@ export function chatMessageEvent(entry: MessageEntry): ChatMessageEvent {
     from_user: { username: entry.from },
     // A group's message names the group (its id) as room, and nobody as recipient.
     to_user: isGroupConversation(entry.to) ? null : { username: entry.to },
-    room: isGroupConversation(entry.to) ? entry.to.slice(1) : entry.to,
+    room: roomLabel(entry.to),
   };
   if (entry.client_id !== undefined) event.client_id = entry.client_id;
   return event;
