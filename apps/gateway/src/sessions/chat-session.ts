@@ -17,7 +17,7 @@ import { CloseCode, ErrorCode, type AcceptedChatMessage, type ChatMessageEvent, 
 import { v7 as uuidv7 } from "uuid";
 import { chatMessageEvent, chatMessageIdOf } from "./chat-message.js";
 import { classifyMediaUrl, mediaRefusal } from "./media-reference.js";
-import type { GatewayCore, GroupSocket } from "./core.js";
+import type { GatewayCore } from "./core.js";
 import type { SessionSocket } from "./socket.js";
 import { SubscribedSession } from "./subscribed-session.js";
 
@@ -112,23 +112,14 @@ export class ChatSession extends SubscribedSession {
     this.roomId = roomId;
     this.roomChannel = roomChannel;
     this.partition = core.stream.partitionOf(roomId);
-    if (this.group !== null) this.removedTarget = removedTarget(username);
+    if (this.group !== null) this.scopeToGroup(this.group, removedTarget(username));
   }
 
-  protected override async admit(): Promise<boolean> {
-    const group = this.group;
-    if (group === null) return true;
-    const member = await this.core.groups.isMember(group, this.username);
+  protected override admit(): Promise<boolean> {
+    // The membership read now is the one later sends go by (MEMBERSHIP_RECHECK_MS).
     this.memberCheckedAt = Date.now();
-    if (member && !this.closed) {
-      this.groupSocket = { group, username: this.username, removed: () => this.removed() };
-      this.core.groupSockets.add(this.groupSocket);
-    }
-    return member;
+    return super.admit();
   }
-
-  /** This socket's entry in the node's membership re-check (group sockets only). */
-  private groupSocket: GroupSocket | null = null;
 
   protected async greet(): Promise<void> {
     const entry: PresenceEntry = {
@@ -312,7 +303,6 @@ export class ChatSession extends SubscribedSession {
 
   protected release(): void {
     this.core.removeChatSession(this.partition, this);
-    if (this.groupSocket) this.core.groupSockets.delete(this.groupSocket);
     this.pendingEchoes = null;
     this.core.awaitingEcho.delete(this);
     const entry = this.presence;

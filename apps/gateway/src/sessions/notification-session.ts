@@ -1,6 +1,6 @@
-import { ALL, conversationTarget, groupConversation, isGroupConversation, presenceFrame, removedTarget, type Envelope } from "@chat/bus";
+import { ALL, conversationTarget, groupIdOf, isGroupConversation, presenceFrame, removedTarget, type Envelope } from "@chat/bus";
 import { CloseCode, ErrorCode, clientIdOf } from "@chat/protocol";
-import type { GatewayCore, GroupSocket } from "./core.js";
+import type { GatewayCore } from "./core.js";
 import type { SessionSocket } from "./socket.js";
 import { SubscribedSession } from "./subscribed-session.js";
 
@@ -33,28 +33,9 @@ export class NotificationSession extends SubscribedSession {
   ) {
     super(core, socket, username, core.names.userChannel(username), other === undefined ? ALL : conversationTarget(other));
     this.presence = presence && other === undefined && core.presencePartners > 0;
-    if (other !== undefined && isGroupConversation(other)) this.removedTarget = removedTarget(other);
+    const group = other === undefined ? null : groupIdOf(other);
+    if (group !== null) this.scopeToGroup(group, removedTarget(other!));
   }
-
-  /** `/ws/notifications/groups/{id}/`. */
-  static forGroup(core: GatewayCore, socket: SessionSocket, username: string, groupId: string): NotificationSession {
-    return new NotificationSession(core, socket, username, groupConversation(groupId));
-  }
-
-  protected override async admit(): Promise<boolean> {
-    const other = this.other;
-    if (other === undefined || !isGroupConversation(other)) return super.admit();
-    const group = other.slice(1);
-    const member = await this.core.groups.isMember(group, this.username);
-    if (member && !this.closed) {
-      this.groupSocket = { group, username: this.username, removed: () => this.removed() };
-      this.core.groupSockets.add(this.groupSocket);
-    }
-    return member;
-  }
-
-  /** This socket's entry in the node's membership re-check (group notification sockets only). */
-  private groupSocket: GroupSocket | null = null;
 
   /** The user's channel, which GatewayCore.resyncNotifications goes by. */
   get userChannel(): string {
@@ -123,7 +104,6 @@ export class NotificationSession extends SubscribedSession {
 
   protected release(): void {
     this.core.notificationSessions.delete(this);
-    if (this.groupSocket) this.core.groupSockets.delete(this.groupSocket);
     for (const user of this.watched ?? []) this.core.router.remove(this.core.names.onlineChannel(user), this);
     this.watched = null;
   }

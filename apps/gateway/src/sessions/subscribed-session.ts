@@ -1,6 +1,6 @@
 import { ALL, EXCEPT_USER, type ChannelListener, type Envelope } from "@chat/bus";
 import { CloseCode, ErrorCode } from "@chat/protocol";
-import type { GatewayCore } from "./core.js";
+import type { GatewayCore, GroupSocket } from "./core.js";
 import type { Session, SessionSocket } from "./socket.js";
 
 /**
@@ -56,17 +56,39 @@ export abstract class SubscribedSession implements Session, ChannelListener {
   /** Sends the endpoint's first event; runs after the subscription is in place. */
   protected abstract greet(): Promise<void>;
 
+  /** The group this socket is about (set by scopeToGroup); null for every other socket. */
+  private scopedGroup: string | null = null;
+  /** The envelope target on this socket's channel that closes it with 4003 (see @chat/bus removedTarget); null: none. */
+  private removedTarget: string | null = null;
+  /** This socket's entry in the node's membership re-check, from its admission to its stop. */
+  private groupSocket: GroupSocket | null = null;
+
+  /**
+   * Makes this a socket of a group: admitted for its members only, closed with 4003 by an envelope
+   * for `removedOn` on its channel, and by the node's membership re-check.
+   */
+  protected scopeToGroup(group: string, removedOn: string): void {
+    this.scopedGroup = group;
+    this.removedTarget = removedOn;
+  }
+
   /**
    * Whether the user may have this socket at all (a group's member): checked once subscribed, so a
    * removal committed after the check reaches the socket (removedTarget). False closes the socket
    * with 4004 before anything shows.
    */
   protected admit(): Promise<boolean> {
-    return ADMITTED;
+    return this.scopedGroup === null ? ADMITTED : this.admitMember(this.scopedGroup);
   }
 
-  /** The envelope target on this socket's channel that closes it with 4003 (see @chat/bus removedTarget); null: none. */
-  protected removedTarget: string | null = null;
+  private async admitMember(group: string): Promise<boolean> {
+    const member = await this.core.groups.isMember(group, this.username);
+    if (member && !this.closed) {
+      this.groupSocket = { group, username: this.username, removed: () => this.removed() };
+      this.core.groupSockets.add(this.groupSocket);
+    }
+    return member;
+  }
 
   /** Its user is no longer a member of the group this socket is about: closed with 4003. */
   removed(): void {
@@ -119,6 +141,10 @@ export abstract class SubscribedSession implements Session, ChannelListener {
     if (this.subscribed) {
       this.subscribed = false;
       this.core.router.remove(this.channel, this);
+    }
+    if (this.groupSocket) {
+      this.core.groupSockets.delete(this.groupSocket);
+      this.groupSocket = null;
     }
     if (first) this.release();
   }

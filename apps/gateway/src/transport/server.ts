@@ -1,5 +1,5 @@
 import type { HttpRequest, HttpResponse, TemplatedApp, us_listen_socket, us_socket_context_t, WebSocket } from "uWebSockets.js";
-import type { ConnectionCounter, CountedConnection } from "@chat/bus";
+import { groupConversation, type ConnectionCounter, type CountedConnection } from "@chat/bus";
 import { CloseCode, ErrorCode, UpgradeRefusal, clientIdOf } from "@chat/protocol";
 import { AuthError, extractToken, type TokenVerifier, type VerifiedToken } from "../auth.js";
 import { UpgradeLimiter } from "./upgrade-limiter.js";
@@ -395,7 +395,7 @@ export class GatewayServer {
       case "conversation-notifications":
         return new NotificationSession(this.core, socket, data.username, endpoint.other);
       case "group-notifications":
-        return NotificationSession.forGroup(this.core, socket, data.username, endpoint.group);
+        return new NotificationSession(this.core, socket, data.username, groupConversation(endpoint.group));
     }
   }
 
