@@ -1,8 +1,7 @@
-import type { Readable } from "node:stream";
 import { isValidUsername } from "@chat/protocol";
 import { signToken, type TokenPolicy } from "../auth.js";
 import { DEVELOPMENT_JWT_SECRET } from "../config.js";
-import { ApiError, json, type ApiRequest, type ApiResponse } from "./types.js";
+import { ApiError, json, readBody, type ApiRequest, type ApiResponse } from "./types.js";
 
 /** How development tokens are signed: the same secret and claims the gateway's TokenVerifier checks. */
 export interface DevTokenSigning extends TokenPolicy {
@@ -20,23 +19,6 @@ function notFound(): ApiError {
   return new ApiError(404, "not_found", "no such endpoint");
 }
 
-async function readBody(body: Readable | undefined, declaredLength: number): Promise<string> {
-  const tooLarge = () => new ApiError(413, "body_too_large", `send at most ${MAX_BODY_BYTES} bytes`);
-  if (declaredLength > MAX_BODY_BYTES) throw tooLarge();
-  if (!body) return "";
-  const chunks: Buffer[] = [];
-  let size = 0;
-  for await (const chunk of body as AsyncIterable<Buffer>) {
-    size += chunk.length;
-    if (size > MAX_BODY_BYTES) {
-      body.destroy();
-      throw tooLarge();
-    }
-    chunks.push(chunk);
-  }
-  return Buffer.concat(chunks).toString("utf8");
-}
-
 /**
  * POST /api/dev/token: `{"username": "alice"}` → `{"token": "<JWT>"}`, signed like `npm run token`
  * (HS256, `sub` = username, 24 h). Development mode with the built-in development secret only: a
@@ -49,7 +31,7 @@ export function devTokenHandler(development: boolean, signing: DevTokenSigning |
       req.body?.destroy();
       throw notFound();
     }
-    const text = await readBody(req.body, Number(req.headers["content-length"] ?? "0"));
+    const text = await readBody(req.body, MAX_BODY_BYTES, Number(req.headers["content-length"] ?? "0"));
     let parsed: unknown;
     try {
       parsed = JSON.parse(text);

@@ -1,4 +1,3 @@
-import type { Readable } from "node:stream";
 import { v7 as uuidv7 } from "uuid";
 import {
   GroupRefusedError,
@@ -19,7 +18,7 @@ import type { Logger } from "@chat/log";
 import { GROUP_ID_PATTERN } from "../routes.js";
 import { historyPage } from "./history-page.js";
 import { groupResource } from "./serialize.js";
-import { ApiError, json, type ApiRequest, type ApiResponse } from "./types.js";
+import { ApiError, json, readBody, type ApiRequest, type ApiResponse } from "./types.js";
 
 /** The largest JSON body a group request may have: a name and up to 10,000 usernames of 150 characters. */
 const MAX_JSON_BODY_BYTES = 2 * 1024 * 1024;
@@ -36,23 +35,13 @@ export interface GroupsApiOptions {
   now?: () => Date;
 }
 
-/** Reads a JSON object body of at most `max` bytes; a clear 4xx for anything else. */
-export async function readJsonObject(body: Readable | undefined, max: number): Promise<Record<string, unknown>> {
-  if (!body) throw new ApiError(400, "bad_body", "send a JSON object");
-  const chunks: Buffer[] = [];
-  let size = 0;
-  for await (const chunk of body as AsyncIterable<Buffer>) {
-    size += chunk.length;
-    if (size > max) {
-      body.destroy();
-      throw new ApiError(413, "body_too_large", `request body is larger than ${max} bytes`);
-    }
-    chunks.push(chunk);
-  }
+/** A JSON object body of at most MAX_JSON_BODY_BYTES; a clear 4xx for anything else. */
+async function readJsonObject(req: ApiRequest): Promise<Record<string, unknown>> {
   let value: unknown;
   try {
-    value = JSON.parse(Buffer.concat(chunks).toString("utf8"));
-  } catch {
+    value = JSON.parse(await readBody(req.body, MAX_JSON_BODY_BYTES, Number(req.headers["content-length"] ?? "0")));
+  } catch (err) {
+    if (err instanceof ApiError) throw err;
     throw new ApiError(400, "bad_body", "the body is not JSON");
   }
   if (typeof value !== "object" || value === null || Array.isArray(value)) throw new ApiError(400, "bad_body", "send a JSON object");
@@ -116,7 +105,7 @@ export class GroupsApi {
 
   /** POST /api/groups */
   create = async (req: ApiRequest, username: string): Promise<ApiResponse> => {
-    const body = await readJsonObject(req.body, MAX_JSON_BODY_BYTES);
+    const body = await readJsonObject(req);
     const name = parseName(body["name"]);
     const raw = body["members"] ?? [];
     if (!Array.isArray(raw)) throw new ApiError(400, "bad_members", "members must be an array of usernames");
@@ -140,7 +129,7 @@ export class GroupsApi {
     const groupId = this.groupId(req);
     // Members only, before the body is read: a stranger learns nothing from a 400 either.
     if ((await groupRole(this.o.client, groupId, username)) === null) throw new ApiError(404, "not_found", "no such group");
-    const name = parseName((await readJsonObject(req.body, MAX_JSON_BODY_BYTES))["name"]);
+    const name = parseName((await readJsonObject(req))["name"]);
     const change = await this.run(() => renameGroup(this.context(groupId, username), name));
     return json(200, groupResource(change.group));
   };
@@ -149,7 +138,7 @@ export class GroupsApi {
   addMember = async (req: ApiRequest, username: string): Promise<ApiResponse> => {
     const groupId = this.groupId(req);
     if ((await groupRole(this.o.client, groupId, username)) === null) throw new ApiError(404, "not_found", "no such group");
-    const member = parseUsername((await readJsonObject(req.body, MAX_JSON_BODY_BYTES))["username"], "username");
+    const member = parseUsername((await readJsonObject(req))["username"], "username");
     const change = await this.run(() => addGroupMember(this.context(groupId, username), member));
     if (change.event) this.o.log.info({ group: groupId, user: username, added: member }, "group member added");
     return json(200, groupResource(change.group));

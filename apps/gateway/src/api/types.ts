@@ -34,6 +34,27 @@ export class ApiError extends Error {
   }
 }
 
+/**
+ * A request body of at most `maxBytes`, as text: a larger declared length is refused before reading,
+ * a body that grows past the limit is dropped when it does (413 `body_too_large`).
+ */
+export async function readBody(body: Readable | undefined, maxBytes: number, declaredLength = 0): Promise<string> {
+  const tooLarge = () => new ApiError(413, "body_too_large", `send at most ${maxBytes} bytes`);
+  if (declaredLength > maxBytes) throw tooLarge();
+  if (!body) return "";
+  const chunks: Buffer[] = [];
+  let size = 0;
+  for await (const chunk of body as AsyncIterable<Buffer>) {
+    size += chunk.length;
+    if (size > maxBytes) {
+      body.destroy();
+      throw tooLarge();
+    }
+    chunks.push(chunk);
+  }
+  return Buffer.concat(chunks).toString("utf8");
+}
+
 export function json(status: number, body: unknown): ApiResponse {
   return { status, json: body };
 }
