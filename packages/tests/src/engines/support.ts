@@ -44,12 +44,17 @@ async function answer(method: string, path: string, res: Response): Promise<ApiR
 }
 
 /** Every message of the caller's conversation with `other`, newest first, following `before` pages of `limit`. */
-export async function history(base: string, other: string, token: string, limit = 50): Promise<Json[]> {
+export function history(base: string, other: string, token: string, limit = 50): Promise<Json[]> {
+  return allPages(base, `/api/rooms/${other}/messages`, token, limit);
+}
+
+/** Every item of a history path (1:1 or group), newest first, following `before` pages of `limit`. */
+async function allPages(base: string, path: string, token: string, limit: number): Promise<Json[]> {
   const all: Json[] = [];
   let before: string | null = null;
   for (let pages = 0; ; pages++) {
     expect(pages, "history pages").toBeLessThan(1000);
-    const r: ApiResult = await api(base, `/api/rooms/${other}/messages?limit=${limit}${before === null ? "" : `&before=${before}`}`, token);
+    const r: ApiResult = await api(base, `${path}?limit=${limit}${before === null ? "" : `&before=${before}`}`, token);
     expect(r.status, JSON.stringify(r.body)).toBe(200);
     all.push(...r.body.messages);
     before = r.body.next_cursor;
@@ -154,17 +159,8 @@ export async function createGroup(base: string, token: string, name: string, mem
 }
 
 /** Every item of a group's history, newest first, following `before` pages of `limit`. */
-export async function groupHistory(base: string, id: string, token: string, limit = 50): Promise<Json[]> {
-  const all: Json[] = [];
-  let before: string | null = null;
-  for (let pages = 0; ; pages++) {
-    expect(pages, "history pages").toBeLessThan(1000);
-    const r: ApiResult = await api(base, `/api/groups/${id}/messages?limit=${limit}${before === null ? "" : `&before=${before}`}`, token);
-    expect(r.status, JSON.stringify(r.body)).toBe(200);
-    all.push(...r.body.messages);
-    before = r.body.next_cursor;
-    if (before === null) return all;
-  }
+export function groupHistory(base: string, id: string, token: string, limit = 50): Promise<Json[]> {
+  return allPages(base, `/api/groups/${id}/messages`, token, limit);
 }
 
 /** A real 1x1 PNG: the upload endpoint may look at the bytes, not only the declared type. */
