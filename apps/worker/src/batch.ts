@@ -160,7 +160,11 @@ export function notificationsFor(
   return { publishes: [...merged.values()].map((d) => [d.channel, encodeEnvelope(origin, d.target, d.frames)]), notifications };
 }
 
-/** The two users whose counters and notifications an entry touches; undefined for a poison entry. */
+/**
+ * The two keys whose counters and notifications an entry touches: its two users, or for a group its
+ * sender (or reader) and the group, which stands for all its members (chat_persist_batch locks
+ * them); undefined for a poison entry.
+ */
 function usersOf(received: ReceivedEntry): [string, string] | undefined {
   const entry = received.entry;
   if (!entry) return undefined;

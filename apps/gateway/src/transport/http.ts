@@ -236,17 +236,13 @@ export function registerApiRoutes(app: TemplatedApp, api: HttpApi): void {
   both("post", "/api/groups/:id/members", ["id"], api.groups.addMember);
   both("del", "/api/groups/:id/members/:username", ["id", "username"], api.groups.removeMember);
   both("get", "/api/groups/:id/messages", ["id"], api.groups.messages);
-  route("get", "/api/conversations", [], api.conversations);
-  route("get", "/api/conversations/", [], api.conversations);
-  route("get", "/api/rooms/check-url", [], api.checkUrl);
-  route("get", "/api/rooms/check-url/", [], api.checkUrl);
-  route("get", "/api/rooms/refresh-url", [], api.refreshUrl);
-  route("get", "/api/rooms/refresh-url/", [], api.refreshUrl);
+  both("get", "/api/conversations", [], api.conversations);
+  both("get", "/api/rooms/check-url", [], api.checkUrl);
+  both("get", "/api/rooms/refresh-url", [], api.refreshUrl);
   const uploadLimit = () => api.maxUploadBodyBytes;
   serve("post", "/api/rooms/upload", [], (request) => api.handle(request, api.upload), uploadLimit);
   serve("post", "/api/rooms/upload/", [], (request) => api.handle(request, api.upload), uploadLimit);
-  route("get", "/api/rooms/:username/messages", ["username"], api.messages);
-  route("get", "/api/rooms/:username/messages/", ["username"], api.messages);
+  both("get", "/api/rooms/:username/messages", ["username"], api.messages);
   // Authenticated by its signed URL, or by a bearer token in the Authorization header (never the query).
   serve("get", "/chat-media/:identifier", ["identifier"], (request) => api.handleAnonymous(request, api.media));
   // No bearer token: this is where a development client gets one.
